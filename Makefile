@@ -1,0 +1,36 @@
+# fhgs_ros: `make demo` maps the embedded synthetic scene; `make test` runs the test suite.
+# Both create or reuse .venv and install everything they need.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+TORCH_VERSION := 2.13.0
+STAMP := $(VENV)/.fhgs_installed
+NATIVE_SRC := $(wildcard fhgs_ros/cuda/*.h fhgs_ros/cuda/*.cpp fhgs_ros/cuda/*.cu) setup.py setup_ext.py
+DEMO_OUT ?= demo_out
+SAM_CHECKPOINT ?=
+DATA ?=
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): requirements.txt $(NATIVE_SRC)
+	@test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip setuptools wheel
+	$(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q -r requirements.txt "torch==$(TORCH_VERSION)"
+	$(PIP) install -q --no-build-isolation --no-deps -e .
+	@touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q test
+
+demo: setup
+	$(PY) -m fhgs_ros.demo --out $(DEMO_OUT) $(if $(DATA),--data $(DATA)) $(if $(SAM_CHECKPOINT),--sam-checkpoint $(SAM_CHECKPOINT))
+
+bench: setup
+	$(VENV)/bin/fhgs-bench all
+
+clean:
+	rm -rf build *.egg-info fhgs_ros/*.so $(DEMO_OUT) bench/results

@@ -1,0 +1,1 @@
+"""Pure-PyTorch FHGS engine (no ROS imports anywhere below this package)."""

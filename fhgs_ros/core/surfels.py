@@ -1,0 +1,173 @@
+"""SurfelMap: 2DGS surfels, each carrying a frozen semantic feature.
+
+All geometry is in the world frame (metres). Trainable fields are ``torch.nn.Parameter``s
+holding *raw* values (quaternion un-normalized, log-scales, opacity logit, SH coefficients);
+the activations are the properties below. Features are plain tensors, never Parameters:
+they never enter an optimizer and are only ever copied (densification) or deleted (pruning).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+
+from fhgs_ros.core.sh import rgb_to_sh0
+
+SH_COEFFS = 16  # degree 3
+
+TRAINABLE = ("means", "quats", "log_scales", "opacity_logit", "sh_dc", "sh_rest")
+
+
+def quat_to_rotmat(q: torch.Tensor) -> torch.Tensor:
+    """(N, 4) quaternions (w, x, y, z), any norm -> (N, 3, 3) rotation matrices."""
+    q = F.normalize(q, dim=-1)
+    w, x, y, z = q.unbind(-1)
+    return torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
+        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
+        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
+    ], -1).reshape(q.shape[:-1] + (3, 3))
+
+
+def random_quats(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Uniformly random unit quaternions (N, 4)."""
+    return F.normalize(torch.randn(n, 4, generator=generator), dim=-1)
+
+
+@dataclass
+class SurfelMap:
+    """The map: N surfels with trainable geometry/appearance and frozen features.
+
+    Fields (N = number of surfels, D = feature width, a runtime value):
+        means (N, 3) world centre; quats (N, 4) rotation (w, x, y, z) whose columns are
+        t_u, t_v, t_w = normal; log_scales (N, 2) log of (s_u, s_v) in metres;
+        opacity_logit (N, 1); sh_dc (N, 1, 3); sh_rest (N, 15, 3);
+        features_raw (N, D) float16 frozen raw feature; features_unit (N, D) float32 L2-normalized copy;
+        uid (N,) int64 unique id (children get new ids); parent_uid (N,) id of the surfel a
+        clone/split child copied its feature from (its own uid for seeded surfels).
+    """
+
+    means: torch.nn.Parameter
+    quats: torch.nn.Parameter
+    log_scales: torch.nn.Parameter
+    opacity_logit: torch.nn.Parameter
+    sh_dc: torch.nn.Parameter
+    sh_rest: torch.nn.Parameter
+    features_raw: torch.Tensor
+    features_unit: torch.Tensor
+    uid: torch.Tensor
+    parent_uid: torch.Tensor
+    next_uid: int = 0
+    sh_degree: int = 0
+    meta: dict = field(default_factory=dict)
+
+    # ------------------------------------------------------------------ construction
+    @staticmethod
+    def empty(feature_dim: int, device: str | torch.device = "cpu") -> "SurfelMap":
+        return SurfelMap.create(torch.zeros(0, 3), torch.zeros(0, 3), torch.zeros(0, feature_dim),
+                                scales=torch.zeros(0, 2), device=device)
+
+    @staticmethod
+    def create(means: torch.Tensor, rgb: torch.Tensor, features: torch.Tensor, scales: torch.Tensor,
+               quats: torch.Tensor | None = None, opacity: float | torch.Tensor = 0.1,
+               device: str | torch.device = "cpu", first_uid: int = 0) -> "SurfelMap":
+        """Build a map from activated values: scales (N, 2) metres, opacity in (0, 1), rgb in [0, 1]."""
+        n = means.shape[0]
+        if quats is None:
+            quats = random_quats(n)
+        op = torch.as_tensor(opacity, dtype=torch.float32).expand(n).clamp(1e-4, 1 - 1e-4)
+        sh_dc = rgb_to_sh0(rgb.float()).reshape(n, 1, 3)
+        p = lambda t: torch.nn.Parameter(t.float().contiguous().to(device))  # noqa: E731
+        uid = torch.arange(first_uid, first_uid + n, dtype=torch.int64, device=device)
+        m = SurfelMap(p(means), p(quats), p(torch.log(scales.clamp_min(1e-8))), p(torch.logit(op).reshape(n, 1)),
+                      p(sh_dc), p(torch.zeros(n, SH_COEFFS - 1, 3)),
+                      features.to(device=device, dtype=torch.float16).contiguous(),
+                      F.normalize(features.float(), dim=-1).to(device).contiguous(),
+                      uid, uid.clone(), next_uid=first_uid + n)
+        return m
+
+    # ------------------------------------------------------------------ activations
+    def __len__(self) -> int:
+        return int(self.means.shape[0])
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.features_unit.shape[1])
+
+    @property
+    def scales(self) -> torch.Tensor:
+        return torch.exp(self.log_scales)
+
+    @property
+    def opacity(self) -> torch.Tensor:
+        """(N,) opacity in (0, 1)."""
+        return torch.sigmoid(self.opacity_logit).squeeze(-1)
+
+    @property
+    def unit_quats(self) -> torch.Tensor:
+        return F.normalize(self.quats, dim=-1)
+
+    @property
+    def sh(self) -> torch.Tensor:
+        return torch.cat([self.sh_dc, self.sh_rest], dim=1)
+
+    def normals(self) -> torch.Tensor:
+        """(N, 3) world-frame surfel normals t_w (not flipped towards any camera)."""
+        return quat_to_rotmat(self.quats)[:, :, 2]
+
+    def parameters(self) -> dict[str, torch.nn.Parameter]:
+        return {k: getattr(self, k) for k in TRAINABLE}
+
+    # ------------------------------------------------------------------ editing (no optimizer here)
+    def _tensor_fields(self) -> dict[str, torch.Tensor]:
+        d = {k: getattr(self, k).data for k in TRAINABLE}
+        d.update(features_raw=self.features_raw, features_unit=self.features_unit, uid=self.uid,
+                 parent_uid=self.parent_uid)
+        return d
+
+    def _assign(self, fields: dict[str, torch.Tensor]) -> None:
+        for k, v in fields.items():
+            if k in TRAINABLE:
+                setattr(self, k, torch.nn.Parameter(v.contiguous()))
+            else:
+                setattr(self, k, v.contiguous())
+
+    def keep(self, mask: torch.Tensor) -> None:
+        """Keep only the surfels where ``mask`` (N,) is True (features go with them)."""
+        self._assign({k: v[mask] for k, v in self._tensor_fields().items()})
+
+    def append(self, other: "SurfelMap") -> None:
+        """Append surfels; ``other``'s uids are re-issued from this map's counter."""
+        n = len(other)
+        f = other._tensor_fields()
+        new_uid = torch.arange(self.next_uid, self.next_uid + n, dtype=torch.int64, device=self.means.device)
+        remap_parent = f["parent_uid"] == f["uid"]
+        f["parent_uid"] = torch.where(remap_parent, new_uid, f["parent_uid"])
+        f["uid"] = new_uid
+        self.next_uid += n
+        mine = self._tensor_fields()
+        self._assign({k: torch.cat([mine[k], f[k].to(mine[k].device, mine[k].dtype)]) for k in mine})
+
+    def clone_rows(self, idx: torch.Tensor, overrides: dict[str, torch.Tensor] | None = None) -> "SurfelMap":
+        """New surfels copying rows ``idx`` (features copied bit-for-bit), with field overrides.
+
+        The children keep a new uid and record the parent's uid in ``parent_uid``.
+        """
+        f = {k: v[idx].clone() for k, v in self._tensor_fields().items()}
+        f["parent_uid"] = self.uid[idx].clone()
+        if overrides:
+            f.update(overrides)
+        child = SurfelMap.__new__(SurfelMap)
+        child.meta, child.sh_degree, child.next_uid = {}, self.sh_degree, 0
+        child._assign(f)
+        child.uid = torch.full((len(idx),), -1, dtype=torch.int64, device=self.means.device)
+        return child
+
+    def snapshot(self) -> "SurfelMap":
+        """Detached deep copy (for readers in other threads)."""
+        s = SurfelMap.__new__(SurfelMap)
+        s.meta, s.sh_degree, s.next_uid = dict(self.meta), self.sh_degree, self.next_uid
+        s._assign({k: v.detach().clone() for k, v in self._tensor_fields().items()})
+        return s

@@ -1,0 +1,1 @@
+"""Dataset loaders and the synthetic labelled scene (numpy/PyTorch only, no ROS)."""

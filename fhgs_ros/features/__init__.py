@@ -1,0 +1,1 @@
+"""Feature extractors (SAM image encoder, label embeddings) and feature visualisation; no ROS."""
