@@ -1,0 +1,177 @@
+"""New surfels from 3-D points or depth images, with frozen features (FHGS_SPEC.md section 1).
+
+The projection index ("spatial hash table" of the paper) maps each 3-D point to the views that
+see it and the pixel in each; COLMAP/SfM tracks are such an index, and
+``build_projection_index`` computes one from cameras (and depth maps for a visibility test).
+Each point's feature is sampled bilinearly from the GT feature grid of ONE observing view chosen
+uniformly at random (seeded generator), and never changes afterwards.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+import torch.nn.functional as F
+from scipy.spatial import cKDTree
+
+from fhgs_ros.core.camera import Camera
+from fhgs_ros.core.raster_types import FeatureTarget
+from fhgs_ros.core.surfels import SurfelMap, random_quats
+
+log = logging.getLogger(__name__)
+
+
+def knn_scales(xyz: torch.Tensor, k: int = 3) -> torch.Tensor:
+    """(P,) sqrt of the mean squared distance to the k nearest neighbours (2DGS init scale)."""
+    if xyz.shape[0] < 2:
+        return torch.full((xyz.shape[0],), 0.01)
+    pts = xyz.detach().cpu().double().numpy()
+    kk = min(k + 1, pts.shape[0])
+    d, _ = cKDTree(pts).query(pts, k=kk)
+    d = torch.from_numpy(d[:, 1:]).float()
+    return torch.sqrt((d * d).mean(1)).clamp_min(1e-7)
+
+
+def project(xyz: torch.Tensor, camera: Camera) -> tuple[torch.Tensor, torch.Tensor]:
+    """World points (P, 3) -> (pixel xy (P, 2) OpenCV convention, camera z (P,))."""
+    w2c = camera.world_to_cam.to(xyz.device, xyz.dtype)
+    pc = xyz @ w2c[:3, :3].T + w2c[:3, 3]
+    z = pc[:, 2]
+    zs = torch.where(z.abs() < 1e-9, torch.full_like(z, 1e-9), z)
+    x = camera.fx * pc[:, 0] / zs + camera.cx
+    y = camera.fy * pc[:, 1] / zs + camera.cy
+    return torch.stack([x, y], -1), z
+
+
+def build_projection_index(xyz: torch.Tensor, cameras: list[Camera], depths: list[torch.Tensor | None] | None = None,
+                           depth_tolerance: float = 0.05) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For every point, the views that see it: flat arrays (obs_point, obs_frame, obs_xy).
+
+    A point is observed by a view when it projects inside the image in front of the camera
+    (z > near) and, if that view has a depth map, its depth agrees with the depth at its pixel
+    within ``depth_tolerance`` (relative).
+    """
+    pts, frames, xys = [], [], []
+    for fi, cam in enumerate(cameras):
+        xy, z = project(xyz, cam)
+        ok = (z > cam.near) & (xy[:, 0] >= -0.5) & (xy[:, 0] < cam.width - 0.5) & (xy[:, 1] >= -0.5) \
+            & (xy[:, 1] < cam.height - 0.5)
+        d = depths[fi] if depths is not None else None
+        if d is not None:
+            px = xy[:, 0].round().long().clamp(0, cam.width - 1)
+            py = xy[:, 1].round().long().clamp(0, cam.height - 1)
+            dz = d[py, px]
+            ok &= (dz > 0) & ((dz - z).abs() <= depth_tolerance * z.abs())
+        idx = torch.nonzero(ok).squeeze(1)
+        pts.append(idx)
+        frames.append(torch.full_like(idx, fi))
+        xys.append(xy[idx])
+    return torch.cat(pts), torch.cat(frames), torch.cat(xys).float()
+
+
+def sample_grid(target: FeatureTarget, xy: torch.Tensor) -> torch.Tensor:
+    """Bilinearly sample the raw grid at pixel positions xy (M, 2) -> (M, D) (FeatureTarget convention)."""
+    grid = target.grid.float()
+    d, gh, gw = grid.shape
+    gx = ((xy[:, 0] + 0.5) * target.scale - 0.5).clamp(0, gw - 1)
+    gy = ((xy[:, 1] + 0.5) * target.scale - 0.5).clamp(0, gh - 1)
+    x0 = gx.floor().long().clamp(0, gw - 1)
+    y0 = gy.floor().long().clamp(0, gh - 1)
+    x1 = (x0 + 1).clamp(max=gw - 1)
+    y1 = (y0 + 1).clamp(max=gh - 1)
+    fx = (gx - x0.float())[:, None]
+    fy = (gy - y0.float())[:, None]
+    g = grid.permute(1, 2, 0)
+    top = g[y0, x0] * (1 - fx) + g[y0, x1] * fx
+    bot = g[y1, x0] * (1 - fx) + g[y1, x1] * fx
+    return top * (1 - fy) + bot * fy
+
+
+def sample_point_features(num_points: int, obs_point: torch.Tensor, obs_frame: torch.Tensor, obs_xy: torch.Tensor,
+                          targets: list[FeatureTarget | None], generator: torch.Generator | None = None
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One random observing view per point -> (features (P, D) raw, has_feature (P,) bool).
+
+    Observations in views without a feature target are ignored; points left without any
+    observation get has_feature False (callers drop them).
+    """
+    usable = torch.tensor([targets[int(f)] is not None for f in obs_frame.tolist()], dtype=torch.bool) \
+        if obs_frame.numel() else torch.zeros(0, dtype=torch.bool)
+    obs_point, obs_frame, obs_xy = obs_point[usable], obs_frame[usable], obs_xy[usable]
+    dim = next(t.grid.shape[0] for t in targets if t is not None)
+    feats = torch.zeros(num_points, dim)
+    has = torch.zeros(num_points, dtype=torch.bool)
+    if obs_point.numel() == 0:
+        return feats, has
+    # Uniform choice among each point's observations: random key per observation, keep the max.
+    key = torch.rand(obs_point.shape[0], generator=generator)
+    order = torch.argsort(key)
+    chosen = torch.full((num_points,), -1, dtype=torch.long)
+    chosen[obs_point[order]] = order  # last write wins -> a uniformly random observation
+    has = chosen >= 0
+    sel = chosen[has]
+    for fi in torch.unique(obs_frame[sel]).tolist():
+        m = obs_frame[sel] == fi
+        rows = torch.nonzero(has).squeeze(1)[m]
+        feats[rows] = sample_grid(targets[fi], obs_xy[sel[m]])
+    return feats, has
+
+
+def surfels_from_points(xyz: torch.Tensor, rgb: torch.Tensor, features: torch.Tensor, opacity: float = 0.1,
+                        scale_multiplier: float = 1.0, normals: torch.Tensor | None = None,
+                        generator: torch.Generator | None = None, device: str | torch.device = "cpu") -> SurfelMap:
+    """2DGS point init: isotropic scale from 3-NN distances, random rotation (or aligned to
+    ``normals`` when given), opacity 0.1, SH DC from the point colour, frozen features."""
+    scales = (knn_scales(xyz) * scale_multiplier)[:, None].expand(-1, 2).clone()
+    quats = random_quats(xyz.shape[0], generator) if normals is None else quats_from_normals(normals, generator)
+    return SurfelMap.create(xyz.float(), rgb.float().clamp(0, 1), features.float(), scales, quats, opacity,
+                            device=device)
+
+
+def quats_from_normals(normals: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Quaternions whose third axis t_w is ``normals`` (N, 3), with a random in-plane angle."""
+    n = F.normalize(normals.float(), dim=-1)
+    helper = torch.where((n[:, 2:3].abs() < 0.9), torch.tensor([[0.0, 0.0, 1.0]]), torch.tensor([[1.0, 0.0, 0.0]]))
+    tu = F.normalize(torch.linalg.cross(helper, n, dim=-1), dim=-1)
+    tv = torch.linalg.cross(n, tu, dim=-1)
+    ang = torch.rand(n.shape[0], 1, generator=generator) * 2 * torch.pi
+    tu, tv = tu * torch.cos(ang) + tv * torch.sin(ang), -tu * torch.sin(ang) + tv * torch.cos(ang)
+    rot = torch.stack([tu, tv, n], -1)
+    return rotmat_to_quat(rot)
+
+
+def rotmat_to_quat(r: torch.Tensor) -> torch.Tensor:
+    """(N, 3, 3) rotation matrices -> (N, 4) unit quaternions (w, x, y, z)."""
+    m = r.double()
+    tr = m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2]
+    cands = torch.stack([
+        torch.stack([1 + tr, m[:, 2, 1] - m[:, 1, 2], m[:, 0, 2] - m[:, 2, 0], m[:, 1, 0] - m[:, 0, 1]], -1),
+        torch.stack([m[:, 2, 1] - m[:, 1, 2], 1 + m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2], m[:, 0, 1] + m[:, 1, 0],
+                     m[:, 0, 2] + m[:, 2, 0]], -1),
+        torch.stack([m[:, 0, 2] - m[:, 2, 0], m[:, 0, 1] + m[:, 1, 0], 1 - m[:, 0, 0] + m[:, 1, 1] - m[:, 2, 2],
+                     m[:, 1, 2] + m[:, 2, 1]], -1),
+        torch.stack([m[:, 1, 0] - m[:, 0, 1], m[:, 0, 2] + m[:, 2, 0], m[:, 1, 2] + m[:, 2, 1],
+                     1 - m[:, 0, 0] - m[:, 1, 1] + m[:, 2, 2]], -1),
+    ], 1)  # (N, 4 candidates, 4)
+    best = torch.stack([tr, m[:, 0, 0], m[:, 1, 1], m[:, 2, 2]], -1).argmax(-1)
+    q = cands[torch.arange(m.shape[0]), best]
+    return F.normalize(q, dim=-1).float()
+
+
+def points_from_depth(image: torch.Tensor, depth: torch.Tensor, camera: Camera, stride: int = 4,
+                      max_depth: float | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Back-project every ``stride``-th pixel with valid depth: (xyz (P, 3) world, rgb (P, 3), pixel xy (P, 2))."""
+    h, w = depth.shape
+    ys, xs = torch.meshgrid(torch.arange(0, h, stride), torch.arange(0, w, stride), indexing="ij")
+    xs, ys = xs.reshape(-1), ys.reshape(-1)
+    z = depth[ys, xs]
+    ok = torch.isfinite(z) & (z > camera.near)
+    if max_depth is not None:
+        ok &= z < max_depth
+    xs, ys, z = xs[ok], ys[ok], z[ok]
+    pc = torch.stack([(xs.float() - camera.cx) / camera.fx * z, (ys.float() - camera.cy) / camera.fy * z, z], -1)
+    c2w = camera.cam_to_world
+    xyz = pc @ c2w[:3, :3].T + c2w[:3, 3]
+    rgb = image[:, ys, xs].T
+    return xyz, rgb, torch.stack([xs, ys], -1).float()
