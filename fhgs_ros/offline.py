@@ -1,0 +1,223 @@
+"""Offline mapping of a dataset folder: load -> features -> seed -> optimize -> evaluate -> write.
+
+This is what ``fhgs-map`` runs. Outputs in ``out``:
+``metrics.json``, ``map.safetensors`` (versioned map file), ``mesh.ply`` (TSDF of rendered depth),
+``renders/<view>_{rgb,gt,depth,normal,features}.png`` for the held-out views.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fhgs_ros.config import FHGSConfig, to_dict
+from fhgs_ros.core.fileio import atomic_write_json, save_png
+from fhgs_ros.core.mapper import Keyframe, Mapper
+from fhgs_ros.core.raster_types import FeatureTarget
+from fhgs_ros.core.render import render
+from fhgs_ros.core.seeding import (build_projection_index, points_from_depth, sample_grid, sample_point_features,
+                                   surfels_from_points)
+from fhgs_ros.datasets.base import Dataset, DatasetError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class FeatureSource:
+    """GT feature grids for every frame plus what is needed to interpret them."""
+
+    targets: list[FeatureTarget]
+    model_id: str
+    dim: int
+    label_vectors: torch.Tensor | None = None
+
+
+def compute_features(ds: Dataset, cfg: FHGSConfig, out: Path) -> FeatureSource:
+    """GT feature grids per frame from the configured extractor."""
+    fc = cfg.features
+    if fc.extractor == "label":
+        from fhgs_ros.features.label import label_feature_grid, label_vectors
+        if any(f.labels is None for f in ds.frames):
+            raise DatasetError(f"{ds.root}: the 'label' feature extractor needs label images for every frame "
+                               f"(use --features sam for unlabelled data)")
+        n_labels = len(ds.label_names) if ds.label_names else int(max(int(f.labels.max()) for f in ds.frames)) + 1
+        vecs = label_vectors(n_labels, fc.dim, seed=0)
+        targets = []
+        for f in ds.frames:
+            grid = label_feature_grid(f.labels, vecs, grid_long_side=fc.grid_long_side)
+            targets.append(FeatureTarget.for_image(grid, f.camera.width, f.camera.height))
+        return FeatureSource(targets, f"label-d{fc.dim}", fc.dim, vecs)
+    from fhgs_ros.features.base import make_extractor
+    kwargs = dict(model=fc.sam_model, checkpoint=fc.sam_checkpoint, input_size=fc.sam_input_size, device=fc.device,
+                  cache_dir=fc.cache_dir or str(out / "feature_cache"))
+    ext = make_extractor("sam", **kwargs)
+    targets = []
+    for f in tqdm(ds.frames, desc="SAM features", unit="img"):
+        img = (f.image.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
+        targets.append(ext.extract(img).to_target())
+    return FeatureSource(targets, ext.model_id, ext.dim, None)
+
+
+def seed_map(ds: Dataset, train: list[int], feats: FeatureSource, cfg: FHGSConfig, gen: torch.Generator):
+    """Initial surfels with frozen features (spec section 1)."""
+    sc = cfg.seed
+    cams = [ds.frames[i].camera for i in train]
+    targets = [feats.targets[i] for i in train]
+    if sc.source == "points":
+        pc = ds.points
+        if pc is None or len(pc) == 0:
+            raise DatasetError(f"{ds.root}: seed.source=points but the dataset has no 3-D points "
+                               f"(use seed.source=depth with depth images)")
+        xyz, rgb = pc.xyz.float(), pc.rgb.float()
+        if pc.obs_point is not None and pc.obs_point.numel():
+            # Dataset tracks, restricted to the training views (re-indexed).
+            remap = torch.full((len(ds.frames),), -1, dtype=torch.long)
+            remap[torch.tensor(train)] = torch.arange(len(train))
+            fr = remap[pc.obs_frame.long()]
+            keep = fr >= 0
+            op, of, oxy = pc.obs_point.long()[keep], fr[keep], pc.obs_xy.float()[keep]
+        else:
+            depths = [ds.frames[i].depth for i in train]
+            op, of, oxy = build_projection_index(xyz, cams, depths)
+        if len(xyz) > sc.max_points:
+            sel = torch.randperm(len(xyz), generator=gen)[: sc.max_points]
+            remap = torch.full((len(xyz),), -1, dtype=torch.long)
+            remap[sel] = torch.arange(len(sel))
+            m = remap[op] >= 0
+            op, of, oxy = remap[op][m], of[m], oxy[m]
+            xyz, rgb = xyz[sel], rgb[sel]
+        f, has = sample_point_features(len(xyz), op, of, oxy, targets, gen)
+        if (~has).any():
+            log.info("seeding: %d of %d points are seen by no training view and are dropped", int((~has).sum()), len(xyz))
+        return surfels_from_points(xyz[has], rgb[has], f[has], cfg.seed.opacity, sc.scale_multiplier, generator=gen)
+    # Depth seeding: every keyframe's own pixels, feature from that keyframe.
+    xyzs, rgbs, fs = [], [], []
+    for i, t in zip(train, targets):
+        fr = ds.frames[i]
+        if fr.depth is None:
+            raise DatasetError(f"{fr.path or ds.root}: seed.source=depth but frame {i} has no depth image")
+        xyz, rgb, xy = points_from_depth(fr.image, fr.depth, fr.camera, stride=sc.depth_stride)
+        xyzs.append(xyz)
+        rgbs.append(rgb)
+        fs.append(sample_grid(t, xy))
+    xyz, rgb, f = torch.cat(xyzs), torch.cat(rgbs), torch.cat(fs)
+    if len(xyz) > sc.max_points:
+        sel = torch.randperm(len(xyz), generator=gen)[: sc.max_points]
+        xyz, rgb, f = xyz[sel], rgb[sel], f[sel]
+    return surfels_from_points(xyz, rgb, f, sc.opacity, sc.scale_multiplier, generator=gen)
+
+
+def _to_u8(img: torch.Tensor) -> np.ndarray:
+    return (img.clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def _depth_png(depth: torch.Tensor, alpha: torch.Tensor, lo: float, hi: float) -> np.ndarray:
+    d = ((depth - lo) / max(hi - lo, 1e-6)).clamp(0, 1)
+    d = torch.where(alpha > 0.5, 1 - d, torch.zeros_like(d))  # near = bright, empty = black
+    return (d * 255).round().to(torch.uint8).cpu().numpy()
+
+
+def write_renders(mapper: Mapper, ds: Dataset, views: list[int], out: Path, pca=None) -> None:
+    rdir = out / "renders"
+    rdir.mkdir(parents=True, exist_ok=True)
+    s = mapper.snapshot()
+    with torch.no_grad():
+        for i in views:
+            fr = ds.frames[i]
+            r = render(s, fr.camera, background=mapper.background, render_features=True, backend=mapper.cfg.backend)
+            name = f"{i:04d}"
+            save_png(rdir / f"{name}_rgb.png", _to_u8(r.rgb))
+            save_png(rdir / f"{name}_gt.png", _to_u8(fr.image))
+            dmed = r.depth_median
+            valid = r.alpha > 0.5
+            lo = float(dmed[valid].min()) if valid.any() else 0.0
+            hi = float(dmed[valid].max()) if valid.any() else 1.0
+            save_png(rdir / f"{name}_depth.png", _depth_png(dmed, r.alpha, lo, hi))
+            n = r.normal / r.alpha.clamp_min(1e-6)
+            save_png(rdir / f"{name}_normal.png", _to_u8(n * 0.5 + 0.5))
+            if pca is not None:
+                save_png(rdir / f"{name}_features.png", _to_u8(pca.to_rgb(r.features)))
+
+
+def run_offline(cfg: FHGSConfig, data: Path, out: Path, iterations: int | None = None) -> dict:
+    """Map ``data`` into ``out``; returns the metrics dict (also written to metrics.json)."""
+    from fhgs_ros.datasets import load_dataset
+    from fhgs_ros.core.metrics import evaluate_views
+    from fhgs_ros.core.storage import save_map
+
+    t_start = time.perf_counter()
+    out.mkdir(parents=True, exist_ok=True)
+    ds = load_dataset(data, downscale=cfg.offline.downscale)
+    train, test = ds.split(cfg.offline.holdout_every)
+    log.info("dataset %s: %d frames (%d train, %d held out)", data, len(ds.frames), len(train), len(test))
+    gen = torch.Generator().manual_seed(cfg.mapper.seed)
+    torch.manual_seed(cfg.mapper.seed)
+    feats = compute_features(ds, cfg, out)
+    n_iter = cfg.offline.iterations if iterations is None else iterations
+    mapper = Mapper(cfg.mapper, feats.dim, extent=ds.scene_extent())
+    for i in train:
+        fr = ds.frames[i]
+        mapper.add_keyframe(Keyframe(fr.camera, fr.image, feats.targets[i], fr.depth, fr.labels))
+    mapper.add_surfels(seed_map(ds, train, feats, cfg, gen))
+    log.info("seeded %d surfels (feature width %d, %s)", len(mapper.surfels), feats.dim, feats.model_id)
+    n_seed = len(mapper.surfels)
+    t_opt = time.perf_counter()
+    bar = tqdm(range(n_iter), desc="FHGS" if cfg.mapper.ndfd_enabled else "2DGS", unit="it", mininterval=2.0)
+    for it in bar:
+        terms = mapper.step()
+        if it % cfg.offline.log_every == 0 and terms:
+            bar.set_postfix(loss=f"{terms['total']:.4f}", n=len(mapper.surfels))
+    opt_seconds = time.perf_counter() - t_opt
+
+    surfels = mapper.snapshot()
+    frames_test = [ds.frames[i] for i in test]
+    frames_train = [ds.frames[i] for i in train]
+    ev = evaluate_views(surfels, frames_test, [feats.targets[i] for i in test], label_vectors=feats.label_vectors,
+                        backend=cfg.mapper.backend)
+    ev_train = evaluate_views(surfels, frames_train, [feats.targets[i] for i in train], label_vectors=None,
+                              backend=cfg.mapper.backend)
+    metrics = {
+        "psnr": ev["psnr"], "psnr_train": ev_train["psnr"], "fe": ev["fe"], "fe_plain": ev["fe_plain"],
+        "fl1": ev["fl1"], "num_surfels": len(surfels), "num_seed_surfels": n_seed,
+        "iterations": n_iter, "seconds": None, "optimize_seconds": opt_seconds,
+        "ms_per_iteration": 1000 * opt_seconds / max(n_iter, 1), "ndfd": cfg.mapper.ndfd_enabled,
+        "feature_model": feats.model_id, "feature_dim": feats.dim, "train_views": len(train),
+        "test_views": len(test), "backend": cfg.mapper.backend,
+    }
+    for k in ("label_accuracy", "label_miou"):
+        if k in ev:
+            metrics[k] = ev[k]
+
+    pca = None
+    try:
+        from fhgs_ros.features.pca import FeaturePCA
+        pca = FeaturePCA.fit(surfels.features_raw.float())
+    except ImportError:  # pragma: no cover - features package not installed
+        log.warning("feature PCA unavailable; no feature PNGs")
+    extra = pca.state_dict() if pca is not None else {}
+    cams = [ds.frames[i].camera.to_dict() for i in train]
+    save_map(out / "map.safetensors", surfels, {"feature_model": feats.model_id, "feature_dim": feats.dim,
+                                                "keyframes": cams, "iterations": n_iter,
+                                                "ndfd": cfg.mapper.ndfd_enabled}, extra_tensors=extra)
+    write_renders(mapper, ds, test, out, pca)
+    if ds.gt_mesh is not None:
+        from fhgs_ros.core.mesh import mesh_from_surfels, write_mesh_ply
+        from fhgs_ros.core.metrics import chamfer_distance, sample_mesh_points
+        mesh = mesh_from_surfels(surfels, [ds.frames[i].camera for i in train], backend=cfg.mapper.backend)
+        write_mesh_ply(mesh, out / "mesh.ply")
+        if len(mesh.faces):
+            a = sample_mesh_points(mesh.vertices, mesh.faces, 20000, seed=0)
+            b = sample_mesh_points(ds.gt_mesh[0], ds.gt_mesh[1], 20000, seed=1)
+            metrics["chamfer"] = chamfer_distance(a, b)["chamfer"]
+        else:
+            metrics["chamfer"] = float("inf")
+    metrics["seconds"] = time.perf_counter() - t_start
+    metrics["config"] = to_dict(cfg)
+    atomic_write_json(out / "metrics.json", metrics)
+    return metrics
