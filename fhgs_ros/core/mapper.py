@@ -125,26 +125,26 @@ class Mapper:
                          backend=cfg.backend)
             loss_rgb = photometric_loss(res.rgb, kf.image, cfg.lambda_dssim)
             loss = loss_rgb
-            terms = {"rgb": float(loss_rgb)}
+            terms = {"rgb": loss_rgb.item()}
             if cfg.lambda_dist > 0 and it > cfg.dist_from_iter:
                 ld = res.distortion.mean()
                 loss = loss + cfg.lambda_dist * ld
-                terms["dist"] = float(ld)
+                terms["dist"] = ld.item()
             if cfg.lambda_normal > 0 and it > cfg.normal_from_iter:
                 surf_depth = res.depth_median if cfg.depth_ratio >= 0.5 else res.expected_depth
                 ln = normal_consistency_loss(res.normal, surf_depth, res.alpha, kf.camera)
                 loss = loss + cfg.lambda_normal * ln
-                terms["normal"] = float(ln)
+                terms["normal"] = ln.item()
             if cfg.lambda_depth > 0 and kf.depth is not None:
                 valid = kf.depth > 0
                 if valid.any():
                     lz = (res.expected_depth - kf.depth)[valid].abs().mean()
                     loss = loss + cfg.lambda_depth * lz
-                    terms["depth"] = float(lz)
+                    terms["depth"] = lz.item()
             if use_ndfd:
                 le, li = res.ndfd_ext.mean(), res.ndfd_int.mean()
                 loss = loss + cfg.lambda_ext * le + cfg.lambda_int * li
-                terms["ext"], terms["int"] = float(le), float(li)
+                terms["ext"], terms["int"] = le.item(), li.item()
             loss.backward()
             with torch.no_grad():
                 in_densify = it <= cfg.densify_until_iter
@@ -159,7 +159,7 @@ class Mapper:
                     self.densify_log.append(info)
                 if in_densify and cfg.opacity_reset_every > 0 and it % cfg.opacity_reset_every == 0:
                     reset_opacity(self.surfels, self.opt)
-            terms["total"] = float(loss)
+            terms["total"] = loss.item()
             terms["ms"] = (time.perf_counter() - t0) * 1000
             self.last_losses = terms
             return terms

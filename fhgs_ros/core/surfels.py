@@ -170,4 +170,6 @@ class SurfelMap:
         s = SurfelMap.__new__(SurfelMap)
         s.meta, s.sh_degree, s.next_uid = dict(self.meta), self.sh_degree, self.next_uid
         s._assign({k: v.detach().clone() for k, v in self._tensor_fields().items()})
+        for k in TRAINABLE:
+            getattr(s, k).requires_grad_(False)
         return s
