@@ -13,7 +13,15 @@ DATA ?=
 
 .PHONY: setup test demo bench clean
 
-setup: $(STAMP)
+MSG_STAMP := $(VENV)/.fhgs_interfaces_built
+MSG_SRC := $(wildcard msg/CMakeLists.txt msg/package.xml msg/msg/*.msg msg/srv/*.srv msg/build_into_prefix.sh msg/vendor/tf2_msgs/msg/*.msg)
+
+setup: $(STAMP) $(MSG_STAMP)
+
+# ROS 2 interfaces (msg/, package fhgs_interfaces) built into the venv with cmake (msg/README.md).
+$(MSG_STAMP): $(STAMP) $(MSG_SRC)
+	msg/build_into_prefix.sh $(VENV) $(abspath $(PY))
+	@touch $(MSG_STAMP)
 
 $(STAMP): requirements.txt $(NATIVE_SRC)
 	@test -x $(PY) || python3 -m venv $(VENV)
