@@ -142,7 +142,22 @@ def write_renders(mapper: Mapper, ds: Dataset, views: list[int], out: Path, pca=
             n = r.normal / r.alpha.clamp_min(1e-6)
             save_png(rdir / f"{name}_normal.png", _to_u8(n * 0.5 + 0.5))
             if pca is not None:
-                save_png(rdir / f"{name}_features.png", _to_u8(pca.to_rgb(r.features)))
+                save_png(rdir / f"{name}_features.png", _to_u8(pca.to_rgb(r.features, alpha=r.alpha)))
+
+
+def visible_gt_points(ds: Dataset, views: list[int], n: int) -> torch.Tensor:
+    """Area-uniform samples of the GT mesh that some training view sees (the DTU-style culling of the
+    reference surface to what was observed). Visibility uses the views' GT depth when present,
+    otherwise only the frustum."""
+    from fhgs_ros.core.metrics import sample_mesh_points
+    pts = torch.as_tensor(sample_mesh_points(ds.gt_mesh[0], ds.gt_mesh[1], 4 * n, seed=1)).float()
+    cams = [ds.frames[i].camera for i in views]
+    depths = [ds.frames[i].depth for i in views]
+    op, _, _ = build_projection_index(pts, cams, depths, depth_tolerance=0.02)
+    seen = torch.zeros(len(pts), dtype=torch.bool)
+    seen[op] = True
+    pts = pts[seen]
+    return pts[torch.randperm(len(pts), generator=torch.Generator().manual_seed(2))[:n]]
 
 
 def run_offline(cfg: FHGSConfig, data: Path, out: Path, iterations: int | None = None) -> dict:
@@ -213,8 +228,10 @@ def run_offline(cfg: FHGSConfig, data: Path, out: Path, iterations: int | None =
         write_mesh_ply(mesh, out / "mesh.ply")
         if len(mesh.faces):
             a = sample_mesh_points(mesh.vertices, mesh.faces, 20000, seed=0)
-            b = sample_mesh_points(ds.gt_mesh[0], ds.gt_mesh[1], 20000, seed=1)
-            metrics["chamfer"] = chamfer_distance(a, b)["chamfer"]
+            b = visible_gt_points(ds, train, 20000)
+            cd = chamfer_distance(a, b)
+            metrics.update(chamfer=cd["chamfer"], chamfer_accuracy=cd["accuracy"],
+                           chamfer_completeness=cd["completeness"])
         else:
             metrics["chamfer"] = float("inf")
     metrics["seconds"] = time.perf_counter() - t_start
