@@ -1,0 +1,521 @@
+"""Semantic queries on the map's frozen features, and promptable segmentation of any view.
+
+Query by example (vectorized, O(N D) for N surfels of width D: one matrix-vector product with
+the unit features, then a threshold; only the K selected surfels are sorted):
+- :func:`query_by_feature`: surfels whose frozen feature has cosine similarity >= threshold
+  with a given vector;
+- :func:`query_by_pixel`: the query vector is the alpha-blended (rendered) raw feature at a
+  pixel of a view (``mode="rendered"``), or the frozen feature of the surfel with the largest
+  blending weight at that pixel (``mode="dominant"``);
+- :func:`query_by_point`: the frozen feature of the surfel whose centre is nearest to a 3-D
+  point (within ``radius``).
+
+Promptable segmentation (:func:`segment_view`): the surfels' raw frozen features are
+alpha-blended into a feature image of the view, area-averaged onto SAM's embedding grid
+(``input_size / 16`` cells on the image's long side, top-left aligned, zero-padded to a square
+exactly like SAM pads its input) and fed, in place of the image encoder's output, to SAM's
+prompt encoder + mask decoder with point and/or box prompts. The low-resolution mask logits are
+upsampled to the image as ``Sam.postprocess_masks`` does. The result is a 2-D mask plus the
+surfels "inside" it.
+
+Membership of a surfel in a 2-D mask (``membership="dominant"``, default): the surfel's
+*dominant-weight pixel* is the pixel where its blending weight w = alpha T is largest in that
+view (exactly the weights of the rasterizer: same pairs, ordering, skip rules and early
+termination; :func:`pair_weights` is checked against ``render`` in the tests). A surfel is in
+the mask when its dominant pixel is, and its largest weight is at least ``min_weight``
+(occluded or nearly transparent surfels never are). The weights are evaluated on the view at
+full resolution by default (``membership_long_side`` lowers it; the dominant pixel is then
+mapped to the full-resolution mask, and small surfels start to drop out because a neighbour
+within the same coarse pixel hides them). ``membership="centre"`` is a cheaper approximation:
+the surfel centre projects into the mask and its depth is within ``depth_tol`` (relative) of
+the rendered median depth there.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from fhgs_ros.core.camera import Camera
+from fhgs_ros.core.raster_types import T_MIN
+from fhgs_ros.core.reference import _pair_alpha, _pairs, _segment_exclusive_cumsum, screen_bounds, splat_matrices
+from fhgs_ros.core.render import native_rasterizer, render
+from fhgs_ros.core.surfels import SurfelMap
+
+PATCH = 16  # SAM's ViT patch size: one embedding cell per 16 x 16 input pixels
+
+
+class QueryError(ValueError):
+    """A query that cannot be answered (nothing at the pixel, bad prompt, feature width mismatch)."""
+
+
+@dataclass
+class QueryResult:
+    """Matching surfels, best first.
+
+    indices (K,) int64 rows of the SurfelMap; scores (K,) float32 cosine similarities;
+    query (D,) the unit query vector; seed: the surfel whose feature was the query (-1 if none);
+    threshold: the cosine threshold used.
+    """
+
+    indices: torch.Tensor
+    scores: torch.Tensor
+    query: torch.Tensor
+    seed: int = -1
+    threshold: float = 0.0
+
+    def __len__(self) -> int:
+        return int(self.indices.numel())
+
+    def mask(self, n: int) -> torch.Tensor:
+        """(n,) bool mask of the selected surfels."""
+        m = torch.zeros(n, dtype=torch.bool)
+        m[self.indices.cpu()] = True
+        return m
+
+
+def _unit_features(surfels: SurfelMap | torch.Tensor) -> torch.Tensor:
+    if isinstance(surfels, torch.Tensor):
+        return F.normalize(surfels.float(), dim=-1)
+    return surfels.features_unit
+
+
+def query_by_feature(surfels: SurfelMap | torch.Tensor, vector: torch.Tensor, threshold: float = 0.85,
+                     top_k: int | None = None, seed: int = -1) -> QueryResult:
+    """Surfels whose frozen feature has cosine similarity >= ``threshold`` with ``vector``.
+
+    ``surfels``: a SurfelMap (its ``features_unit`` are used) or an (N, D) feature tensor.
+    ``vector``: (D,) raw or unit. ``top_k``: keep at most the k best. Cost: one (N, D) x (D,)
+    product plus a sort of the selected surfels only.
+    """
+    fu = _unit_features(surfels)
+    v = torch.as_tensor(vector).detach().reshape(-1).to(fu.device, torch.float32)
+    if v.numel() != fu.shape[1]:
+        raise QueryError(f"query vector has {v.numel()} dims but the map's features have {fu.shape[1]}")
+    if not torch.isfinite(v).all() or float(v.norm()) < 1e-12:
+        raise QueryError("query vector is zero or not finite")
+    v = v / v.norm()
+    with torch.no_grad():
+        scores = fu @ v
+        idx = torch.nonzero(scores >= threshold).squeeze(1)
+        s = scores[idx]
+        order = torch.argsort(s, descending=True, stable=True)
+        if top_k is not None:
+            order = order[: max(0, int(top_k))]
+    return QueryResult(idx[order], s[order].float(), v, int(seed), float(threshold))
+
+
+def query_by_point(surfels: SurfelMap, xyz: Sequence[float] | torch.Tensor, threshold: float = 0.85,
+                   radius: float | None = None, top_k: int | None = None) -> QueryResult:
+    """Query with the frozen feature of the surfel whose centre is nearest to ``xyz`` (world).
+
+    When ``radius`` is given and no centre lies within it, the result is empty (seed = -1).
+    """
+    if len(surfels) == 0:
+        raise QueryError("the map is empty")
+    p = torch.as_tensor(xyz, dtype=torch.float32).reshape(3).to(surfels.means.device)
+    with torch.no_grad():
+        d2 = ((surfels.means.detach() - p) ** 2).sum(-1)
+        i = int(torch.argmin(d2))
+    if radius is not None and math.sqrt(float(d2[i])) > radius:
+        d = surfels.feature_dim
+        return QueryResult(torch.zeros(0, dtype=torch.int64), torch.zeros(0), torch.zeros(d), -1, float(threshold))
+    return query_by_feature(surfels, surfels.features_unit[i], threshold, top_k, seed=i)
+
+
+# ----------------------------------------------------------------------------- blending weights
+def crop_camera(camera: Camera, x0: int, y0: int, width: int, height: int) -> Camera:
+    """The camera of the pixel window [x0, x0 + width) x [y0, y0 + height) of ``camera``'s image.
+
+    Rendering it gives exactly those pixels of the full render (same rays, same surfels)."""
+    return Camera(int(width), int(height), camera.fx, camera.fy, camera.cx - x0, camera.cy - y0,
+                  camera.world_to_cam.clone(), camera.near, camera.far, camera.name)
+
+
+@torch.no_grad()
+def pair_weights(surfels: SurfelMap, camera: Camera) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Blending weight of every (surfel, pixel) pair that contributes to the view.
+
+    Returns (sid (P,) surfel index, pix (P,) flat pixel index y * W + x, w (P,) weight alpha * T),
+    with the algorithm of ``fhgs_ros.core.reference`` (pairs inside the 3-sigma boxes, skip rules,
+    front-to-back order by centre depth, early termination). Pairs with w = 0 are dropped.
+    """
+    means = surfels.means.detach()
+    dev, dt = means.device, means.dtype
+    width, height = int(camera.width), int(camera.height)
+    n = means.shape[0]
+    quats, scales, opacity = surfels.quats.detach(), surfels.scales.detach(), surfels.opacity.detach()
+    w2c = camera.world_to_cam.to(dev, dt)
+    zc = means @ w2c[2, :3] + w2c[2, 3]
+    tmat = splat_matrices(means, quats, scales, camera)
+    centre, radius, ok = screen_bounds(tmat)
+    visible = ok & (zc > camera.near) & torch.isfinite(centre).all(-1) & torch.isfinite(radius)
+    rank = torch.empty(n, dtype=torch.long, device=dev)
+    rank[torch.sort(zc, stable=True).indices] = torch.arange(n, device=dev)
+    sid, px, py = _pairs(centre, radius, visible, width, height)
+    alpha, _, valid = _pair_alpha(tmat, centre, opacity, camera.near, sid, px, py)
+    sid, px, py, alpha = sid[valid], px[valid], py[valid], alpha[valid]
+    pix = py * width + px
+    order = torch.sort(pix * max(n, 1) + rank[sid], stable=True).indices
+    sid, pix, alpha = sid[order], pix[order], alpha[order]
+    npair = sid.shape[0]
+    pos = torch.arange(npair, device=dev)
+    is_start = torch.ones(npair, dtype=torch.bool, device=dev)
+    if npair > 1:
+        is_start[1:] = pix[1:] != pix[:-1]
+    seg_start = torch.cummax(torch.where(is_start, pos, torch.zeros_like(pos)), 0).values
+    log1m = torch.log1p(-alpha.double())
+    excl_log = _segment_exclusive_cumsum(log1m, seg_start)
+    keep = (excl_log + log1m) >= math.log(T_MIN)
+    w = (alpha * torch.exp(excl_log).to(dt)) * keep
+    nz = w > 0
+    return sid[nz], pix[nz], w[nz]
+
+
+def blend_values(sid: torch.Tensor, pix: torch.Tensor, w: torch.Tensor, values: torch.Tensor, width: int,
+                 height: int, chunk: int = 1 << 18) -> torch.Tensor:
+    """(C, H, W) image sum_i w_i values_i from :func:`pair_weights`, in pair chunks (bounded memory)."""
+    c = values.shape[1]
+    out = torch.zeros(width * height, c, dtype=torch.float32, device=w.device)
+    vals = values.detach()
+    for i in range(0, sid.numel(), chunk):
+        s = slice(i, i + chunk)
+        out.index_add_(0, pix[s], w[s, None].float() * vals[sid[s]].float())
+    return out.T.reshape(c, height, width)
+
+
+def pixel_weights(surfels: SurfelMap, camera: Camera, x: int, y: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(indices, weights) of every surfel contributing to pixel (x, y) of the view, heaviest first."""
+    _check_pixel(camera, x, y)
+    sid, _, w = pair_weights(surfels, crop_camera(camera, int(x), int(y), 1, 1))
+    order = torch.argsort(w, descending=True, stable=True)
+    return sid[order], w[order]
+
+
+@torch.no_grad()
+def dominant_pixels(surfels: SurfelMap, camera: Camera, pairs=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per surfel: (flat index y * W + x of its dominant-weight pixel, -1 if it never contributes;
+    its largest weight, 0 if none). Ties go to the larger pixel index (deterministic)."""
+    sid, pix, w = pairs if pairs is not None else pair_weights(surfels, camera)
+    n = len(surfels)
+    wmax = torch.zeros(n, dtype=w.dtype, device=w.device).scatter_reduce(0, sid, w, reduce="amax")
+    is_max = w >= wmax[sid]
+    dom = torch.full((n,), -1, dtype=torch.long, device=w.device)
+    dom = dom.scatter_reduce(0, sid[is_max], pix[is_max], reduce="amax")
+    return dom, wmax
+
+
+def _check_pixel(camera: Camera, x: int, y: int) -> None:
+    if not (0 <= int(x) < camera.width and 0 <= int(y) < camera.height):
+        raise QueryError(f"pixel ({x}, {y}) is outside the {camera.width}x{camera.height} view")
+
+
+def query_by_pixel(surfels: SurfelMap, camera: Camera, x: int, y: int, threshold: float = 0.85,
+                   mode: str = "rendered", top_k: int | None = None, min_alpha: float = 0.05,
+                   backend: str = "auto") -> QueryResult:
+    """Query with the feature seen at pixel (x, y) of ``camera``'s view.
+
+    mode="rendered": the alpha-blended raw feature sum_i w_i f_i at that pixel (rendered through
+    ``render`` on the 1x1 window of the view; the result's seed is the dominant surfel);
+    mode="dominant": the frozen feature of the surfel with the largest weight at that pixel.
+    Raises QueryError when the pixel's alpha is below ``min_alpha`` (nothing there).
+    """
+    if mode not in ("rendered", "dominant"):
+        raise QueryError(f"mode must be 'rendered' or 'dominant', got '{mode}'")
+    idx, w = pixel_weights(surfels, camera, x, y)
+    if idx.numel() == 0 or float(w.sum()) < min_alpha:
+        raise QueryError(f"no surfel is visible at pixel ({x}, {y}) (alpha {float(w.sum()):.3f} < {min_alpha})")
+    seed = int(idx[0])
+    if mode == "dominant":
+        return query_by_feature(surfels, surfels.features_unit[seed], threshold, top_k, seed=seed)
+    with torch.no_grad():
+        r = render(surfels, crop_camera(camera, int(x), int(y), 1, 1), render_features=True, backend=backend)
+    return query_by_feature(surfels, r.features[:, 0, 0], threshold, top_k, seed=seed)
+
+
+# ----------------------------------------------------------------------------- evaluation helpers
+def precision_recall(result: QueryResult | torch.Tensor, gt_labels: torch.Tensor, label: int,
+                     ignore_label: int | None = -1) -> dict[str, float]:
+    """Precision / recall of the returned surfels against per-surfel ground-truth labels (N,).
+
+    Surfels whose ground truth is ``ignore_label`` (unknown) count neither as hits nor as misses.
+    """
+    idx = result.indices if isinstance(result, QueryResult) else torch.as_tensor(result)
+    gt = torch.as_tensor(gt_labels).reshape(-1).cpu()
+    sel = torch.zeros(gt.numel(), dtype=torch.bool)
+    sel[idx.cpu().long()] = True
+    if ignore_label is not None:
+        sel &= gt != ignore_label
+    pos = gt == label
+    tp = int((sel & pos).sum())
+    n_sel, n_pos = int(sel.sum()), int(pos.sum())
+    return {"precision": tp / n_sel if n_sel else 0.0, "recall": tp / n_pos if n_pos else 0.0,
+            "returned": n_sel, "relevant": n_pos, "true_positives": tp}
+
+
+@torch.no_grad()
+def surfel_labels_from_views(surfels: SurfelMap, cameras: Sequence[Camera], label_images: Sequence[torch.Tensor],
+                             min_weight: float = 0.02) -> torch.Tensor:
+    """Ground-truth label of every surfel from labelled views: the label at its dominant-weight
+    pixel in the view where that weight is largest. -1 for surfels never visible with weight >=
+    ``min_weight``. (For scoring queries on labelled/synthetic data.)"""
+    n = len(surfels)
+    best_w = torch.zeros(n)
+    out = torch.full((n,), -1, dtype=torch.long)
+    for cam, lab in zip(cameras, label_images):
+        lab = torch.as_tensor(lab).reshape(cam.height, cam.width).long().cpu()
+        dom, wmax = dominant_pixels(surfels, cam)
+        dom, wmax = dom.cpu(), wmax.float().cpu()
+        better = (dom >= 0) & (wmax >= min_weight) & (wmax > best_w)
+        out[better] = lab.reshape(-1)[dom[better]]
+        best_w = torch.where(better, wmax, best_w)
+    return out
+
+
+def query_example_report(surfels: SurfelMap, gt_labels: torch.Tensor, label: int | None = None,
+                         threshold: float = 0.85, seed_index: int | None = None,
+                         ignore_label: int | None = -1) -> dict[str, Any]:
+    """Query by example for one object: pick a surfel of ``label`` (the one whose feature is most
+    typical of the object, i.e. closest to the mean unit feature of its surfels, unless
+    ``seed_index`` is given), query with its frozen feature and score the result against
+    ``gt_labels`` (N,). ``label=None`` picks the most frequent label. Returns a JSON-ready dict
+    with ``precision``, ``recall``, counts and timing."""
+    import time
+
+    gt = torch.as_tensor(gt_labels).reshape(-1).cpu()
+    if gt.numel() != len(surfels):
+        raise QueryError(f"gt_labels has {gt.numel()} entries for {len(surfels)} surfels")
+    if label is None:
+        known = gt[gt != ignore_label] if ignore_label is not None else gt
+        if known.numel() == 0:
+            raise QueryError("no surfel has a ground-truth label")
+        label = int(torch.mode(known).values)
+    members = torch.nonzero(gt == label).squeeze(1)
+    if members.numel() == 0:
+        raise QueryError(f"no surfel carries ground-truth label {label}")
+    fu = surfels.features_unit.cpu()
+    if seed_index is None:
+        centre = F.normalize(fu[members].mean(0), dim=0)
+        seed_index = int(members[torch.argmax(fu[members] @ centre)])
+    t0 = time.perf_counter()
+    res = query_by_feature(surfels, fu[seed_index], threshold, seed=seed_index)
+    dt = time.perf_counter() - t0
+    rep = {"label": int(label), "seed_surfel": int(seed_index), "threshold": float(threshold),
+           "num_surfels": len(surfels), "query_ms": 1000 * dt}
+    rep.update(precision_recall(res, gt, label, ignore_label))
+    return rep
+
+
+def write_query_json(path: str | os.PathLike, report: dict[str, Any]) -> None:
+    """Write a report (``precision``, ``recall``, ...) atomically as JSON."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(report, f, indent=2, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, p)
+
+
+# ----------------------------------------------------------------------------- promptable masks
+@dataclass
+class SegmentResult:
+    """mask (H, W) bool; indices (K,) int64 surfels inside; score: SAM's predicted IoU of the mask;
+    logits (H, W) mask logits; feature_grid (256, g, g) the rendered embedding fed to the decoder;
+    valid_grid (gh, gw) its non-padded part."""
+
+    mask: torch.Tensor
+    indices: torch.Tensor
+    score: float
+    logits: torch.Tensor
+    feature_grid: torch.Tensor
+    valid_grid: tuple[int, int]
+    extra: dict = field(default_factory=dict)
+
+
+def _render_camera(camera: Camera, render_long_side: int | None) -> tuple[Camera, float]:
+    long_side = max(camera.width, camera.height)
+    if render_long_side is None or render_long_side >= long_side:
+        return camera, 1.0
+    f = render_long_side / long_side
+    return camera.scaled(f), f
+
+
+def sam_valid_grid(height: int, width: int, input_size: int) -> tuple[int, int]:
+    """Grid rows/cols with image content after SAM's resize to ``input_size`` (the rest is padding)."""
+    s = input_size / max(height, width)
+    return math.ceil(int(height * s + 0.5) / PATCH), math.ceil(int(width * s + 0.5) / PATCH)
+
+
+def feature_image_to_grid(features: torch.Tensor, image_hw: tuple[int, int], input_size: int = 1024) -> torch.Tensor:
+    """Area-average a (D, h, w) feature image of an (H, W) view onto SAM's (D, g, g) embedding grid.
+
+    g = input_size / 16; grid cell (gx, gy) covers image pixels [gx, gx + 1) * max(H, W) / g (the
+    cells SAM's encoder sees after its longest-side resize); the image is zero-padded bottom/right
+    to whole cells, and the cells beyond the image are zero, as in SAM's padded input.
+    ``features`` may be rendered at a lower resolution than (H, W) (same aspect ratio).
+    """
+    h0, w0 = image_hw
+    d, h, w = features.shape
+    g = input_size // PATCH
+    gh, gw = sam_valid_grid(h0, w0, input_size)
+    px_per_cell = h / h0 * max(h0, w0) / g  # rendered pixels per grid cell
+    ph = max(h, int(round(gh * px_per_cell)))
+    pw = max(w, int(round(gw * px_per_cell)))
+    x = F.pad(features.float()[None], (0, pw - w, 0, ph - h))
+    cells = F.interpolate(x, size=(gh, gw), mode="area")[0]
+    out = torch.zeros(d, g, g, dtype=torch.float32, device=features.device)
+    out[:, :gh, :gw] = cells
+    return out
+
+
+def _prompt_parts(parts: Any):
+    from fhgs_ros.features.sam import SamPromptModel
+    if isinstance(parts, SamPromptModel):
+        return parts
+    if hasattr(parts, "prompt_model"):
+        return parts.prompt_model()
+    if hasattr(parts, "image_encoder") and hasattr(parts, "mask_decoder"):
+        return SamPromptModel.from_sam(parts)
+    raise QueryError(f"segment_view needs a SamPromptModel, a SamExtractor or a segment_anything Sam, got "
+                     f"{type(parts).__name__}")
+
+
+def surfels_in_mask(surfels: SurfelMap, camera: Camera, mask: torch.Tensor, membership: str = "dominant",
+                    min_weight: float = 0.02, render_long_side: int | None = None, depth_tol: float = 0.05,
+                    pairs=None, backend: str = "auto") -> torch.Tensor:
+    """Indices (K,) of the surfels inside a (H, W) bool mask of ``camera``'s view (module docstring).
+
+    render_long_side: evaluate the weights (or depths) on the view scaled to this long side
+    (None = full resolution, the default: at a coarser scale small surfels are hidden by their
+    neighbours within one pixel and drop out). ``pairs``: precomputed :func:`pair_weights` of that
+    camera.
+    """
+    h0, w0 = camera.height, camera.width
+    m = torch.as_tensor(mask).bool().cpu()
+    if tuple(m.shape) != (h0, w0):
+        raise QueryError(f"mask shape {tuple(m.shape)} does not match the {w0}x{h0} view")
+    rc, f = _render_camera(camera, render_long_side)
+    if membership == "dominant":
+        dom, wmax = dominant_pixels(surfels, rc, pairs)
+        dom, wmax = dom.cpu(), wmax.cpu()
+        ok = (dom >= 0) & (wmax >= min_weight)
+        dx = (dom % rc.width).float()
+        dy = torch.div(dom, rc.width, rounding_mode="floor").float()
+        x = ((dx + 0.5) / (rc.width / w0) - 0.5).round().long().clamp(0, w0 - 1)
+        y = ((dy + 0.5) / (rc.height / h0) - 0.5).round().long().clamp(0, h0 - 1)
+        inside = ok & m[y, x]
+        return torch.nonzero(inside).squeeze(1)
+    if membership == "centre":
+        with torch.no_grad():
+            r = render(surfels, rc, backend=backend)
+            means = surfels.means.detach().cpu()
+            w2c = rc.world_to_cam
+            pc = means @ w2c[:3, :3].T + w2c[:3, 3]
+            z = pc[:, 2]
+            u = rc.fx * pc[:, 0] / z.clamp_min(1e-9) + rc.cx
+            v = rc.fy * pc[:, 1] / z.clamp_min(1e-9) + rc.cy
+            xi, yi = u.round().long(), v.round().long()
+            ok = (z > rc.near) & (xi >= 0) & (xi < rc.width) & (yi >= 0) & (yi < rc.height)
+            xi, yi = xi.clamp(0, rc.width - 1), yi.clamp(0, rc.height - 1)
+            dmed = r.depth_median.detach().cpu()[yi, xi]
+            ok &= (dmed > 0) & ((z - dmed).abs() <= depth_tol * dmed)
+            x = ((xi.float() + 0.5) / (rc.width / w0) - 0.5).round().long().clamp(0, w0 - 1)
+            y = ((yi.float() + 0.5) / (rc.height / h0) - 0.5).round().long().clamp(0, h0 - 1)
+            return torch.nonzero(ok & m[y, x]).squeeze(1)
+    raise QueryError(f"membership must be 'dominant' or 'centre', got '{membership}'")
+
+
+@torch.no_grad()
+def render_feature_grid(surfels: SurfelMap, camera: Camera, input_size: int = 1024,
+                        render_long_side: int | None = 256, backend: str = "auto", pairs=None) -> torch.Tensor:
+    """The surfels' raw frozen features alpha-blended in ``camera``'s view and area-averaged onto
+    SAM's (D, input_size/16, input_size/16) grid (see :func:`feature_image_to_grid`).
+
+    The view is rendered at ``render_long_side`` pixels on its long side (4 samples per cell per
+    axis at the standard 64-cell grid; None = full resolution). backend: any ``render`` backend, or
+    "pairs" (blend :func:`pair_weights` in chunks: bounded memory for D = 256 on the reference
+    path); "auto" uses the native rasterizer when built, else "pairs".
+    """
+    rc, _ = _render_camera(camera, render_long_side)
+    if backend == "auto" and native_rasterizer() is None:
+        backend = "pairs"
+    if backend == "pairs":
+        sid, pix, w = pairs if pairs is not None else pair_weights(surfels, rc)
+        feats = blend_values(sid, pix, w, surfels.features_raw, rc.width, rc.height)
+    else:
+        feats = render(surfels, rc, render_features=True, backend=backend).features
+    return feature_image_to_grid(feats, (camera.height, camera.width), input_size)
+
+
+@torch.no_grad()
+def segment_view(sam_parts: Any, surfels: SurfelMap, camera: Camera, points: Any = None, labels: Any = None,
+                 box: Any = None, multimask_output: bool = True, membership: str = "dominant",
+                 min_weight: float = 0.02, render_long_side: int | None = 256,
+                 membership_long_side: int | None = None, backend: str = "auto") -> SegmentResult:
+    """SAM mask for prompts on a *rendered* view, and the surfels inside it.
+
+    sam_parts: a ``SamPromptModel`` (``SamExtractor.prompt_model()``), a ``SamExtractor`` or a
+    ``segment_anything`` ``Sam``. points: (P, 2) pixel coordinates (x, y) in ``camera``'s image;
+    labels: (P,) 1 = foreground, 0 = background (default all 1); box: (x0, y0, x1, y1) pixels.
+    multimask_output: ask SAM for 3 masks and keep the one with the best predicted IoU (SAM's
+    advice for single-point prompts). Surfel membership: see the module docstring.
+    render_long_side: resolution of the feature render that is area-averaged onto SAM's grid
+    (256 = 4 x 4 samples per cell at the 64-cell grid; None = full resolution);
+    membership_long_side: resolution at which dominant-weight pixels are found (None = full).
+    """
+    parts = _prompt_parts(sam_parts)
+    if points is None and box is None:
+        raise QueryError("segment_view needs point prompts and/or a box")
+    d_sam = int(parts.prompt_encoder.embed_dim)
+    if surfels.feature_dim != d_sam:
+        raise QueryError(f"segment_view needs SAM features ({d_sam}-d) in the map, but it holds "
+                         f"{surfels.feature_dim}-d features (extractor '{surfels.meta.get('feature_extractor', '?')}')")
+    h0, w0 = camera.height, camera.width
+    s = parts.input_size
+    new_h, new_w = parts.preprocess_shape(h0, w0)
+    dev = parts.device
+    rc, _ = _render_camera(camera, render_long_side)
+    mc, _ = _render_camera(camera, membership_long_side)
+    use_pairs = backend == "pairs" or (backend == "auto" and native_rasterizer() is None)
+    pairs = pair_weights(surfels, rc) if use_pairs else None
+    grid = render_feature_grid(surfels, camera, s, render_long_side, "pairs" if use_pairs else backend, pairs)
+    if membership == "dominant" and (pairs is None or (mc.width, mc.height) != (rc.width, rc.height)):
+        pairs = pair_weights(surfels, mc)
+
+    # Prompts in SAM's resized-image frame (ResizeLongestSide.apply_coords / apply_boxes).
+    sx, sy = new_w / w0, new_h / h0
+    pts = None
+    if points is not None:
+        c = torch.as_tensor(points, dtype=torch.float32).reshape(-1, 2)
+        lab = torch.ones(c.shape[0]) if labels is None else torch.as_tensor(labels, dtype=torch.float32).reshape(-1)
+        if lab.numel() != c.shape[0]:
+            raise QueryError(f"{c.shape[0]} points but {lab.numel()} labels")
+        c = c * torch.tensor([sx, sy])
+        pts = (c[None].to(dev), lab[None].to(dev, torch.int))
+    bx = None
+    if box is not None:
+        b = torch.as_tensor(box, dtype=torch.float32).reshape(1, 4)
+        bx = (b * torch.tensor([sx, sy, sx, sy])).to(dev)
+    pe, md = parts.prompt_encoder, parts.mask_decoder
+    sparse, dense = pe(points=pts, boxes=bx, masks=None)
+    low, iou = md(image_embeddings=grid[None].to(dev, next(md.parameters()).dtype), image_pe=pe.get_dense_pe(),
+                  sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask_output)
+    best = int(torch.argmax(iou[0])) if multimask_output else 0
+    low = low[:, best:best + 1].float()
+    # Sam.postprocess_masks: to the padded input size, crop the padding, to the original size.
+    up = F.interpolate(low, (s, s), mode="bilinear", align_corners=False)[..., :new_h, :new_w]
+    logits = F.interpolate(up, (h0, w0), mode="bilinear", align_corners=False)[0, 0].cpu()
+    mask = logits > parts.mask_threshold
+    idx = surfels_in_mask(surfels, camera, mask, membership, min_weight, membership_long_side, pairs=pairs,
+                          backend=backend if backend != "pairs" else "auto")
+    return SegmentResult(mask, idx, float(iou[0, best]), logits, grid.cpu(), sam_valid_grid(h0, w0, s),
+                         {"low_res_logits": low[0, 0].cpu(), "all_iou": iou[0].float().cpu()})
