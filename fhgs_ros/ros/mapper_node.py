@@ -1,0 +1,902 @@
+"""fhgs-node: live incremental FHGS mapping from posed camera streams (ROS 2, rclpy).
+
+Run:  fhgs-node --ros-args --params-file config/fhgs.yaml [-p features.sam_checkpoint:=...]
+      python -m fhgs_ros.ros.mapper_node --ros-args ...   (same thing)
+
+Interface (names relative to the node, all remappable; DESIGN.md "ROS interface"):
+- in: ``image`` (sensor_msgs/Image: rgb8 bgr8 rgba8 bgra8 mono8 mono16) or ``image/compressed``
+  (jpeg/png), ``camera_info`` (plumb_bob / rational_polynomial / equidistant distortion:
+  undistorted before mapping), optional ``depth`` (16UC1 mm, 32FC1 m), the pose from TF
+  (``node.map_frame`` -> the image's optical frame), ``pose`` (PoseStamped) or ``odom``
+  (Odometry) per ``node.pose_source``, optional ``seed_points`` (PointCloud2 in map_frame),
+  ``/clicked_point`` (PointStamped: RViz "Publish Point" runs a 3-D-point query);
+- out: ``render/rgb``, ``render/depth`` (32FC1 m), ``render/normal``, ``render/features_pca``
+  (Image, from the latest keyframe pose), ``render/features`` (fhgs_interfaces/FeatureImage),
+  ``map/points`` (PointCloud2: x y z rgb pca_rgb opacity cluster [feat_*]), ``map/mesh``
+  (Marker TRIANGLE_LIST, TSDF over keyframes), ``query/points`` (PointCloud2), ``query/markers``
+  (MarkerArray), ``/diagnostics``;
+- services: ``save_map``, ``load_map``, ``reset`` (std_srvs/Trigger), ``render_view``,
+  ``query_feature``, ``segment_view``, ``export_mesh`` (fhgs_interfaces/srv).
+
+Threads: subscription callbacks only decode, validate and enqueue (bounded; drops counted);
+the MappingEngine's frontend / optimizer / saver threads do the work (fhgs_ros.ros.engine); a
+render thread publishes the live views; services and timers read immutable map snapshots.
+Every rejected input is logged once per kind with its reason and counted in /diagnostics.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import PointStamped, PoseStamped
+from nav_msgs.msg import Odometry
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
+from std_srvs.srv import Trigger
+from visualization_msgs.msg import Marker, MarkerArray
+
+from fhgs_interfaces.msg import FeatureImage
+from fhgs_interfaces.srv import ExportMesh, LoadMap, QueryFeature, RenderView, SaveMap, SegmentView
+from fhgs_ros.config import ConfigError, default_config_path
+from fhgs_ros.core.camera import Camera
+from fhgs_ros.ros import conversions as conv
+from fhgs_ros.ros.engine import (Counters, InputFrame, MappingEngine, MapState, Problems, cleanup_stale_temp_files,
+                                 memory_mb)
+from fhgs_ros.ros.imageproc import InputError, fit_size, invert, pose_matrix
+from fhgs_ros.ros.params import build_config, default_parameters, describe_parameters
+from fhgs_ros.ros.sync import FrameAssembler, PoseBuffer
+
+# node.* parameters that may change while the node runs (validated like at start-up).
+LIVE_PARAMETERS = {
+    "node.pose_source", "node.kf_min_translation", "node.kf_min_rotation_deg", "node.kf_max_interval",
+    "node.kf_min_interval", "node.publish_period", "node.render_long_side", "node.publish_features",
+    "node.cloud_period", "node.cloud_max_points", "node.cloud_features", "node.mesh_period", "node.query_threshold",
+    "node.query_max_results", "node.sync_slop", "node.sync_timeout", "node.autosave_every_keyframes",
+    "node.autosave_period", "node.feature_dtype", "node.diagnostics_period",
+}
+STANDARD_PARAMETERS = {"use_sim_time", "start_type_description_service"}
+
+
+def build_extractor(cfg, log_error):
+    """The feature extractor named by ``features.extractor`` (a robot stream has no labels: SAM)."""
+    fc = cfg.features
+    if fc.extractor == "label":
+        raise ConfigError("features.extractor: 'label' needs label images, which a camera stream does not have; "
+                          "use 'sam' with features.sam_checkpoint (see README / launch argument sam_checkpoint)")
+    from fhgs_ros.features.base import make_extractor
+    kw = dict(model=fc.sam_model, checkpoint=fc.sam_checkpoint or None, input_size=fc.sam_input_size,
+              device=fc.device)
+    if fc.extractor == "sam" and not fc.sam_checkpoint:
+        from fhgs_ros.features.sam import missing_checkpoint_help
+        raise ConfigError(f"features.sam_checkpoint: empty; the node needs a SAM checkpoint.\n"
+                          f"{missing_checkpoint_help(fc.sam_model)}")
+    if fc.cache_dir:
+        kw["cache_dir"] = fc.cache_dir
+    return make_extractor(fc.extractor, **kw)
+
+
+class FHGSNode(Node):
+    def __init__(self, node_name: str = "fhgs_node", **kwargs):
+        super().__init__(node_name, **kwargs)
+        self.log = self.get_logger()
+        self._declare()
+        flat = {k: self.get_parameter(k).value for k in default_parameters()}
+        unknown = sorted(k for k in self._parameter_overrides if k not in flat and k not in STANDARD_PARAMETERS)
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: unknown parameter" + (f" (and {len(unknown) - 1} more)"
+                                                                    if len(unknown) > 1 else ""))
+        self.cfg, self.ncfg = build_config(flat)
+        self.flat = flat
+        if self.ncfg.torch_threads > 0:
+            torch.set_num_threads(self.ncfg.torch_threads)
+        self.extractor = build_extractor(self.cfg, self.log.error)
+        self.sam_parts = None
+        self.problems = Problems(logger=self.log.warning)
+        self.counters = Counters()
+        self._render_event = threading.Event()
+        self._stop = threading.Event()
+        self.engine = MappingEngine(self.cfg, self.ncfg, self.extractor, self.problems, self.counters,
+                                    on_keyframe=lambda st: self._render_event.set(), on_save=self._on_autosave,
+                                    info=self.log.info)
+        nc = self.ncfg
+        self.assembler = FrameAssembler(nc.sync_slop, nc.sync_timeout, nc.queue_size, nc.use_depth)
+        self.poses = PoseBuffer(maxlen=2000, slop=max(nc.sync_slop, 1e-3))
+        self.extrinsic = pose_matrix(nc.camera_extrinsic[:3], nc.camera_extrinsic[3:], 1e-3, "node.camera_extrinsic")
+        self.last_frame_id = nc.camera_frame or "camera"
+        self.mesh = None
+        self.mesh_version = -1
+        self.cloud_version = -1
+        self.render_version = -1
+        self._last_render_pub = 0.0
+        self._resume()
+
+        # ---------------------------------------------------------- ROS plumbing
+        self.cb_input = ReentrantCallbackGroup()
+        self.cb_services = ReentrantCallbackGroup()
+        self.cb_cloud = MutuallyExclusiveCallbackGroup()
+        self.cb_mesh = MutuallyExclusiveCallbackGroup()
+        self.cb_diag = MutuallyExclusiveCallbackGroup()
+        sensor = QoSProfile(depth=max(2, nc.queue_size), reliability=ReliabilityPolicy.BEST_EFFORT,
+                            history=HistoryPolicy.KEEP_LAST)
+        reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        g = self.cb_input
+        self.create_subscription(Image, "image", self._on_image, sensor, callback_group=g)
+        self.create_subscription(CompressedImage, "image/compressed", self._on_compressed, sensor, callback_group=g)
+        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, sensor, callback_group=g)
+        self.create_subscription(Image, "depth", self._on_depth, sensor, callback_group=g)
+        self.create_subscription(PoseStamped, "pose", self._on_pose, reliable, callback_group=g)
+        self.create_subscription(Odometry, "odom", self._on_odom, reliable, callback_group=g)
+        self.create_subscription(PointCloud2, "seed_points", self._on_seed_points, reliable, callback_group=g)
+        self.create_subscription(PointStamped, "/clicked_point", self._on_clicked_point, reliable,
+                                 callback_group=self.cb_services)
+        from fhgs_ros.ros.tf import make_tf_lookup
+        self.tf = make_tf_lookup(self, nc.tf_cache_time, 0.0, g, self.problems.report, nc.tf_backend)
+        self.log.info(f"TF backend: {self.tf.backend}")
+
+        self.pub_rgb = self.create_publisher(Image, "render/rgb", latched)
+        self.pub_depth = self.create_publisher(Image, "render/depth", latched)
+        self.pub_normal = self.create_publisher(Image, "render/normal", latched)
+        self.pub_pca = self.create_publisher(Image, "render/features_pca", latched)
+        self.pub_feat = self.create_publisher(FeatureImage, "render/features", latched)
+        self.pub_cloud = self.create_publisher(PointCloud2, "map/points", latched)
+        self.pub_mesh = self.create_publisher(Marker, "map/mesh", latched)
+        self.pub_qpoints = self.create_publisher(PointCloud2, "query/points", latched)
+        self.pub_qmarkers = self.create_publisher(MarkerArray, "query/markers", latched)
+        self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+
+        s = self.cb_services
+        self.create_service(SaveMap, "save_map", self._srv_save, callback_group=s)
+        self.create_service(LoadMap, "load_map", self._srv_load, callback_group=s)
+        self.create_service(Trigger, "reset", self._srv_reset, callback_group=s)
+        self.create_service(RenderView, "render_view", self._srv_render, callback_group=s)
+        self.create_service(QueryFeature, "query_feature", self._srv_query, callback_group=s)
+        self.create_service(SegmentView, "segment_view", self._srv_segment, callback_group=s)
+        self.create_service(ExportMesh, "export_mesh", self._srv_export_mesh, callback_group=s)
+
+        self.create_timer(0.05, self._poll, callback_group=g)
+        self.diag_timer = self.create_timer(nc.diagnostics_period, self._publish_diagnostics, callback_group=self.cb_diag)
+        self.create_timer(0.5, self._cloud_tick, callback_group=self.cb_cloud)
+        self.create_timer(1.0, self._mesh_tick, callback_group=self.cb_mesh)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+        self.engine.start()
+        self._render_thread = threading.Thread(target=self._render_loop, name="fhgs-render", daemon=True)
+        self._render_thread.start()
+        self.log.info(f"fhgs_node ready: features {self.engine.model_id} ({self.engine.dim}-d), pose from "
+                      f"{nc.pose_source}, map_frame '{nc.map_frame}', map_path '{nc.map_path}', "
+                      f"{len(self.engine.state.surfels)} surfels")
+
+    # ------------------------------------------------------------------ parameters
+    def _declare(self) -> None:
+        descs = describe_parameters(default_config_path())
+        for name, default in default_parameters().items():
+            d = ParameterDescriptor(description=descs.get(name, ""), dynamic_typing=True,
+                                    read_only=name.split(".")[0] != "node" or name not in LIVE_PARAMETERS)
+            if isinstance(default, list):
+                default = [float(v) for v in default]
+            self.declare_parameter(name, default, d)
+
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        new = dict(self.flat)
+        for p in params:
+            if p.name in STANDARD_PARAMETERS:
+                continue
+            if p.name not in new:
+                return SetParametersResult(successful=False, reason=f"{p.name}: unknown parameter")
+            if p.name not in LIVE_PARAMETERS:
+                return SetParametersResult(successful=False,
+                                           reason=f"{p.name}: cannot change while the node runs (restart it)")
+            new[p.name] = p.value
+        try:
+            _, ncfg = build_config(new)
+        except ConfigError as exc:
+            return SetParametersResult(successful=False, reason=str(exc))
+        self.flat = new
+        self.ncfg.__dict__.update(ncfg.__dict__)
+        e = self.engine.selector
+        e.min_translation, e.min_rotation_deg = ncfg.kf_min_translation, ncfg.kf_min_rotation_deg
+        e.max_interval, e.min_interval = ncfg.kf_max_interval, ncfg.kf_min_interval
+        self.assembler.slop, self.assembler.timeout = ncfg.sync_slop, ncfg.sync_timeout
+        self.poses.slop = max(ncfg.sync_slop, 1e-3)
+        return SetParametersResult(successful=True)
+
+    # ------------------------------------------------------------------ start-up
+    def _resume(self) -> None:
+        nc = self.ncfg
+        if not nc.map_path:
+            return
+        removed = cleanup_stale_temp_files(nc.map_path)
+        if removed:
+            self.log.warning(f"removed {len(removed)} temporary file(s) of an interrupted save: {removed}")
+        if nc.resume and Path(nc.map_path).expanduser().exists():
+            ok, msg = self.engine.load(nc.map_path)
+            if ok:
+                self.log.info(f"resumed: {msg}")
+            else:
+                self.log.error(f"could not resume from '{nc.map_path}' ({msg}); starting with an empty map")
+
+    # ------------------------------------------------------------------ inputs
+    def _report(self, err: InputError) -> None:
+        self.problems.report(err)
+
+    def _on_image(self, msg: Image) -> None:
+        now = time.monotonic()
+        self.counters.tick("image", now)
+        n = int(msg.width) * int(msg.height)
+        if n > self.ncfg.max_input_pixels:
+            return self._report(InputError("image_too_large", f"image {msg.width}x{msg.height} ({n / 1e6:.1f} MP) "
+                                                              f"exceeds node.max_input_pixels="
+                                                              f"{self.ncfg.max_input_pixels}; dropped"))
+        try:
+            rgb = conv.image_to_rgb(msg)
+        except InputError as exc:
+            return self._report(exc)
+        self._queue_image(msg.header, rgb, now)
+
+    def _on_compressed(self, msg: CompressedImage) -> None:
+        now = time.monotonic()
+        self.counters.tick("image", now)
+        try:
+            size = _compressed_size(msg.data)
+            if size is not None and size[0] * size[1] > self.ncfg.max_input_pixels:
+                raise InputError("image_too_large", f"compressed image {size[0]}x{size[1]} "
+                                                    f"({size[0] * size[1] / 1e6:.1f} MP) exceeds "
+                                                    f"node.max_input_pixels={self.ncfg.max_input_pixels}; dropped")
+            rgb = conv.compressed_to_rgb(msg)
+        except InputError as exc:
+            return self._report(exc)
+        self._queue_image(msg.header, rgb, now)
+
+    def _queue_image(self, header, rgb: np.ndarray, now: float) -> None:
+        stamp = conv.stamp_to_sec(header.stamp)
+        frame_id = header.frame_id
+        if frame_id:
+            self.last_frame_id = frame_id
+        for d in self.assembler.add_image(stamp, (rgb, now), frame_id, now):
+            self._report(d)
+        self._poll()
+
+    def _on_camera_info(self, msg: CameraInfo) -> None:
+        self.counters.tick("camera_info")
+        try:
+            intr = conv.camera_info_to_intrinsics(msg)
+        except InputError as exc:
+            return self._report(exc)
+        self.assembler.add_info(conv.stamp_to_sec(msg.header.stamp), intr)
+
+    def _on_depth(self, msg: Image) -> None:
+        now = time.monotonic()
+        self.counters.tick("depth", now)
+        if int(msg.width) * int(msg.height) > self.ncfg.max_input_pixels:
+            return self._report(InputError("image_too_large", f"depth {msg.width}x{msg.height} exceeds "
+                                                              f"node.max_input_pixels; dropped"))
+        try:
+            d = conv.depth_to_array(msg)
+        except InputError as exc:
+            return self._report(exc)
+        self.assembler.add_depth(conv.stamp_to_sec(msg.header.stamp), d, now)
+
+    def _body_pose(self, pose, header, what: str) -> None:
+        try:
+            m = conv.pose_to_matrix(pose, self.ncfg.quat_tolerance, what)
+        except InputError as exc:
+            return self._report(exc)
+        if header.frame_id and header.frame_id.lstrip("/") != self.ncfg.map_frame:
+            self._report(InputError("pose_frame", f"{what} is in frame '{header.frame_id}', not map_frame "
+                                                  f"'{self.ncfg.map_frame}'; used as if it were map_frame"))
+        self.poses.add(conv.stamp_to_sec(header.stamp), m @ self.extrinsic)
+
+    def _on_pose(self, msg: PoseStamped) -> None:
+        self.counters.tick("pose")
+        if self.ncfg.pose_source == "pose":
+            self._body_pose(msg.pose, msg.header, "pose")
+
+    def _on_odom(self, msg: Odometry) -> None:
+        self.counters.tick("odom")
+        if self.ncfg.pose_source == "odom":
+            self._body_pose(msg.pose.pose, msg.header, "odometry")
+
+    def _lookup_pose(self, stamp: float, frame_id: str):
+        src = self.ncfg.pose_source
+        if src == "tf":
+            frame = self.ncfg.camera_frame or frame_id
+            if not frame:
+                return None, "the image has no header.frame_id and node.camera_frame is empty", True
+            return self.tf.lookup(self.ncfg.map_frame, frame, stamp)
+        return self.poses.lookup(stamp)
+
+    def _poll(self) -> None:
+        frames, drops = self.assembler.poll(time.monotonic(), self._lookup_pose)
+        for d in drops:
+            self._report(d)
+        for f in frames:
+            (rgb, received), intr = f.image, f.info
+            if (rgb.shape[1], rgb.shape[0]) != (intr.width, intr.height):
+                self._report(InputError("size_mismatch", f"image {rgb.shape[1]}x{rgb.shape[0]} does not match its "
+                                                         f"camera_info {intr.width}x{intr.height}; dropped"))
+                continue
+            if f.extra.get("depth_missing"):
+                self.counters.inc("frames_without_depth")
+            self.counters.inc("frames_synced")
+            self.engine.submit(InputFrame(f.stamp, rgb, intr, f.pose, f.depth, f.frame_id, received))
+
+    def _on_seed_points(self, msg: PointCloud2) -> None:
+        try:
+            xyz, rgb = conv.pointcloud2_to_xyz_rgb(msg)
+            frame = msg.header.frame_id.lstrip("/")
+            if frame and frame != self.ncfg.map_frame:
+                t, why, _ = self.tf.lookup(self.ncfg.map_frame, frame, conv.stamp_to_sec(msg.header.stamp))
+                if t is None:
+                    raise InputError("bad_pointcloud", f"seed points in frame '{frame}': {why}")
+                xyz = (xyz.astype(np.float64) @ t[:3, :3].T + t[:3, 3]).astype(np.float32)
+        except InputError as exc:
+            return self._report(exc)
+        n = self.engine.add_seed_points(xyz, rgb)
+        self.counters.inc("seed_points", len(xyz))
+        self.log.info(f"seed points: +{len(xyz)} ({n} waiting for a keyframe that sees them)")
+
+    # ------------------------------------------------------------------ rendering
+    def _header(self, t: float, frame: str | None = None):
+        return conv.make_header(frame or self.last_frame_id, t)
+
+    def _view_camera(self, cam: Camera, long_side: int) -> Camera:
+        w, h = fit_size(cam.width, cam.height, long_side)
+        return cam if (w, h) == (cam.width, cam.height) else cam.scaled(w / cam.width)
+
+    def render_images(self, st: MapState, cam: Camera, include_features: bool, feature_long_side: int | None = None):
+        """Renders of one view: dict of numpy images (+ raw features tensor when asked)."""
+        from fhgs_ros.core.render import rasterizer, surfel_colors
+
+        r = self.engine.render(cam, False, st)
+        alpha = r.alpha.clamp(0, 1)
+        out = {"rgb": (r.rgb.clamp(0, 1).permute(1, 2, 0) * 255).round().to(torch.uint8).numpy(),
+               "depth": torch.where(alpha > 0.5, r.depth_median, torch.zeros_like(r.depth_median)).numpy(),
+               "alpha": alpha.numpy()}
+        n = (r.normal / alpha.clamp_min(1e-6)).clamp(-1, 1)
+        nimg = torch.where(alpha[None] > 0.5, n * 0.5 + 0.5, torch.zeros_like(n))
+        out["normal"] = (nimg.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+        pca = st.pca
+        if pca is not None and len(st.surfels):
+            with torch.no_grad():
+                coords = pca.project(st.surfels.features_raw.float())  # (N, 3), affine in the feature
+                fn = rasterizer(self.cfg.mapper.backend)
+                s = st.surfels
+                rr = fn(s.means, s.quats, s.scales, s.opacity, surfel_colors(s, cam), cam, None, None, None, None,
+                        coords)
+                p = rr.features / rr.alpha.clamp_min(1e-6)[None]  # = PCA of the alpha-normalized rendered feature
+                rgb = ((p - pca.lo[:, None, None]) / (pca.hi - pca.lo)[:, None, None]).clamp(0, 1)
+                rgb = torch.where(rr.alpha[None] >= 1e-3, rgb, torch.zeros_like(rgb))
+            out["features_pca"] = (rgb.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
+        else:
+            out["features_pca"] = np.zeros_like(out["rgb"])
+        if include_features:
+            fc = cam if feature_long_side is None else self._view_camera(cam, feature_long_side)
+            out["features"] = self.engine.render(fc, True, st).features
+        return out
+
+    def _render_loop(self) -> None:
+        while not self._stop.is_set():
+            period = self.ncfg.publish_period
+            self._render_event.wait(timeout=period if period > 0 else 1.0)
+            forced = self._render_event.is_set()
+            self._render_event.clear()
+            if self._stop.is_set():
+                return
+            st = self.engine.state
+            if st.last_camera is None:
+                continue
+            if not forced and (period <= 0 or st.version == self.render_version):
+                continue
+            try:
+                self._publish_renders(st)
+            except Exception as exc:  # noqa: BLE001 - keep publishing later
+                if self._stop.is_set() or not self.context.ok():
+                    return
+                self.log.error(f"render publishing failed: {type(exc).__name__}: {exc}")
+
+    def _publish_renders(self, st: MapState) -> None:
+        nc = self.ncfg
+        cam = self._view_camera(st.last_camera, nc.render_long_side)
+        feat_ls = max(16, min(nc.render_long_side or 10 ** 6, 96))
+        imgs = self.render_images(st, cam, nc.publish_features, feat_ls)
+        hdr = self._header(st.stamp)
+        self.pub_rgb.publish(conv.rgb_to_image(imgs["rgb"], hdr))
+        self.pub_depth.publish(conv.float_to_image(imgs["depth"], hdr))
+        self.pub_normal.publish(conv.rgb_to_image(imgs["normal"], hdr))
+        self.pub_pca.publish(conv.rgb_to_image(imgs["features_pca"], hdr))
+        if "features" in imgs:
+            self.pub_feat.publish(conv.feature_image_msg(imgs["features"], hdr, nc.feature_dtype, st.model_id))
+        self.render_version = st.version
+        if st.received > 0:
+            self.counters.set("latency_ms", (time.monotonic() - st.received) * 1000)
+        self.counters.inc("renders_published")
+
+    # ------------------------------------------------------------------ cloud and mesh
+    def cloud_columns(self, st: MapState, idx: torch.Tensor | None = None, scores: torch.Tensor | None = None,
+                      features: bool = False) -> dict[str, np.ndarray]:
+        from fhgs_ros.core.sh import C0 as SH_C0
+
+        s = st.surfels
+        sel = (lambda t: t) if idx is None else (lambda t: t[idx])
+        with torch.no_grad():
+            xyz = sel(s.means).float().numpy()
+            rgb = (sel(s.sh_dc).reshape(-1, 3) * SH_C0 + 0.5).clamp(0, 1).numpy()
+            cols = {"x": xyz[:, 0].copy(), "y": xyz[:, 1].copy(), "z": xyz[:, 2].copy(), "rgb": conv.pack_rgb(rgb)}
+            if st.pca is not None:
+                cols["pca_rgb"] = conv.pack_rgb(st.pca.to_rgb_points(sel(s.features_raw).float()).numpy())
+            cols["opacity"] = sel(s.opacity).float().numpy()
+            if st.centroids is not None:
+                cols["cluster"] = (sel(s.features_unit) @ st.centroids.T).argmax(1).to(torch.int32).numpy()
+            if scores is not None:
+                cols["score"] = scores.float().numpy()
+            if features:
+                f = sel(s.features_raw).float().numpy()
+                for i in range(f.shape[1]):
+                    cols[f"feat_{i}"] = np.ascontiguousarray(f[:, i])
+        return cols
+
+    def _cloud_tick(self) -> None:
+        nc = self.ncfg
+        if nc.cloud_period <= 0:
+            return
+        now = time.monotonic()
+        if now - getattr(self, "_last_cloud", 0.0) < nc.cloud_period:
+            return
+        st = self.engine.state
+        if st.version == self.cloud_version:
+            return
+        self._last_cloud = now
+        idx = None
+        if len(st.surfels) > nc.cloud_max_points:
+            g = torch.Generator().manual_seed(0)
+            idx = torch.randperm(len(st.surfels), generator=g)[: nc.cloud_max_points].sort().values
+        cols = self.cloud_columns(st, idx, features=nc.cloud_features)
+        self.pub_cloud.publish(conv.make_pointcloud2(cols, self._header(st.stamp, nc.map_frame)))
+        self.cloud_version = st.version
+        self.counters.inc("clouds_published")
+
+    def compute_mesh(self, st: MapState):
+        from fhgs_ros.core.mesh import mesh_from_surfels
+
+        nc = self.ncfg
+        cams = [self._view_camera(c, nc.mesh_long_side) for c in st.cameras[-nc.mesh_max_keyframes:]]
+        return mesh_from_surfels(st.surfels, cams, voxel_size=nc.mesh_voxel_size or None, keep_largest=False,
+                                 max_voxels=128 ** 3, backend=self.cfg.mapper.backend)
+
+    def _mesh_tick(self) -> None:
+        nc = self.ncfg
+        if nc.mesh_period <= 0:
+            return
+        now = time.monotonic()
+        if now - getattr(self, "_last_mesh", 0.0) < nc.mesh_period:
+            return
+        st = self.engine.state
+        if st.version == self.mesh_version or not st.cameras or len(st.surfels) == 0:
+            return
+        self._last_mesh = now
+        try:
+            mesh = self.compute_mesh(st)
+        except Exception as exc:  # noqa: BLE001
+            self.log.error(f"mesh refresh failed: {type(exc).__name__}: {exc}")
+            return
+        self.mesh, self.mesh_version = mesh, st.version
+        self._publish_mesh(mesh, st)
+
+    def _publish_mesh(self, mesh, st: MapState) -> None:
+        v = mesh.vertices.numpy() if hasattr(mesh.vertices, "numpy") else np.asarray(mesh.vertices)
+        f = mesh.faces.numpy() if hasattr(mesh.faces, "numpy") else np.asarray(mesh.faces)
+        c = None
+        if mesh.colors is not None:
+            c = mesh.colors.numpy() if hasattr(mesh.colors, "numpy") else np.asarray(mesh.colors)
+        self.pub_mesh.publish(conv.mesh_marker(v, f, c, self._header(st.stamp, self.ncfg.map_frame),
+                                               max_triangles=self.ncfg.mesh_max_triangles))
+        self.counters.inc("meshes_published")
+        self.counters.set("mesh_faces", len(f))
+
+    # ------------------------------------------------------------------ diagnostics
+    def diagnostics(self) -> DiagnosticStatus:
+        now = time.monotonic()
+        es = self.engine.stats()
+        cs = self.counters.snapshot()
+        ps = self.problems.snapshot()
+        values: dict[str, object] = {}
+        for name in ("image", "camera_info", "depth", "pose", "odom"):
+            values[f"rate_{name}_hz"] = round(self.counters.rate(name, now), 2)
+        values.update(es)
+        values["tf_messages"] = getattr(self.tf, "count", 0)
+        for k in ("frames_synced", "frames_without_depth", "frames_not_keyframes", "keyframes_prepared",
+                  "renders_published", "clouds_published", "meshes_published", "saves", "autosaves", "latency_ms",
+                  "seed_points", "densifications", "service_calls", "service_errors"):
+            values[k] = round(float(cs.get(k, 0)), 2)
+        values["queue_drops"] = ps.get("queue_drop", 0)
+        values["rejected_total"] = sum(ps.values())
+        for k, v in sorted(ps.items()):
+            values[f"rejected_{k}"] = v
+        values["optimizer_alive"] = self.engine.alive()
+        level, msg = DiagnosticStatus.OK, "mapping"
+        if self.engine.optimizer_error:
+            level, msg = DiagnosticStatus.ERROR, f"optimizer stopped: {self.engine.optimizer_error}"
+        elif sum(ps.values()) > getattr(self, "_rejected_seen", 0):
+            level, msg = DiagnosticStatus.WARN, "rejected inputs: " + ", ".join(
+                f"{k} ({self.problems.last.get(k, '')[:80]})" for k in sorted(ps))[:400]
+        self._rejected_seen = sum(ps.values())
+        return DiagnosticStatus(level=level, name=f"{self.get_name()}: FHGS mapping", message=msg,
+                                hardware_id="fhgs_ros",
+                                values=[KeyValue(key=k, value=str(v)) for k, v in values.items()])
+
+    def _publish_diagnostics(self) -> None:
+        arr = DiagnosticArray()
+        arr.header.stamp = self.get_clock().now().to_msg()
+        arr.status = [self.diagnostics()]
+        self.pub_diag.publish(arr)
+
+    # ------------------------------------------------------------------ services
+    def _srv_error(self, kind: str, reason: str) -> str:
+        self.counters.inc("service_errors")
+        self.problems.report(InputError(kind, reason))
+        return reason
+
+    def _srv_save(self, req, res):
+        self.counters.inc("service_calls")
+        path = req.path or self.ncfg.map_path
+        if not path:
+            res.success, res.message = False, self._srv_error("bad_service_argument",
+                                                             "save_map: empty path and node.map_path is not set")
+            return res
+        ok, msg, st = self.engine.save(path)
+        res.success, res.message, res.path = ok, msg, str(Path(path).expanduser())
+        res.num_surfels, res.num_keyframes = len(st.surfels), len(st.cameras)
+        if not ok:
+            self._srv_error("save_failed", msg)
+        return res
+
+    def _srv_load(self, req, res):
+        self.counters.inc("service_calls")
+        path = req.path or self.ncfg.map_path
+        if not path:
+            res.success, res.message = False, self._srv_error("bad_service_argument",
+                                                             "load_map: empty path and node.map_path is not set")
+            return res
+        ok, msg = self.engine.load(path)
+        res.success, res.message = ok, msg
+        st = self.engine.state
+        if ok:
+            self.assembler.reset()
+            self._render_event.set()
+            res.num_surfels, res.num_keyframes, res.feature_extractor = len(st.surfels), len(st.cameras), st.model_id
+        else:
+            self._srv_error("load_failed", msg)
+        return res
+
+    def _on_autosave(self, path: str, ok: bool, msg: str) -> None:
+        if ok:
+            self.log.debug(f"autosave: {msg}")
+        else:
+            self.problems.report(InputError("autosave_failed", msg))
+
+    def _srv_reset(self, req, res):
+        self.counters.inc("service_calls")
+        ok, msg = self.engine.reset()
+        self.assembler.reset()
+        self.poses.clear()
+        self.mesh, self.mesh_version = None, -1
+        res.success, res.message = ok, msg
+        return res
+
+    def _request_camera(self, req, st: MapState) -> Camera:
+        return conv.camera_from_request(req.pose, req.camera_info, st.last_camera, req.use_latest_keyframe,
+                                        near=0.05, far=1000.0, max_pixels=self.ncfg.max_request_pixels)
+
+    def _srv_render(self, req, res):
+        self.counters.inc("service_calls")
+        st = self.engine.state
+        try:
+            cam = self._request_camera(req, st)
+        except InputError as exc:
+            res.success, res.message = False, self._srv_error("bad_service_argument", f"render_view: {exc}")
+            return res
+        imgs = self.render_images(st, cam, req.include_features)
+        hdr = self._header(st.stamp if req.use_latest_keyframe else self.get_clock().now().nanoseconds * 1e-9)
+        res.rgb = conv.rgb_to_image(imgs["rgb"], hdr)
+        res.depth = conv.float_to_image(imgs["depth"], hdr)
+        res.normal = conv.rgb_to_image(imgs["normal"], hdr)
+        res.features_pca = conv.rgb_to_image(imgs["features_pca"], hdr)
+        res.alpha = conv.float_to_image(imgs["alpha"], hdr)
+        if req.include_features:
+            res.features = conv.feature_image_msg(imgs["features"], hdr, self.ncfg.feature_dtype, st.model_id)
+        res.num_surfels = len(st.surfels)
+        res.success, res.message = True, f"rendered {cam.width}x{cam.height} from {len(st.surfels)} surfels"
+        if req.publish:
+            self.pub_rgb.publish(res.rgb)
+            self.pub_depth.publish(res.depth)
+            self.pub_normal.publish(res.normal)
+            self.pub_pca.publish(res.features_pca)
+        return res
+
+    def _publish_query(self, st: MapState, idx: torch.Tensor, scores: torch.Tensor, anchor=None) -> PointCloud2:
+        hdr = self._header(self.get_clock().now().nanoseconds * 1e-9, self.ncfg.map_frame)
+        cols = self.cloud_columns(st, idx, scores)
+        cloud = conv.make_pointcloud2(cols, hdr)
+        self.pub_qpoints.publish(cloud)
+        xyz = np.stack([cols["x"], cols["y"], cols["z"]], -1) if len(idx) else np.zeros((0, 3))
+        ma = MarkerArray()
+        clear = Marker(header=hdr, ns="fhgs_query", id=0, action=Marker.DELETEALL)
+        ma.markers.append(clear)
+        ma.markers.append(conv.points_marker(xyz, None, hdr, marker_id=1, size=0.02))
+        if anchor is not None:
+            a = conv.points_marker(np.asarray([anchor]), None, hdr, marker_id=2, size=0.06, rgba=(0.1, 0.4, 1.0, 1.0))
+            ma.markers.append(a)
+        txt = Marker(header=hdr, ns="fhgs_query", id=3, type=Marker.TEXT_VIEW_FACING, action=Marker.ADD,
+                     text=f"{len(idx)} matches")
+        txt.pose.orientation.w = 1.0
+        p = anchor if anchor is not None else (xyz.mean(0) if len(xyz) else np.zeros(3))
+        txt.pose.position.x, txt.pose.position.y, txt.pose.position.z = float(p[0]), float(p[1]), float(p[2]) + 0.15
+        txt.scale.z = 0.08
+        txt.color.r = txt.color.g = txt.color.b = txt.color.a = 1.0
+        ma.markers.append(txt)
+        self.pub_qmarkers.publish(ma)
+        return cloud
+
+    def _srv_query(self, req, res):
+        from fhgs_ros.core.query import QueryError, query_by_feature, query_by_pixel, query_by_point
+
+        self.counters.inc("service_calls")
+        st = self.engine.state
+        thr = float(req.threshold) if req.threshold > 0 else self.ncfg.query_threshold
+        top = int(req.max_results) if req.max_results > 0 else self.ncfg.query_max_results
+        res.seed_index = -1
+        try:
+            if not math.isfinite(thr) or thr > 1.0:
+                raise InputError("bad_service_argument", f"query_feature: threshold {req.threshold} must be in (0, 1]")
+            if req.mode not in (QueryFeature.Request.BY_PIXEL, QueryFeature.Request.BY_POINT,
+                                QueryFeature.Request.BY_VECTOR):
+                raise InputError("bad_service_argument", f"query_feature: unknown mode {req.mode} (0 = BY_PIXEL, "
+                                                         f"1 = BY_POINT, 2 = BY_VECTOR)")
+            if len(st.surfels) == 0:
+                raise InputError("bad_service_argument", "query_feature: the map is empty")
+            anchor = None
+            cam = None
+            if req.mode == QueryFeature.Request.BY_PIXEL:
+                pm = req.pixel_mode or "rendered"
+                if pm not in ("rendered", "dominant"):
+                    raise InputError("bad_service_argument", f"query_feature: unknown pixel_mode '{pm}' (rendered, "
+                                                             f"dominant)")
+                cam = self._request_camera(req, st)
+                q = query_by_pixel(st.surfels, cam, int(req.x), int(req.y), thr, mode=pm, top_k=top,
+                                   backend=self.cfg.mapper.backend)
+            elif req.mode == QueryFeature.Request.BY_POINT:
+                p = (req.point.x, req.point.y, req.point.z)
+                if not all(math.isfinite(v) for v in p):
+                    raise InputError("bad_service_argument", "query_feature: point contains NaN/Inf")
+                q = query_by_point(st.surfels, p, thr, radius=float(req.radius) if req.radius > 0 else None, top_k=top)
+                anchor = p
+            else:
+                v = np.asarray(req.vector, dtype=np.float32)
+                if v.size != st.feature_dim:
+                    raise InputError("bad_service_argument", f"query_feature: vector has {v.size} values, the map's "
+                                                             f"features have {st.feature_dim}")
+                q = query_by_feature(st.surfels, torch.from_numpy(v), thr, top)
+        except (InputError, QueryError) as exc:
+            kind = exc.kind if isinstance(exc, InputError) else "bad_service_argument"
+            res.success, res.message = False, self._srv_error(kind, f"{exc}")
+            return res
+        res.count = len(q)
+        res.seed_index = int(q.seed)
+        res.indices = [int(i) for i in q.indices.tolist()]
+        res.scores = [float(s) for s in q.scores.tolist()]
+        hdr = self._header(self.get_clock().now().nanoseconds * 1e-9, self.ncfg.map_frame)
+        res.points = conv.make_pointcloud2(self.cloud_columns(st, q.indices, q.scores), hdr)
+        if cam is not None:
+            res.mask = conv.mono_to_image(self._match_mask(st, cam, q.query, thr), self._header(hdr.stamp.sec))
+        if req.publish:
+            self._publish_query(st, q.indices, q.scores, anchor)
+        res.success, res.message = True, f"{len(q)} surfels with cosine similarity >= {thr:.3f}"
+        return res
+
+    def _match_mask(self, st: MapState, cam: Camera, query: torch.Tensor, thr: float) -> np.ndarray:
+        """mono8 mask of the view's pixels whose rendered (alpha-normalized) feature matches the query."""
+        small = self._view_camera(cam, 256)
+        f = self.engine.render(small, True, st).features
+        u = torch.nn.functional.normalize(f, dim=0)
+        sim = torch.einsum("dhw,d->hw", u, query.float())
+        m = ((sim >= thr).float() * 255)[None, None]
+        m = torch.nn.functional.interpolate(m, size=(cam.height, cam.width), mode="nearest")[0, 0]
+        return m.to(torch.uint8).numpy()
+
+    def _on_clicked_point(self, msg: PointStamped) -> None:
+        from fhgs_ros.core.query import QueryError, query_by_point
+
+        st = self.engine.state
+        p = np.array([msg.point.x, msg.point.y, msg.point.z], dtype=np.float64)
+        try:
+            if not np.isfinite(p).all():
+                raise InputError("bad_clicked_point", "clicked point contains NaN/Inf")
+            frame = msg.header.frame_id.lstrip("/")
+            if frame and frame != self.ncfg.map_frame:
+                t, why, _ = self.tf.lookup(self.ncfg.map_frame, frame, 0.0)
+                if t is None:
+                    raise InputError("bad_clicked_point", f"clicked point in frame '{frame}': {why}")
+                p = t[:3, :3] @ p + t[:3, 3]
+            if len(st.surfels) == 0:
+                raise InputError("bad_clicked_point", "clicked point: the map is empty")
+            q = query_by_point(st.surfels, p.tolist(), self.ncfg.query_threshold, top_k=self.ncfg.query_max_results)
+        except (InputError, QueryError) as exc:
+            self.problems.report(exc if isinstance(exc, InputError) else InputError("bad_clicked_point", str(exc)))
+            return
+        self._publish_query(st, q.indices, q.scores, p)
+        self.counters.inc("clicked_point_queries")
+        self.log.info(f"clicked point ({p[0]:.2f}, {p[1]:.2f}, {p[2]:.2f}): {len(q)} matching surfels")
+
+    def _prompt_model(self):
+        if self.sam_parts is None:
+            ext = getattr(self.extractor, "inner", None) or getattr(self.extractor, "extractor", None) or self.extractor
+            if not hasattr(ext, "prompt_model"):
+                return None
+            self.sam_parts = ext.prompt_model()
+        return self.sam_parts
+
+    def _srv_segment(self, req, res):
+        from fhgs_ros.core.query import QueryError, segment_view
+
+        self.counters.inc("service_calls")
+        st = self.engine.state
+        try:
+            parts = self._prompt_model()
+            if parts is None:
+                raise InputError("bad_service_argument", "segment_view: the feature extractor has no SAM prompt "
+                                                         "decoder (features.extractor must be sam)")
+            pts = np.asarray(req.points, dtype=np.float32)
+            if pts.size % 2:
+                raise InputError("bad_service_argument", f"segment_view: points must be x, y pairs, got {pts.size} "
+                                                         f"values")
+            pts = pts.reshape(-1, 2)
+            labels = np.asarray(req.labels, dtype=np.int64)
+            if labels.size and labels.size != len(pts):
+                raise InputError("bad_service_argument", f"segment_view: {len(pts)} points but {labels.size} labels")
+            if labels.size and not np.isin(labels, (0, 1)).all():
+                raise InputError("bad_service_argument", "segment_view: labels must be 0 (background) or 1 "
+                                                         "(foreground)")
+            box = np.asarray(req.box, dtype=np.float32)
+            if box.size not in (0, 4):
+                raise InputError("bad_service_argument", f"segment_view: box needs 4 values, got {box.size}")
+            if not len(pts) and not box.size:
+                raise InputError("bad_service_argument", "segment_view: give point prompts and/or a box")
+            if len(st.surfels) == 0:
+                raise InputError("bad_service_argument", "segment_view: the map is empty")
+            cam = self._request_camera(req, st)
+            if len(pts) and ((pts[:, 0] < 0) | (pts[:, 0] >= cam.width) | (pts[:, 1] < 0)
+                             | (pts[:, 1] >= cam.height)).any():
+                raise InputError("bad_service_argument", f"segment_view: a point lies outside the "
+                                                         f"{cam.width}x{cam.height} view")
+            r = segment_view(parts, st.surfels, cam, points=pts if len(pts) else None,
+                             labels=labels if labels.size else None, box=box if box.size else None,
+                             render_long_side=self.ncfg.segment_long_side, backend=self.cfg.mapper.backend)
+        except (InputError, QueryError) as exc:
+            kind = exc.kind if isinstance(exc, InputError) else "bad_service_argument"
+            res.success, res.message = False, self._srv_error(kind, str(exc))
+            return res
+        hdr = self._header(self.get_clock().now().nanoseconds * 1e-9, self.ncfg.map_frame)
+        res.mask = conv.mono_to_image((r.mask.numpy().astype(np.uint8) * 255), self._header(hdr.stamp.sec))
+        res.score = float(r.score)
+        res.count = int(r.indices.numel())
+        res.indices = [int(i) for i in r.indices.tolist()]
+        res.points = conv.make_pointcloud2(self.cloud_columns(st, r.indices), hdr)
+        if req.publish:
+            self._publish_query(st, r.indices, torch.ones(r.indices.numel()))
+        res.success, res.message = True, f"mask of {int(r.mask.sum())} pixels, {res.count} surfels"
+        return res
+
+    def _srv_export_mesh(self, req, res):
+        from fhgs_ros.core.mesh import vertex_colors_from_surfels, write_mesh_obj, write_mesh_ply
+
+        self.counters.inc("service_calls")
+        st = self.engine.state
+        try:
+            path = req.path
+            if not path:
+                if not self.ncfg.map_path:
+                    raise InputError("bad_service_argument", "export_mesh: empty path and node.map_path is not set")
+                path = str(Path(self.ncfg.map_path).expanduser().with_suffix("")) + "_mesh.ply"
+            fmt = (req.format or Path(path).suffix.lstrip(".")).lower()
+            if fmt not in ("ply", "obj"):
+                raise InputError("bad_service_argument", f"export_mesh: unknown format '{req.format or fmt}' "
+                                                         f"(ply, obj)")
+            color = req.color or "rgb"
+            if color not in ("rgb", "features", "none"):
+                raise InputError("bad_service_argument", f"export_mesh: unknown color '{req.color}' (rgb, features, "
+                                                         f"none)")
+            if not st.cameras or len(st.surfels) == 0:
+                raise InputError("bad_service_argument", "export_mesh: the map is empty")
+            mesh = self.mesh if (self.mesh is not None and not req.refresh) else self.compute_mesh(st)
+            if mesh is not self.mesh:
+                self.mesh, self.mesh_version = mesh, st.version
+            if color == "features" and st.pca is not None:
+                mesh.colors = vertex_colors_from_surfels(mesh, st.surfels.means,
+                                                         st.pca.to_rgb_points(st.surfels.features_raw.float()))
+            elif color == "none":
+                mesh.colors = None
+            p = Path(path).expanduser()
+            p.parent.mkdir(parents=True, exist_ok=True)
+            (write_mesh_ply if fmt == "ply" else write_mesh_obj)(mesh, p)
+        except InputError as exc:
+            res.success, res.message = False, self._srv_error(exc.kind, str(exc))
+            return res
+        except (OSError, ValueError) as exc:
+            res.success, res.message = False, self._srv_error("export_failed", f"export_mesh: {exc}")
+            return res
+        res.success, res.path = True, str(p)
+        res.num_vertices, res.num_faces = int(mesh.num_vertices), int(mesh.num_faces)
+        res.message = f"wrote {res.num_vertices} vertices, {res.num_faces} faces to '{p}'"
+        return res
+
+    # ------------------------------------------------------------------ shutdown
+    def shutdown(self) -> None:
+        self._stop.set()
+        self._render_event.set()
+        self.engine.stop()
+
+
+def _compressed_size(data) -> tuple[int, int] | None:
+    """(width, height) from a jpeg/png header without decoding the pixels (None if unknown)."""
+    import io
+
+    from PIL import Image as PILImage
+
+    try:
+        with PILImage.open(io.BytesIO(bytes(data))) as im:
+            return im.size
+    except Exception:  # noqa: BLE001 - decode_compressed reports the real error
+        return None
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Console script ``fhgs-node``."""
+    args = sys.argv if argv is None else argv
+    rclpy.init(args=args)
+    node = None
+    executor = None
+    try:
+        try:
+            node = FHGSNode()
+        except ConfigError as exc:
+            print(f"fhgs-node: invalid parameter: {exc}", file=sys.stderr, flush=True)
+            return 2
+        except (ValueError, ImportError) as exc:  # checkpoint / extractor problems
+            print(f"fhgs-node: cannot start: {exc}", file=sys.stderr, flush=True)
+            return 2
+        executor = MultiThreadedExecutor(num_threads=max(4, (os.cpu_count() or 2) + 2))
+        executor.add_node(node)
+        executor.spin()
+    except (KeyboardInterrupt, ExternalShutdownException):
+        pass
+    finally:
+        if node is not None:
+            node.shutdown()
+            node._render_thread.join(5)
+        if executor is not None:
+            executor.shutdown(timeout_sec=2)
+        if node is not None:
+            node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,243 @@
+"""TF for the mapping node: tf2_ros when the ROS installation has it, else our own listener.
+
+ROS 2 from PyPI wheels has neither tf2 nor tf2_ros. ``TransformBuffer`` is a small, ROS-free
+transform tree: per-edge time-stamped transforms (static edges valid at any time), lookups along
+the tree through the common ancestor, and per-edge interpolation (linear translation, slerp
+rotation) at the requested stamp. Like tf2 it never extrapolates beyond an edge's buffered
+span, except by ``tolerance`` seconds. ``TFListener`` fills one from ``/tf`` and ``/tf_static``
+(``tf2_msgs/msg/TFMessage``; the project builds a stand-in of that message into the venv when
+the real one is missing, see msg/README.md).
+
+``make_tf_lookup(node, ...)`` returns an object with ``lookup(target, source, stamp)`` ->
+(T_target_source 4x4 or None, reason, final) backed by tf2_ros when importable, else by
+``TFListener``; ``backend`` says which.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from typing import Any
+
+import numpy as np
+
+from fhgs_ros.ros.imageproc import InputError, interpolate_pose, invert
+
+
+class TransformBuffer:
+    """Transform tree with time interpolation (see the module docstring). Thread-safe.
+
+    Edges are stored child -> (parent, stamps, transforms) where a transform maps points in the
+    child frame to the parent frame (T_parent_child), as in geometry_msgs/TransformStamped.
+    """
+
+    def __init__(self, cache_time: float = 10.0, tolerance: float = 0.0):
+        self.cache_time = cache_time
+        self.tolerance = tolerance
+        self._dyn: dict[str, tuple[str, list[float], list[np.ndarray]]] = {}
+        self._static: dict[str, tuple[str, np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._dyn.clear()
+            self._static.clear()
+
+    def set_transform(self, parent: str, child: str, stamp: float, transform: np.ndarray,
+                      static: bool = False) -> None:
+        parent, child = parent.lstrip("/"), child.lstrip("/")
+        if not parent or not child or parent == child:
+            raise InputError("bad_tf", f"transform with invalid frames parent='{parent}' child='{child}'")
+        with self._lock:
+            if static:
+                self._static[child] = (parent, np.asarray(transform, dtype=np.float64))
+                self._dyn.pop(child, None)
+                return
+            entry = self._dyn.get(child)
+            if entry is None or entry[0] != parent:
+                entry = (parent, [], [])
+                self._dyn[child] = entry
+            _, st, tr = entry
+            i = bisect.bisect_right(st, stamp)
+            if i > 0 and st[i - 1] == stamp:
+                tr[i - 1] = np.asarray(transform, dtype=np.float64)
+            else:
+                st.insert(i, stamp)
+                tr.insert(i, np.asarray(transform, dtype=np.float64))
+            newest = st[-1]
+            while len(st) > 2 and st[0] < newest - self.cache_time:
+                st.pop(0)
+                tr.pop(0)
+
+    def frames(self) -> set[str]:
+        with self._lock:
+            out = set(self._dyn) | set(self._static)
+            out |= {v[0] for v in self._dyn.values()} | {v[0] for v in self._static.values()}
+            return out
+
+    def _parent(self, frame: str) -> str | None:
+        if frame in self._static:
+            return self._static[frame][0]
+        if frame in self._dyn:
+            return self._dyn[frame][0]
+        return None
+
+    def _edge(self, child: str, stamp: float) -> tuple[np.ndarray | None, str, bool]:
+        """T_parent_child at stamp (stamp 0 = latest)."""
+        if child in self._static:
+            return self._static[child][1], "", True
+        parent, st, tr = self._dyn[child]
+        if not st:
+            return None, f"no transform {parent} -> {child} yet", False
+        if stamp == 0:
+            return tr[-1], "", True
+        i = bisect.bisect_left(st, stamp)
+        if i < len(st) and st[i] == stamp:
+            return tr[i], "", True
+        if 0 < i < len(st):
+            return interpolate_pose(tr[i - 1], st[i - 1], tr[i], st[i], stamp), "", True
+        if i == 0:
+            if st[0] - stamp <= self.tolerance:
+                return tr[0], "", True
+            return None, (f"lookup of {parent} -> {child} at {stamp:.3f} would extrapolate into the past (oldest "
+                          f"transform {st[0]:.3f})"), True
+        if stamp - st[-1] <= self.tolerance:
+            return tr[-1], "", True
+        return None, (f"lookup of {parent} -> {child} at {stamp:.3f} would extrapolate into the future (newest "
+                      f"transform {st[-1]:.3f})"), False
+
+    def _chain(self, frame: str) -> list[str]:
+        out = [frame]
+        seen = {frame}
+        while True:
+            p = self._parent(out[-1])
+            if p is None or p in seen:
+                return out
+            out.append(p)
+            seen.add(p)
+
+    def lookup(self, target: str, source: str, stamp: float) -> tuple[np.ndarray | None, str, bool]:
+        """T_target_source at ``stamp``: maps points in ``source`` to ``target``.
+
+        Returns (matrix or None, reason, final); final=False means the answer may come later
+        (frames not yet known, data not yet arrived).
+        """
+        target, source = target.lstrip("/"), source.lstrip("/")
+        if target == source:
+            return np.eye(4), "", True
+        with self._lock:
+            known = set(self._dyn) | set(self._static) | {v[0] for v in self._dyn.values()} \
+                | {v[0] for v in self._static.values()}
+            for f in (target, source):
+                if f not in known:
+                    return None, f"frame '{f}' does not exist in the TF tree", False
+            up_s, up_t = self._chain(source), self._chain(target)
+            common = next((f for f in up_s if f in set(up_t)), None)
+            if common is None:
+                return None, f"frames '{target}' and '{source}' are not connected in the TF tree", False
+            # T_common_source = product along source's chain
+            t_cs = np.eye(4)
+            for f in up_s[: up_s.index(common)]:
+                e, why, final = self._edge(f, stamp)
+                if e is None:
+                    return None, why, final
+                t_cs = e @ t_cs
+            t_ct = np.eye(4)
+            for f in up_t[: up_t.index(common)]:
+                e, why, final = self._edge(f, stamp)
+                if e is None:
+                    return None, why, final
+                t_ct = e @ t_ct
+            return invert(t_ct) @ t_cs, "", True
+
+
+class TFListener:
+    """Fills a TransformBuffer from /tf and /tf_static (tf2_msgs/msg/TFMessage)."""
+
+    backend = "fhgs"
+
+    def __init__(self, node: Any, cache_time: float = 10.0, tolerance: float = 0.0, callback_group=None,
+                 on_error=None):
+        from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from tf2_msgs.msg import TFMessage
+
+        from fhgs_ros.ros.conversions import stamp_to_sec, transform_to_matrix
+
+        self._to_sec = stamp_to_sec
+        self._to_mat = transform_to_matrix
+        self.buffer = TransformBuffer(cache_time, tolerance)
+        self.on_error = on_error
+        self.count = 0
+        dyn = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
+                         durability=DurabilityPolicy.VOLATILE)
+        static = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
+                            durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.sub_tf = node.create_subscription(TFMessage, "/tf", lambda m: self._on(m, False), dyn,
+                                               callback_group=callback_group)
+        self.sub_static = node.create_subscription(TFMessage, "/tf_static", lambda m: self._on(m, True), static,
+                                                   callback_group=callback_group)
+
+    def _on(self, msg, static: bool) -> None:
+        for t in msg.transforms:
+            self.count += 1
+            try:
+                m = self._to_mat(t.transform, what=f"transform {t.header.frame_id} -> {t.child_frame_id}")
+                self.buffer.set_transform(t.header.frame_id, t.child_frame_id, self._to_sec(t.header.stamp), m, static)
+            except InputError as exc:
+                if self.on_error is not None:
+                    self.on_error(exc)
+
+    def lookup(self, target: str, source: str, stamp: float) -> tuple[np.ndarray | None, str, bool]:
+        return self.buffer.lookup(target, source, stamp)
+
+    def clear(self) -> None:
+        self.buffer.clear()
+
+
+class Tf2RosLookup:
+    """The same interface on top of tf2_ros (used when the ROS installation provides it)."""
+
+    backend = "tf2_ros"
+
+    def __init__(self, node: Any, cache_time: float = 10.0, tolerance: float = 0.0, callback_group=None,
+                 on_error=None):
+        import tf2_ros
+        from rclpy.duration import Duration
+
+        from fhgs_ros.ros.conversions import sec_to_time, transform_to_matrix
+
+        self._tf2 = tf2_ros
+        self._to_time = sec_to_time
+        self._to_mat = transform_to_matrix
+        self.buffer = tf2_ros.Buffer(cache_time=Duration(seconds=cache_time))
+        self.listener = tf2_ros.TransformListener(self.buffer, node, spin_thread=False)
+        self.count = 0
+
+    def lookup(self, target: str, source: str, stamp: float) -> tuple[np.ndarray | None, str, bool]:
+        try:
+            t = self.buffer.lookup_transform(target, source, self._to_time(stamp))
+        except self._tf2.ExtrapolationException as exc:
+            future = "future" in str(exc)
+            return None, str(exc).splitlines()[0], not future
+        except (self._tf2.LookupException, self._tf2.ConnectivityException) as exc:
+            return None, str(exc).splitlines()[0], False
+        try:
+            return self._to_mat(t.transform), "", True
+        except InputError as exc:
+            return None, str(exc), True
+
+    def clear(self) -> None:
+        self.buffer.clear()
+
+
+def make_tf_lookup(node: Any, cache_time: float = 10.0, tolerance: float = 0.0, callback_group=None,
+                   on_error=None, prefer: str = "auto"):
+    """tf2_ros when installed (and ``prefer`` is auto or tf2_ros), else the package's own listener."""
+    if prefer in ("auto", "tf2_ros"):
+        try:
+            import tf2_ros  # noqa: F401
+            return Tf2RosLookup(node, cache_time, tolerance, callback_group, on_error)
+        except ImportError:
+            if prefer == "tf2_ros":
+                raise
+    return TFListener(node, cache_time, tolerance, callback_group, on_error)
