@@ -30,7 +30,8 @@ def map_main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, help="parameter YAML (default: config/fhgs.yaml)")
     p.add_argument("--features", choices=["label", "sam"], help="feature extractor")
     p.add_argument("--sam-checkpoint", help="path to an official segment_anything checkpoint (.pth)")
-    p.add_argument("--sam-model", choices=["vit_b", "vit_l", "vit_h"], help="SAM model type of the checkpoint")
+    p.add_argument("--sam-model", choices=["vit_b", "vit_l", "vit_h", "vit_tiny"], help="SAM model type of the checkpoint")
+    p.add_argument("--sam-input-size", type=int, help="SAM encoder input long side (1024 official; 512 faster)")
     p.add_argument("--backend", choices=["auto", "native", "reference"], help="rasterizer backend")
     p.add_argument("--downscale", type=float, help="image downscale factor (e.g. 0.25)")
     p.add_argument("--seed", type=int, help="random seed")
@@ -64,6 +65,8 @@ def map_main(argv: list[str] | None = None) -> int:
             put("features.extractor", "sam")
     if a.sam_model:
         put("features.sam_model", a.sam_model)
+    if a.sam_input_size:
+        put("features.sam_input_size", a.sam_input_size)
     if a.backend:
         put("mapper.backend", a.backend)
     if a.downscale:
@@ -79,10 +82,13 @@ def map_main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_config(a.config or default_config_path(), ov)
         if cfg.features.extractor == "sam" and not cfg.features.sam_checkpoint:
-            from fhgs_ros.features.sam import missing_checkpoint_help
-            print(f"fhgs-map: --features sam needs a checkpoint.\n{missing_checkpoint_help(cfg.features.sam_model)}",
-                  file=sys.stderr)
-            return 2
+            from fhgs_ros.features.sam import find_default_checkpoint, missing_checkpoint_help
+            found = find_default_checkpoint(cfg.features.sam_model)
+            if found is None:
+                print(f"fhgs-map: --features sam needs a checkpoint.\n"
+                      f"{missing_checkpoint_help(cfg.features.sam_model)}", file=sys.stderr)
+                return 2
+            cfg.features.sam_checkpoint = str(found)
         if not a.data.exists():
             raise DatasetError(f"{a.data}: dataset folder does not exist")
         from fhgs_ros.offline import run_offline

@@ -121,7 +121,7 @@ _RANGES = {
     "opacity": (1e-4, 0.9999), "scale_multiplier": (1e-6, None),
 }
 _CHOICES = {"backend": ("auto", "native", "reference"), "extractor": ("label", "sam"),
-            "sam_model": ("vit_b", "vit_l", "vit_h"), "device": ("auto", "cpu", "cuda"),
+            "sam_model": ("vit_b", "vit_l", "vit_h", "vit_tiny"), "device": ("auto", "cpu", "cuda"),
             "source": ("points", "depth")}
 
 

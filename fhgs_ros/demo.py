@@ -24,7 +24,7 @@ log = logging.getLogger("fhgs_ros.demo")
 
 # Demo schedule: the 2DGS/FHGS schedule compressed to a CPU-sized run on a 128x96 scene.
 # Same settings for both methods; only mapper.ndfd_enabled differs.
-DEMO_SCENE = dict(width=128, height=96, num_frames=40, seed=0)
+DEMO_SCENE = dict(width=128, height=96, num_frames=40, seed=0, num_points=10000)
 DEMO_OVERRIDES = {
     "mapper": {
         "sh_increase_every": 300, "sh_degree_max": 1,
@@ -34,7 +34,7 @@ DEMO_OVERRIDES = {
         "density": {"max_surfels": 30000},
     },
     "features": {"extractor": "label", "dim": 32},
-    "seed": {"source": "points", "max_points": 8000},
+    "seed": {"source": "points", "max_points": 10000},
     "offline": {"iterations": 1200, "log_every": 50},
 }
 TARGETS = {"fe_ratio": 3.0, "psnr_gap_db": 1.5, "label_miou": 0.8}
@@ -112,6 +112,14 @@ def main(argv: list[str] | None = None) -> int:
         print("\nTargets (synthetic scene):")
         for k, c in checks.items():
             print(f"  {k:<12} {c['value']:.3f}  target {c['target']:<8} {'PASS' if c['ok'] else 'FAIL'}")
+    if not a.data:
+        query = query_demo(out / "fhgs" / "map.safetensors", data)
+        if query is not None:
+            print(f"\nQuery by example ({query['object']}): precision {query['precision']:.3f}, "
+                  f"recall {query['recall']:.3f} over {query['num_surfels']} surfels "
+                  f"({query['query_ms']:.2f} ms)")
+            checks["query_precision"] = {"value": query["precision"], "target": "> 0.9", "ok": query["precision"] > 0.9}
+            checks["query_recall"] = {"value": query["recall"], "target": "> 0.9", "ok": query["recall"] > 0.9}
     summary["checks"] = checks
     summary["table"] = table
     summary["seconds"] = time.perf_counter() - t0
@@ -119,6 +127,38 @@ def main(argv: list[str] | None = None) -> int:
     _write_index(out, a.data is None)
     print(f"\ndemo finished in {summary['seconds']:.0f} s; outputs in {out}/ (see {out}/README.md)")
     return 0
+
+
+def query_demo(map_path: Path, data: Path, obj: str = "box", threshold: float = 0.8) -> dict | None:
+    """Query by example on the FHGS map: seed with a typical surfel of ``obj``, return surfels whose
+    frozen feature has cosine > ``threshold``, score against ground-truth labels (each surfel takes
+    the label of its nearest exact surface sample). Writes ``query.json`` beside the map folder."""
+    import torch
+    from scipy.spatial import cKDTree
+
+    from fhgs_ros.core.query import query_example_report
+    from fhgs_ros.core.storage import load_map
+    from fhgs_ros.datasets import load_dataset
+
+    ds = load_dataset(data)
+    if ds.gt_points is None or ds.gt_points.labels is None or not ds.label_names or obj not in ds.label_names:
+        log.warning("query demo skipped: the dataset has no labelled ground-truth points")
+        return None
+    surfels, _, _ = load_map(map_path)
+    tree = cKDTree(ds.gt_points.xyz.double().numpy())
+    _, nn = tree.query(surfels.means.detach().double().numpy())
+    gt = ds.gt_points.labels[torch.from_numpy(nn)].long()
+    rep = query_example_report(surfels, gt, label=ds.label_names.index(obj), threshold=threshold)
+    rep["object"] = obj
+    per_object = {}
+    for name in ds.label_names:
+        lid = ds.label_names.index(name)
+        if (gt == lid).sum() >= 10:
+            r = query_example_report(surfels, gt, label=lid, threshold=threshold)
+            per_object[name] = {"precision": r["precision"], "recall": r["recall"]}
+    rep["per_object"] = per_object
+    atomic_write_json(map_path.parent.parent / "query.json", rep)
+    return rep
 
 
 def _write_index(out: Path, synthetic: bool) -> None:

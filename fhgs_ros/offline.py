@@ -38,6 +38,14 @@ class FeatureSource:
     label_vectors: torch.Tensor | None = None
 
 
+def default_cache_dir() -> Path:
+    """Shared embedding cache: $XDG_CACHE_HOME/fhgs_ros/features (default ~/.cache/...), so re-mapping
+    a dataset into another output folder does not re-run SAM."""
+    import os
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "fhgs_ros" / "features"
+
+
 def compute_features(ds: Dataset, cfg: FHGSConfig, out: Path) -> FeatureSource:
     """GT feature grids per frame from the configured extractor."""
     fc = cfg.features
@@ -53,14 +61,16 @@ def compute_features(ds: Dataset, cfg: FHGSConfig, out: Path) -> FeatureSource:
             grid = label_feature_grid(f.labels, vecs, grid_long_side=fc.grid_long_side)
             targets.append(FeatureTarget.for_image(grid, f.camera.width, f.camera.height))
         return FeatureSource(targets, f"label-d{fc.dim}", fc.dim, vecs)
-    from fhgs_ros.features.base import make_extractor
-    kwargs = dict(model=fc.sam_model, checkpoint=fc.sam_checkpoint, input_size=fc.sam_input_size, device=fc.device,
-                  cache_dir=fc.cache_dir or str(out / "feature_cache"))
-    ext = make_extractor("sam", **kwargs)
-    targets = []
-    for f in tqdm(ds.frames, desc="SAM features", unit="img"):
-        img = (f.image.permute(1, 2, 0).clamp(0, 1) * 255).round().to(torch.uint8).numpy()
-        targets.append(ext.extract(img).to_target())
+    from fhgs_ros.features.base import extract_frames, make_extractor
+    cache = fc.cache_dir or str(default_cache_dir())
+    ext = make_extractor("sam", model=fc.sam_model, checkpoint=fc.sam_checkpoint, input_size=fc.sam_input_size,
+                         device=fc.device, cache_dir=cache)
+    log.info("SAM %s features for %d frames (cache: %s)", fc.sam_model, len(ds.frames), cache)
+    grids = []
+    batch = 4
+    for i in tqdm(range(0, len(ds.frames), batch), desc="SAM features", unit="batch"):
+        grids.extend(extract_frames(ext, ds.frames[i:i + batch], batch_size=batch))
+    targets = [g.to_target() for g in grids]
     return FeatureSource(targets, ext.model_id, ext.dim, None)
 
 
