@@ -293,12 +293,13 @@ def quat_to_matrix(q, tolerance: float = 1e-2, what: str = "quaternion") -> np.n
     """
     q = np.asarray(q, dtype=np.float64).reshape(4)
     if not np.isfinite(q).all():
-        raise InputError("bad_pose", f"{what} contains NaN or Inf ({q.tolist()})")
+        raise InputError("pose_nan", f"{what} contains NaN or Inf ({q.tolist()})")
     n = float(np.linalg.norm(q))
     if n < 1e-9:
-        raise InputError("bad_pose", f"{what} is zero")
+        raise InputError("quaternion_not_normalized", f"{what} is zero")
     if abs(n - 1.0) > tolerance:
-        raise InputError("bad_pose", f"{what} is not normalized (norm {n:.4g}, tolerance {tolerance})")
+        raise InputError("quaternion_not_normalized", f"{what} is not normalized (norm {n:.4g}, tolerance "
+                                                      f"{tolerance})")
     x, y, z, w = q / n
     return np.array([
         [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
@@ -332,7 +333,7 @@ def pose_matrix(t, q, tolerance: float = 1e-2, what: str = "pose") -> np.ndarray
     """Translation (3,) + quaternion (x, y, z, w) -> 4x4, validated (NaN, norm)."""
     t = np.asarray(t, dtype=np.float64).reshape(3)
     if not np.isfinite(t).all():
-        raise InputError("bad_pose", f"{what}: translation contains NaN or Inf ({t.tolist()})")
+        raise InputError("pose_nan", f"{what}: translation contains NaN or Inf ({t.tolist()})")
     m = np.eye(4)
     m[:3, :3] = quat_to_matrix(q, tolerance, f"{what}: quaternion")
     m[:3, 3] = t
