@@ -179,19 +179,28 @@ def encode_image(rgb: np.ndarray, header, encoding: str = "rgb8") -> Image:
     return m
 
 
-def call(node: Node, srv_type, name: str, request, timeout: float = 20.0):
-    """Blocking service call from a node spun by another thread; None on timeout."""
-    cli = getattr(node, "_fhgs_clients", {}).get(name)
+def call(node: Node, srv_type, name: str, request, timeout: float = 20.0, retry_every: float = 6.0,
+         fresh: bool = False):
+    """Blocking service call from a node spun by another thread; None on timeout.
+
+    The request is re-sent every ``retry_every`` seconds without an answer: right after a server
+    (re)starts, DDS may not have matched the client with it yet and a request sent then is lost
+    (a killed server also stays in the graph until its lease expires). ``fresh`` makes a new client.
+    """
+    clients = getattr(node, "_fhgs_clients", {})
+    cli = None if fresh else clients.get(name)
     if cli is None:
         cli = node.create_client(srv_type, name)
-        node._fhgs_clients = {**getattr(node, "_fhgs_clients", {}), name: cli}
+        node._fhgs_clients = {**clients, name: cli}
     end = time.monotonic() + timeout
     while not cli.wait_for_service(timeout_sec=0.2):
         if time.monotonic() > end:
             return None
-    fut = cli.call_async(request)
-    ev = threading.Event()
-    fut.add_done_callback(lambda f: ev.set())
-    if not ev.wait(max(0.1, end - time.monotonic())):
-        return None
-    return fut.result()
+    while time.monotonic() < end:
+        fut = cli.call_async(request)
+        ev = threading.Event()
+        fut.add_done_callback(lambda f: ev.set())
+        if ev.wait(max(0.1, min(retry_every, end - time.monotonic()))):
+            return fut.result()
+        fut.cancel()
+    return None
