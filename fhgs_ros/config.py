@@ -53,6 +53,7 @@ class OfflineConfig:
     holdout_every: int = 8
     downscale: float = 1.0
     log_every: int = 100
+    mesh_max_voxels: int = 2_097_152  # TSDF grid cap (128^3); the voxel grows to fit the scene
 
 
 @dataclass
@@ -118,7 +119,7 @@ _RANGES = {
     "grad_threshold": (0, None), "min_opacity": (0, 1), "max_surfels": (1, None), "split_children": (2, None),
     "iterations": (0, None), "holdout_every": (0, None), "downscale": (1e-3, None), "dim": (1, None),
     "grid_long_side": (1, None), "sam_input_size": (64, 4096), "depth_stride": (1, None), "max_points": (1, None),
-    "opacity": (1e-4, 0.9999), "scale_multiplier": (1e-6, None),
+    "opacity": (1e-4, 0.9999), "mesh_max_voxels": (1000, 1_073_741_824), "scale_multiplier": (1e-6, None),
 }
 _CHOICES = {"backend": ("auto", "native", "reference"), "extractor": ("label", "sam"),
             "sam_model": ("vit_b", "vit_l", "vit_h", "vit_tiny"), "device": ("auto", "cpu", "cuda"),

@@ -234,7 +234,8 @@ def run_offline(cfg: FHGSConfig, data: Path, out: Path, iterations: int | None =
     if ds.gt_mesh is not None:
         from fhgs_ros.core.mesh import mesh_from_surfels, write_mesh_ply
         from fhgs_ros.core.metrics import chamfer_distance, sample_mesh_points
-        mesh = mesh_from_surfels(surfels, [ds.frames[i].camera for i in train], backend=cfg.mapper.backend)
+        mesh = mesh_from_surfels(surfels, [ds.frames[i].camera for i in train], backend=cfg.mapper.backend,
+                                 max_voxels=cfg.offline.mesh_max_voxels)
         write_mesh_ply(mesh, out / "mesh.ply")
         if len(mesh.faces):
             a = sample_mesh_points(mesh.vertices, mesh.faces, 20000, seed=0)
