@@ -37,6 +37,7 @@ setup(
         "console_scripts": [
             "fhgs-map = fhgs_ros.cli:map_main",
             "fhgs-bench = fhgs_ros.cli:bench_main",
+            "fhgs-node = fhgs_ros.ros.mapper_node:main",
         ],
     },
     zip_safe=False,
