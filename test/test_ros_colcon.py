@@ -71,7 +71,7 @@ def test_colcon_builds_repository_and_install_space_imports(tmp_path):
     assert listed.stdout.split() == ["fhgs_interfaces", "fhgs_ros"], listed.stdout + listed.stderr
     build = subprocess.run([colcon, "--log-base", str(ws / "log"), "build", "--base-paths", str(src), str(src / "msg"),
                             "--build-base", str(ws / "build"), "--install-base", str(ws / "install"),
-                            "--parallel-workers", "2", "--event-handlers", "console_direct-",
+                            "--event-handlers", "console_direct-",
                             "--cmake-args", "-DBUILD_TESTING=OFF", f"-DPython3_EXECUTABLE={sys.executable}"],
                            cwd=ws, env=env, capture_output=True, text=True, timeout=400)
     assert build.returncode == 0, (build.stdout + build.stderr)[-4000:]
