@@ -1,0 +1,213 @@
+"""``fhgs-bench node``: the live mapping node over DDS, with the tiny SAM feature model.
+
+Measures, with ``fhgs-node`` in a subprocess fed by the synthetic scene streamer (own
+ROS_DOMAIN_ID, localhost):
+1. keyframes per second: every frame is a keyframe (keyframe thresholds 0), frames are published
+   faster than the node can map them (no drops: large queues); rate = keyframes integrated / time;
+2. end-to-end latency: image published -> ``render/rgb`` of that keyframe received (frames paced
+   at ``--latency-period`` so that nothing queues); median and p90;
+3. peak RSS of the node process (VmHWM) with a map of 10k, 100k and 1M surfels (D = 256 frozen
+   features): the node resumes from a generated map file, maps a few keyframes and optimizes;
+   also its iteration time at that size.
+
+The feature model is SAM ``vit_tiny`` with random weights at input 256 (fhgs_ros.features.sam),
+written to a temporary checkpoint, so the numbers measure the mapping system, not SAM.
+Prints a table and writes ``bench/results/node.json`` (relative to the working directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+
+def _diag(cap) -> dict[str, str]:
+    m = cap.last
+    return {kv.key: kv.value for kv in m.status[0].values} if m is not None else {}
+
+
+def _wait_diag(cap, pred, timeout: float) -> dict[str, str]:
+    end = time.monotonic() + timeout
+    d: dict[str, str] = {}
+    while time.monotonic() < end:
+        d = _diag(cap)
+        if d and pred(d):
+            return d
+        time.sleep(0.1)
+    return d
+
+
+def _params(tmp: Path, ckpt: Path, **node) -> dict:
+    base = {"pose_source": "pose", "kf_min_translation": 0.0, "kf_min_rotation_deg": 0.0, "mesh_period": 0.0,
+            "cloud_period": 0.0, "publish_period": 0.0, "diagnostics_period": 0.25, "queue_size": 64,
+            "autosave_every_keyframes": 0, "autosave_period": 0.0, "resume": False}
+    base.update(node)
+    return {"features": {"extractor": "sam", "sam_model": "vit_tiny", "sam_checkpoint": str(ckpt),
+                         "sam_input_size": 256}, "node": base}
+
+
+def _random_map(path: Path, n: int, cams, seed: int = 0) -> None:
+    import torch
+
+    from fhgs_ros.core.storage import save_map
+    from fhgs_ros.core.surfels import SurfelMap
+
+    g = torch.Generator().manual_seed(seed)
+    means = (torch.rand(n, 3, generator=g) - 0.5) * torch.tensor([3.0, 3.0, 1.0]) + torch.tensor([0.0, 0.0, 0.6])
+    rgb = torch.rand(n, 3, generator=g)
+    feats = torch.randn(n, 256, generator=g)
+    scales = torch.full((n, 2), 0.01) * (1 + torch.rand(n, 2, generator=g))
+    s = SurfelMap.create(means, rgb, feats, scales, opacity=0.5)
+    save_map(path, s, {"feature_extractor": "", "keyframes": cams})
+
+
+def run(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="fhgs-bench node", description=__doc__.split("\n\n")[0])
+    p.add_argument("--width", type=int, default=128)
+    p.add_argument("--height", type=int, default=96)
+    p.add_argument("--frames", type=int, default=20, help="frames for the keyframe-rate measurement")
+    p.add_argument("--latency-frames", type=int, default=8)
+    p.add_argument("--latency-period", type=float, default=1.5, help="[s] between frames of the latency run")
+    p.add_argument("--sizes", default="10000,100000,1000000", help="map sizes for the peak-RSS runs")
+    p.add_argument("--rss-frames", type=int, default=3, help="keyframes mapped on top of each loaded map")
+    p.add_argument("--rss-iterations", type=int, default=5, help="optimizer iterations awaited per size")
+    p.add_argument("--quick", action="store_true", help="sizes 10k,100k and fewer frames")
+    p.add_argument("--out", type=Path, default=Path("bench/results/node.json"))
+    a = p.parse_args(argv)
+    if a.quick:
+        a.sizes, a.frames, a.latency_frames = "10000,100000", 10, 4
+
+    from diagnostic_msgs.msg import DiagnosticArray
+    from sensor_msgs.msg import Image
+    from std_srvs.srv import Trigger
+
+    from fhgs_ros.features.sam import save_random_checkpoint
+    from fhgs_ros.ros import conversions as conv
+    from fhgs_ros.ros.harness import NodeProcess, Spinner, free_domain_id, write_params
+    from fhgs_ros.ros.streamer import LATCHED, Capture, SceneStreamer, call, synthetic_frames
+
+    tmp = Path(tempfile.mkdtemp(prefix="fhgs_bench_node_"))
+    ckpt = save_random_checkpoint(tmp / "tiny_sam.pth", "vit_tiny", input_size=256, seed=0)
+    frames = synthetic_frames(a.width, a.height, max(a.frames, a.latency_frames, a.rss_frames), seed=0)
+    dom = free_domain_id()
+    results: dict = {"width": a.width, "height": a.height, "feature_model": "sam vit_tiny (random weights) @256",
+                     "machine": platform.platform(), "python": platform.python_version()}
+    sp = Spinner(dom)
+    st = sp.add(SceneStreamer(context=sp.context))
+    diag = Capture(st, DiagnosticArray, "/diagnostics")
+    renders = Capture(st, Image, "render/rgb", LATCHED)
+    arrivals: dict[float, float] = {}
+    renders_lock = threading.Lock()
+
+    def on_render(msg):
+        with renders_lock:
+            arrivals.setdefault(round(conv.stamp_to_sec(msg.header.stamp), 6), time.monotonic())
+
+    st.create_subscription(Image, "render/rgb", on_render, LATCHED)
+    try:
+        # ---------------------------------------------------------------- 1 + 2: live node
+        node = NodeProcess(write_params(tmp / "live.yaml", _params(tmp, ckpt)), tmp / "live.log", dom)
+        try:
+            node.wait_ready(120)
+            st.wait_for_subscribers(30, ("image", "camera_info", "depth", "pose"))
+            time.sleep(1.0)
+            t0 = time.monotonic()
+            stamp = 1000.0
+            for rgb, depth, cam in frames[: a.frames]:
+                stamp += 0.2
+                st.publish_frame(rgb, depth, cam, stamp)
+                time.sleep(0.05)
+            d = _wait_diag(diag, lambda v: int(v["keyframes"]) >= a.frames, timeout=60 + 20 * a.frames)
+            elapsed = time.monotonic() - t0
+            kfs = int(d.get("keyframes", 0))
+            results["keyframes_per_second"] = kfs / elapsed
+            results["keyframes"] = kfs
+            results["keyframe_run_seconds"] = elapsed
+            results["queue_drops"] = int(d.get("queue_drops", 0))
+            results["surfels_after_keyframe_run"] = int(d.get("surfels", 0))
+            results["iteration_ms"] = float(d.get("iteration_ms", 0))
+            call(st, Trigger, "reset", Trigger.Request(), timeout=30)
+            time.sleep(1.0)
+            published: dict[float, float] = {}
+            for rgb, depth, cam in frames[: a.latency_frames]:
+                stamp += 1.0
+                published[round(stamp, 6)] = time.monotonic()
+                st.publish_frame(rgb, depth, cam, stamp)
+                time.sleep(a.latency_period)
+            time.sleep(3.0)
+            with renders_lock:
+                lat = [1000 * (arrivals[s] - t) for s, t in published.items() if s in arrivals]
+            results["latency_ms_median"] = statistics.median(lat) if lat else None
+            results["latency_ms_p90"] = sorted(lat)[int(0.9 * (len(lat) - 1))] if lat else None
+            results["latency_samples"] = len(lat)
+            results["live_peak_rss_mb"] = float(_diag(diag).get("peak_rss_mb", 0))
+        finally:
+            node.stop()
+        # ---------------------------------------------------------------- 3: peak RSS vs map size
+        rss = []
+        cams = [c for _, _, c in frames]
+        for n in [int(s) for s in a.sizes.split(",") if s.strip()]:
+            mp = tmp / f"map_{n}.safetensors"
+            t = time.monotonic()
+            _random_map(mp, n, cams)
+            gen_s = time.monotonic() - t
+            node = NodeProcess(write_params(tmp / f"rss_{n}.yaml", _params(tmp, ckpt, map_path=str(mp), resume=True,
+                                                                            queue_size=8)), tmp / f"rss_{n}.log", dom)
+            row = {"surfels": n, "map_file_mb": mp.stat().st_size / 1e6, "map_generation_s": gen_s}
+            try:
+                node.wait_ready(600)
+                st.wait_for_subscribers(30, ("image", "camera_info", "depth", "pose"))
+                time.sleep(1.0)
+                d0 = _wait_diag(diag, lambda v: int(v.get("surfels", 0)) >= n, timeout=60)
+                it0 = int(d0.get("iteration", 0))
+                for rgb, depth, cam in frames[: a.rss_frames]:
+                    stamp += 0.5
+                    st.publish_frame(rgb, depth, cam, stamp)
+                    time.sleep(0.3)
+                d = _wait_diag(diag, lambda v: int(v["keyframes"]) >= a.rss_frames
+                               and int(v["iteration"]) >= it0 + a.rss_iterations, timeout=900)
+                row.update(peak_rss_mb=float(d.get("peak_rss_mb", 0)), rss_mb=float(d.get("rss_mb", 0)),
+                           iteration_ms=float(d.get("iteration_ms", 0)), iterations=int(d.get("iteration", 0)) - it0,
+                           surfels_end=int(d.get("surfels", 0)))
+            except RuntimeError as exc:
+                row["error"] = str(exc)[:500]
+            finally:
+                node.stop()
+                mp.unlink(missing_ok=True)
+            rss.append(row)
+        results["peak_rss"] = rss
+    finally:
+        sp.close()
+
+    lines = ["fhgs-bench node (fhgs-node over DDS, synthetic stream, tiny SAM model)",
+             f"  {a.width}x{a.height} images",
+             f"  keyframes per second   : {results.get('keyframes_per_second', 0):.2f} "
+             f"({results.get('keyframes')} keyframes in {results.get('keyframe_run_seconds', 0):.1f} s, "
+             f"{results.get('queue_drops')} drops, {results.get('iteration_ms', 0):.0f} ms/iteration)",
+             f"  latency image->render  : median {results.get('latency_ms_median') or float('nan'):.0f} ms, "
+             f"p90 {results.get('latency_ms_p90') or float('nan'):.0f} ms ({results.get('latency_samples')} frames)",
+             "  surfels    peak RSS MB   RSS MB   ms/iteration   map file MB"]
+    for r in results.get("peak_rss", []):
+        if "error" in r:
+            lines.append(f"  {r['surfels']:>8}   error: {r['error'][:80]}")
+        else:
+            lines.append(f"  {r['surfels']:>8}   {r['peak_rss_mb']:>11.0f}   {r['rss_mb']:>6.0f}   "
+                         f"{r['iteration_ms']:>12.0f}   {r['map_file_mb']:>11.0f}")
+    table = "\n".join(lines)
+    print(table)
+    results["table"] = table
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    import sys
+
+    sys.exit(run())
