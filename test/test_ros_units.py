@@ -410,3 +410,46 @@ def test_engine_maps_frames_saves_loads_and_resets(tmp_path):
     finally:
         eng.stop()
     assert eng.optimizer_error is None
+
+
+def test_node_loads_the_documented_parameter_file(tmp_path):
+    """config/fhgs.yaml via --params-file (+ a second file selecting the tiny SAM model): every parameter
+    declared with its description and the file's value; the node section round-trips."""
+    rclpy = pytest.importorskip("rclpy")
+    pytest.importorskip("fhgs_interfaces.srv")
+    from fhgs_ros.config import default_config_path
+    from fhgs_ros.features.sam import save_random_checkpoint
+    from fhgs_ros.ros.harness import write_params
+    from fhgs_ros.ros.mapper_node import FHGSNode
+    from fhgs_ros.ros.params import default_parameters
+
+    ckpt = save_random_checkpoint(tmp_path / "tiny.pth", "vit_tiny", input_size=256, seed=0)
+    extra = write_params(tmp_path / "sam.yaml", {"features": {"extractor": "sam", "sam_model": "vit_tiny",
+                                                             "sam_checkpoint": str(ckpt), "sam_input_size": 256},
+                                                "node": {"pose_source": "odom"}})
+    ctx = rclpy.Context()
+    rclpy.init(context=ctx, domain_id=230)
+    node = None
+    try:
+        node = FHGSNode(context=ctx, cli_args=["--ros-args", "--params-file", str(default_config_path()),
+                                               "--params-file", str(extra), "-p", "node.sync_slop:=0.05"])
+        names = set(default_parameters())
+        assert names <= set(node._parameters)
+        for n in names:
+            d = node.describe_parameter(n)
+            assert d.description and not d.description.startswith("see "), n
+        assert node.get_parameter("mapper.ndfd.lam").value == 0.5
+        assert node.get_parameter("node.pose_source").value == "odom" and node.ncfg.pose_source == "odom"
+        assert node.ncfg.sync_slop == 0.05 and node.cfg.features.sam_model == "vit_tiny"
+        assert node.describe_parameter("mapper.lambda_ext").read_only
+        assert not node.describe_parameter("node.kf_min_translation").read_only
+        from rclpy.parameter import Parameter
+        r = node.set_parameters([Parameter("node.kf_min_translation", value=0.3)])[0]
+        assert r.successful and node.engine.selector.min_translation == 0.3
+        r = node.set_parameters([Parameter("node.kf_min_translation", value=-0.3)])[0]
+        assert not r.successful and "outside the valid range" in r.reason
+    finally:
+        if node is not None:
+            node.shutdown()
+            node.destroy_node()
+        rclpy.shutdown(context=ctx)
