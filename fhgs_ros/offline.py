@@ -18,6 +18,7 @@ from tqdm import tqdm
 
 from fhgs_ros.config import FHGSConfig, to_dict
 from fhgs_ros.core.fileio import atomic_write_json, save_png
+from fhgs_ros.core.losses import depth_normals
 from fhgs_ros.core.mapper import Keyframe, Mapper
 from fhgs_ros.core.raster_types import FeatureTarget
 from fhgs_ros.core.render import render
@@ -107,7 +108,7 @@ def seed_map(ds: Dataset, train: list[int], feats: FeatureSource, cfg: FHGSConfi
             log.info("seeding: %d of %d points are seen by no training view and are dropped", int((~has).sum()), len(xyz))
         return surfels_from_points(xyz[has], rgb[has], f[has], cfg.seed.opacity, sc.scale_multiplier, generator=gen)
     # Depth seeding: every keyframe's own pixels, feature from that keyframe.
-    xyzs, rgbs, fs = [], [], []
+    xyzs, rgbs, fs, nrm = [], [], [], []
     for i, t in zip(train, targets):
         fr = ds.frames[i]
         if fr.depth is None:
@@ -116,11 +117,17 @@ def seed_map(ds: Dataset, train: list[int], feats: FeatureSource, cfg: FHGSConfi
         xyzs.append(xyz)
         rgbs.append(rgb)
         fs.append(sample_grid(t, xy))
+        if sc.orient_from_normals:
+            nmap = depth_normals(fr.depth, fr.camera)
+            nrm.append(nmap[:, xy[:, 1].long(), xy[:, 0].long()].T)
     xyz, rgb, f = torch.cat(xyzs), torch.cat(rgbs), torch.cat(fs)
-    if len(xyz) > sc.max_points:
-        sel = torch.randperm(len(xyz), generator=gen)[: sc.max_points]
-        xyz, rgb, f = xyz[sel], rgb[sel], f[sel]
-    return surfels_from_points(xyz, rgb, f, sc.opacity, sc.scale_multiplier, generator=gen)
+    normals = torch.cat(nrm) if nrm else None
+    ok = torch.ones(len(xyz), dtype=torch.bool) if normals is None else normals.norm(dim=1) > 0.5
+    idx = torch.nonzero(ok).squeeze(1)
+    if len(idx) > sc.max_points:
+        idx = idx[torch.randperm(len(idx), generator=gen)[: sc.max_points]]
+    return surfels_from_points(xyz[idx], rgb[idx], f[idx], sc.opacity, sc.scale_multiplier,
+                               normals=None if normals is None else normals[idx], generator=gen)
 
 
 def _to_u8(img: torch.Tensor) -> np.ndarray:
@@ -218,6 +225,8 @@ def run_offline(cfg: FHGSConfig, data: Path, out: Path, iterations: int | None =
     for k in ("label_accuracy", "label_miou"):
         if k in ev:
             metrics[k] = ev[k]
+    if "label_per_class_iou" in ev and ds.label_names:
+        metrics["label_iou"] = dict(zip(ds.label_names, ev["label_per_class_iou"]))
 
     pca = None
     try:
