@@ -28,10 +28,10 @@ DEMO_SCENE = dict(width=128, height=96, num_frames=40, seed=0, num_points=10000)
 DEMO_OVERRIDES = {
     "mapper": {
         "sh_increase_every": 300, "sh_degree_max": 1,
-        "densify_from_iter": 100, "densify_until_iter": 900, "densify_every": 100, "opacity_reset_every": 400,
+        "densify_from_iter": 100, "densify_until_iter": 900, "densify_every": 100, "opacity_reset_every": 0,
         "dist_from_iter": 300, "normal_from_iter": 600, "lambda_dist": 100.0,
         "lrs": {"position_max_steps": 1200},
-        "density": {"max_surfels": 20000},
+        "density": {"max_surfels": 20000, "max_screen_size": 1.0e6},
     },
     "features": {"extractor": "label", "dim": 32},
     "seed": {"source": "points", "max_points": 10000},
