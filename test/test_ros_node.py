@@ -113,7 +113,8 @@ def test_stream_produces_renders_cloud_mesh_and_diagnostics(live):
     assert img.std() > 1.0  # something was rendered
     dep = conv.image_msg_to_array(lv.cap["depth"].wait(1, 10))
     assert dep.shape == (H, W) and np.isfinite(dep).all() and (dep > 0).mean() > 0.2
-    assert dep[dep > 0].max() < 20.0
+    # (median: a nearly edge-on 2DGS surfel can give single far-off ray-splat depths)
+    assert 0.3 < np.median(dep[dep > 0]) < 8.0
     assert lv.cap["normal"].wait(1, 10).encoding == "rgb8"
     pca = conv.image_msg_to_array(lv.cap["pca"].wait(1, 10))
     assert pca.shape == (H, W, 3) and pca.std() > 0
@@ -301,10 +302,26 @@ def test_bad_inputs_logged_once_counted_and_mapping_goes_on(live):
         assert len(lines) == 1, (k, lines)
         assert reason in lines[0], (k, lines[0])
     assert d["optimizer_alive"] == "True"
-    # mapping goes on with good frames
-    stream(lv, lv.frames[9:13])
-    wait_diag(lv, lambda v: int(v["keyframes"]) > kf0, timeout=40, what=f"keyframes > {kf0} after bad inputs")
+    # mapping goes on with good frames, in every accepted encoding, compressed, 32FC1 depth, distorted
+    from fhgs_ros.ros.imageproc import Intrinsics
+    variants = [dict(encoding="bgr8"), dict(encoding="rgba8", depth_encoding="32FC1"), dict(encoding="bgra8"),
+                dict(encoding="mono8"), dict(encoding="mono16"), dict(compressed="jpeg"), dict(compressed="png")]
+    for i, kw in enumerate(variants):
+        rgb, depth, cam = lv.frames[(9 + i) % len(lv.frames)]
+        lv.stamp += 0.5
+        st.publish_frame(rgb, depth, cam, lv.stamp, **kw)
+        time.sleep(0.3)
+    rgb, depth, cam = lv.frames[13]
+    lv.stamp += 0.5  # plumb_bob camera_info: undistorted before mapping (mild distortion, same image)
+    st.publish_frame(rgb, depth, cam, lv.stamp, intrinsics=Intrinsics(cam.width, cam.height, cam.fx, cam.fy, cam.cx,
+                                                                       cam.cy, "plumb_bob", (-0.05, 0.01, 0, 0, 0)))
+    d = wait_diag(lv, lambda v: int(v["keyframes"]) >= kf0 + 6, timeout=60,
+                  what=f"keyframes >= {kf0 + 6} after bad inputs")
     assert lv.node.alive()
+    assert sum(int(v) for k, v in d.items() if k.startswith("rejected_") and k != "rejected_total") \
+        == int(d["rejected_total"])
+    for k in ("bad_encoding", "decode_error", "bad_camera_info"):  # the good variants were all accepted
+        assert int(d.get(f"rejected_{k}", 0)) == (2 if k == "bad_encoding" else 0), (k, d)
 
 
 @pytest.mark.timeout(120)
@@ -345,6 +362,15 @@ def test_clicked_point_odometry_and_parameters(live):
     frames = synthetic_frames(W, H, 6, seed=0)  # same orbit, odometry only
     stream(lv, frames[1::2], pose_via=("odom",))
     wait_diag(lv, lambda v: int(v["keyframes"]) > kf0, timeout=40, what=f"odometry keyframes > {kf0}")
+    # seed points (PointCloud2 in map_frame) wait for a keyframe that sees them
+    seeds = xyz[:50] + 0.01
+    spub = st.create_publisher(PointCloud2, "seed_points", 10)
+    end = time.monotonic() + 10
+    while spub.get_subscription_count() == 0 and time.monotonic() < end:
+        time.sleep(0.05)
+    spub.publish(conv.make_pointcloud2({"x": seeds[:, 0], "y": seeds[:, 1], "z": seeds[:, 2]},
+                                       conv.make_header("map", 0.0)))
+    assert lv.node.wait_for("seed points: +50", 10)
     # reset empties the map
     r = call(st, Trigger, "reset", Trigger.Request())
     assert r.success

@@ -453,3 +453,52 @@ def test_node_loads_the_documented_parameter_file(tmp_path):
             node.shutdown()
             node.destroy_node()
         rclpy.shutdown(context=ctx)
+
+
+def test_engine_seed_points_mono_init_and_online_schedule(tmp_path):
+    from fhgs_ros.config import FHGSConfig
+    from fhgs_ros.features.base import make_extractor
+    from fhgs_ros.features.sam import save_random_checkpoint
+    from fhgs_ros.ros.engine import InputFrame, MappingEngine
+    from fhgs_ros.ros.params import NodeConfig
+    from fhgs_ros.ros.streamer import synthetic_frames
+
+    ckpt = save_random_checkpoint(tmp_path / "tiny.pth", "vit_tiny", input_size=256, seed=0)
+    ext = make_extractor("sam", checkpoint=str(ckpt), model="vit_tiny", device="cpu")
+    (rgb, depth, cam), (rgb2, depth2, cam2) = synthetic_frames(48, 36, 2, seed=3)
+    eng = MappingEngine(FHGSConfig(), NodeConfig(kf_min_translation=0.0, steps_per_keyframe=100), ext)
+    intr = Intrinsics(cam.width, cam.height, cam.fx, cam.fy, cam.cx, cam.cy)
+    # seed points: back-projected depth of the first view, plus points behind the camera (never seen)
+    ys, xs = np.mgrid[0:36:4, 0:48:4]
+    z = depth[ys, xs]
+    ok = z > 0
+    pc = np.stack([(xs[ok] - cam.cx) / cam.fx * z[ok], (ys[ok] - cam.cy) / cam.fy * z[ok], z[ok]], -1)
+    c2w = cam.cam_to_world.double().numpy()
+    xyz = pc @ c2w[:3, :3].T + c2w[:3, 3]
+    behind = (np.array([[0, 0, -1.0]]) @ c2w[:3, :3].T + c2w[:3, 3]).repeat(5, 0)
+    eng.add_seed_points(np.concatenate([xyz, behind]), None)
+    prep = eng.prepare(InputFrame(1.0, rgb, intr, c2w, None))
+    assert prep is not None and len(prep.surfels) == len(xyz)  # visible seeds only, no mono init on top
+    assert eng.pending_seed_points() == 5
+    # frozen feature of each seeded surfel = the keyframe's grid sampled at its pixel
+    from fhgs_ros.core.seeding import project, sample_grid
+    xy, _ = project(torch.as_tensor(xyz, dtype=torch.float32), prep.keyframe.camera)
+    want = sample_grid(prep.keyframe.target, xy)
+    assert torch.allclose(prep.surfels.features_raw.float(), want.half().float(), atol=1e-3)
+    # no depth, no seeds: nominal-depth surfels along the rays
+    eng2 = MappingEngine(FHGSConfig(), NodeConfig(kf_min_translation=0.0, mono_init_depth=2.0,
+                                                  mono_init_jitter=0.25), ext)
+    p2 = eng2.prepare(InputFrame(1.0, rgb2, intr, cam2.cam_to_world.double().numpy(), None))
+    zc = (p2.surfels.means.detach() @ cam2.world_to_cam[:3, :3].T + cam2.world_to_cam[:3, 3])[:, 2]
+    assert len(p2.surfels) > 50 and float(zc.min()) >= 1.75 - 1e-4 and float(zc.max()) <= 2.25 + 1e-4
+    # online schedule (FHGS_SPEC.md 8.9) around each keyframe's budget
+    eng._integrate(prep)
+    mc = eng.mapper.cfg
+    s0 = eng.kf_start_iter
+    assert (mc.dist_from_iter, mc.normal_from_iter) == (s0 + 30, s0 + 70)
+    assert (mc.densify_from_iter, mc.densify_until_iter) == (s0, s0 + 70)
+    assert mc.opacity_reset_every > 10 ** 9  # no opacity reset online
+    for _ in range(3):
+        eng.mapper.step()
+    eng._integrate(eng.prepare(InputFrame(2.0, rgb2, intr, cam2.cam_to_world.double().numpy(), depth2)))
+    assert eng.kf_start_iter == 3 and eng.mapper.cfg.dist_from_iter == 33

@@ -66,7 +66,7 @@ LIVE_PARAMETERS = {
     "node.kf_min_interval", "node.publish_period", "node.render_long_side", "node.publish_features",
     "node.cloud_period", "node.cloud_max_points", "node.cloud_features", "node.mesh_period", "node.query_threshold",
     "node.query_max_results", "node.sync_slop", "node.sync_timeout", "node.autosave_every_keyframes",
-    "node.autosave_period", "node.feature_dtype", "node.diagnostics_period",
+    "node.autosave_period", "node.feature_dtype",
 }
 STANDARD_PARAMETERS = {"use_sim_time", "start_type_description_service"}
 
@@ -113,7 +113,10 @@ class FHGSNode(Node):
                                     on_keyframe=lambda st: self._render_event.set(), on_save=self._on_autosave,
                                     info=self.log.info)
         nc = self.ncfg
-        self.assembler = FrameAssembler(nc.sync_slop, nc.sync_timeout, nc.queue_size, nc.use_depth)
+        self.assembler = FrameAssembler(nc.sync_slop, nc.sync_timeout, nc.queue_size, nc.use_depth,
+                                        depth_hint=lambda: self._depth_sub is not None
+                                        and self.count_publishers(self._depth_sub.topic_name) > 0)
+        self._depth_sub = None
         self.poses = PoseBuffer(maxlen=2000, slop=max(nc.sync_slop, 1e-3))
         self.extrinsic = pose_matrix(nc.camera_extrinsic[:3], nc.camera_extrinsic[3:], 1e-3, "node.camera_extrinsic")
         self.last_frame_id = nc.camera_frame or "camera"
@@ -139,7 +142,7 @@ class FHGSNode(Node):
         self.create_subscription(Image, "image", self._on_image, sensor, callback_group=g)
         self.create_subscription(CompressedImage, "image/compressed", self._on_compressed, sensor, callback_group=g)
         self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, sensor, callback_group=g)
-        self.create_subscription(Image, "depth", self._on_depth, sensor, callback_group=g)
+        self._depth_sub = self.create_subscription(Image, "depth", self._on_depth, sensor, callback_group=g)
         self.create_subscription(PoseStamped, "pose", self._on_pose, reliable, callback_group=g)
         self.create_subscription(Odometry, "odom", self._on_odom, reliable, callback_group=g)
         self.create_subscription(PointCloud2, "seed_points", self._on_seed_points, reliable, callback_group=g)
@@ -387,7 +390,10 @@ class FHGSNode(Node):
             out["features_pca"] = np.zeros_like(out["rgb"])
         if include_features:
             fc = cam if feature_long_side is None else self._view_camera(cam, feature_long_side)
-            out["features"] = self.engine.render(fc, True, st).features
+            f = self.engine.render(fc, True, st).features
+            if f is None or f.numel() == 0:  # empty map
+                f = torch.zeros(st.feature_dim, fc.height, fc.width)
+            out["features"] = f
         return out
 
     def _render_loop(self) -> None:

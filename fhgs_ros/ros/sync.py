@@ -150,11 +150,13 @@ class FrameAssembler:
     """
 
     def __init__(self, slop: float = 0.02, timeout: float = 1.0, queue_size: int = 8, use_depth: bool = True,
-                 depth_recent: float = 5.0, backwards_tolerance: float = 0.0):
+                 depth_recent: float = 5.0, backwards_tolerance: float = 0.0,
+                 depth_hint: Callable[[], bool] | None = None):
         self.slop = slop
         self.timeout = timeout
         self.use_depth = use_depth
         self.depth_recent = depth_recent
+        self.depth_hint = depth_hint  # e.g. "a depth publisher exists": wait for depth before the first one arrives
         self.backwards_tolerance = backwards_tolerance
         self.pending: deque[PendingImage] = deque()
         self.queue_size = queue_size
@@ -200,7 +202,11 @@ class FrameAssembler:
         return drops
 
     def depth_expected(self, now: float) -> bool:
-        return self.use_depth and now - self.last_depth_arrival <= self.depth_recent
+        if not self.use_depth:
+            return False
+        if now - self.last_depth_arrival <= self.depth_recent:
+            return True
+        return bool(self.depth_hint is not None and self.depth_hint())
 
     def poll(self, now: float, pose_lookup: Callable[[float, str], tuple[np.ndarray | None, str, bool]]
              ) -> tuple[list[SyncedFrame], list[InputError]]:
