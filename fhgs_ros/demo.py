@@ -23,13 +23,18 @@ from fhgs_ros.core.fileio import atomic_write_bytes, atomic_write_json
 log = logging.getLogger("fhgs_ros.demo")
 
 # Demo schedule: the 2DGS/FHGS schedule compressed to a CPU-sized run on a 128x96 scene.
-# Same settings for both methods; only mapper.ndfd_enabled differs.
+# Same settings for both methods; only mapper.ndfd_enabled differs. At this length the opacity
+# reset and the 20-px screen-size pruning of 2DGS leave holes they have no time to refill, so both
+# are off. Loss weights: with the literal lambda_ext = lambda_int = 1 the PSNR drop was 1.6 dB
+# (FE ratio 3.1); FHGS_SPEC.md 8.4 says to lower the weights when the drop exceeds 1 dB, and the
+# sweep (1/1, 0.7/0.7, 0.4/0.4, 1/0.3) kept the external weight at 1 and lowered the internal one.
 DEMO_SCENE = dict(width=128, height=96, num_frames=40, seed=0, num_points=10000)
 DEMO_OVERRIDES = {
     "mapper": {
         "sh_increase_every": 300, "sh_degree_max": 1,
         "densify_from_iter": 100, "densify_until_iter": 900, "densify_every": 100, "opacity_reset_every": 0,
         "dist_from_iter": 300, "normal_from_iter": 600, "lambda_dist": 100.0,
+        "lambda_ext": 1.0, "lambda_int": 0.3,
         "lrs": {"position_max_steps": 1200},
         "density": {"max_surfels": 20000, "max_screen_size": 1.0e6},
     },
