@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def free_domain_id() -> int:
-    return random.SystemRandom().randint(1, 200)
+    return random.SystemRandom().randint(1, 101)  # the range ROS recommends on Linux (no ephemeral-port clashes)
 
 
 def ros_env(domain_id: int, extra: dict | None = None) -> dict:
