@@ -100,6 +100,18 @@ class Mapper:
             self.opt.extend(self.surfels, n)
             self.stats.extend(n)
 
+    def replace_map(self, surfels: SurfelMap, iteration: int = 0) -> None:
+        """Swap in a whole map (e.g. loaded from a file): fresh optimizer state and statistics."""
+        if surfels.feature_dim != self.surfels.feature_dim:
+            raise ValueError(f"feature width {surfels.feature_dim} != map feature width {self.surfels.feature_dim}")
+        with self.lock:
+            for p in surfels.parameters().values():
+                p.requires_grad_(True)
+            self.surfels = surfels
+            self.opt = SurfelOptimizer(surfels, self.cfg.lrs, self.extent)
+            self.stats = DensityStats(len(surfels), self.device)
+            self.iteration = iteration
+
     def set_extent(self, extent: float) -> None:
         with self.lock:
             self.extent = extent
@@ -165,7 +177,7 @@ class Mapper:
             return terms
 
     # ------------------------------------------------------------------ readers
-    def snapshot(self) -> SurfelMap:
-        """Detached copy of the map, safe to use from another thread."""
+    def snapshot(self, share_frozen: bool = False) -> SurfelMap:
+        """Detached copy of the map, safe to use from another thread (see SurfelMap.snapshot)."""
         with self.lock:
-            return self.surfels.snapshot()
+            return self.surfels.snapshot(share_frozen)

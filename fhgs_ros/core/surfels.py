@@ -165,11 +165,16 @@ class SurfelMap:
         child.uid = torch.full((len(idx),), -1, dtype=torch.int64, device=self.means.device)
         return child
 
-    def snapshot(self) -> "SurfelMap":
-        """Detached deep copy (for readers in other threads)."""
+    def snapshot(self, share_frozen: bool = False) -> "SurfelMap":
+        """Detached copy for readers in other threads.
+
+        share_frozen: share (not copy) the frozen features and ids. Safe because they are never
+        modified in place: densification and pruning always build new tensors.
+        """
         s = SurfelMap.__new__(SurfelMap)
         s.meta, s.sh_degree, s.next_uid = dict(self.meta), self.sh_degree, self.next_uid
-        s._assign({k: v.detach().clone() for k, v in self._tensor_fields().items()})
+        s._assign({k: (v if share_frozen and k not in TRAINABLE else v.detach().clone())
+                   for k, v in self._tensor_fields().items()})
         for k in TRAINABLE:
             getattr(s, k).requires_grad_(False)
         return s

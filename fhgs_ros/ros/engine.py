@@ -34,7 +34,7 @@ from fhgs_ros.core.camera import Camera, CameraError
 from fhgs_ros.core.mapper import Keyframe, Mapper
 from fhgs_ros.core.render import render
 from fhgs_ros.core.seeding import points_from_depth, project, sample_grid, surfels_from_points
-from fhgs_ros.core.surfels import TRAINABLE, SurfelMap
+from fhgs_ros.core.surfels import SurfelMap
 from fhgs_ros.ros.imageproc import (InputError, Intrinsics, KeyframeSelector, Undistorter, fit_size, invert,
                                     resize_depth, resize_rgb)
 from fhgs_ros.ros.params import NodeConfig
@@ -166,15 +166,8 @@ class MapState:
 
 
 def light_snapshot(m: SurfelMap) -> SurfelMap:
-    """Detached copy of the trainable tensors; frozen features and ids are shared (they are never
-    modified in place: densification and pruning build new tensors). Call under the mapper lock."""
-    s = SurfelMap.__new__(SurfelMap)
-    s.meta, s.sh_degree, s.next_uid = dict(m.meta), m.sh_degree, m.next_uid
-    fields = m._tensor_fields()
-    s._assign({k: (v.detach().clone() if k in TRAINABLE else v) for k, v in fields.items()})
-    for k in TRAINABLE:
-        getattr(s, k).requires_grad_(False)
-    return s
+    """Detached copy of the trainable tensors; frozen features and ids are shared. Call under the mapper lock."""
+    return m.snapshot(share_frozen=True)
 
 
 def kmeans_centroids(x: torch.Tensor, k: int, iters: int = 15, seed: int = 0, max_samples: int = 20000) -> torch.Tensor:
@@ -399,19 +392,10 @@ class MappingEngine:
                 return
 
     def _install_map(self, surfels: SurfelMap, meta: dict, extra: dict) -> None:
-        from fhgs_ros.core.density import DensityStats
-        from fhgs_ros.core.optim import SurfelOptimizer
-
         self._new_mapper()
         m = self.mapper
-        with m.lock:
-            for k in TRAINABLE:
-                getattr(surfels, k).requires_grad_(True)
-            m.surfels = surfels
-            m.opt = SurfelOptimizer(surfels, m.cfg.lrs, m.extent)
-            m.stats = DensityStats(len(surfels), m.device)
-            node_meta = meta.get("node") or {}
-            m.iteration = int(node_meta.get("iteration", 0))
+        node_meta = meta.get("node") or {}
+        m.replace_map(surfels, int(node_meta.get("iteration", 0)))
         self.cameras = list(meta.get("keyframes") or [])
         self.keyframes_total = int(node_meta.get("keyframes_total", len(self.cameras)))
         self.last_stamp = float(node_meta.get("stamp", 0.0))

@@ -56,7 +56,7 @@ from fhgs_ros.core.camera import Camera
 from fhgs_ros.ros import conversions as conv
 from fhgs_ros.ros.engine import (Counters, InputFrame, MappingEngine, MapState, Problems, cleanup_stale_temp_files,
                                  memory_mb)
-from fhgs_ros.ros.imageproc import InputError, fit_size, invert, pose_matrix
+from fhgs_ros.ros.imageproc import InputError, fit_size, pose_matrix
 from fhgs_ros.ros.params import build_config, default_parameters, describe_parameters
 from fhgs_ros.ros.sync import FrameAssembler, PoseBuffer
 
