@@ -1,0 +1,189 @@
+"""Native rasterizer backends (C++/OpenMP CPU, CUDA) behind the reference's call signature.
+
+``rasterize_native`` takes exactly the arguments of ``reference.rasterize_reference`` and returns
+the same ``RenderResult``. It runs the compiled extension ``fhgs_ros._native`` (built by
+``make setup`` / ``pip install -e .``, see ``setup_ext.py``): the CUDA kernels when the tensors are
+on a GPU and the extension was built with nvcc, the CPU kernels otherwise. The backward is a
+``torch.autograd.Function`` calling the native reverse-order backward (FHGS_SPEC.md section 4);
+it produces gradients for means, raw quaternions, scales, opacity, colours and the background.
+Features (unit and raw) and the GT grid never receive gradients, as in the reference.
+
+Kernels run in float32: float64 inputs are cast (differentiably) and outputs cast back.
+A missing extension or backend is reported by one log line, never by an import error.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from fhgs_ros.core.camera import Camera
+from fhgs_ros.core.raster_types import FeatureTarget, NDFDParams, RenderResult
+
+log = logging.getLogger(__name__)
+
+try:  # torch is imported first: the extension links against it
+    from fhgs_ros import _native as _ext  # type: ignore[attr-defined]
+    _IMPORT_ERROR: Exception | None = None
+except Exception as exc:  # noqa: BLE001 - any load failure means "not available"
+    _ext = None
+    _IMPORT_ERROR = exc
+
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, msg: str) -> None:
+    if key not in _warned:
+        _warned.add(key)
+        log.warning(msg)
+
+
+def native_available() -> bool:
+    """True when the compiled extension (CPU backend at least) can be used."""
+    return _ext is not None
+
+
+def native_import_error() -> Exception | None:
+    return _IMPORT_ERROR
+
+
+def cuda_built() -> bool:
+    """True when the extension was compiled with the CUDA backend (nvcc present at build time)."""
+    return _ext is not None and bool(_ext.has_cuda())
+
+
+def cuda_backend_available() -> bool:
+    """True when CUDA tensors can be rasterized natively (CUDA backend built and a GPU visible)."""
+    return cuda_built() and torch.cuda.is_available()
+
+
+def build_info() -> str:
+    return _ext.build_info() if _ext is not None else f"unavailable ({_IMPORT_ERROR})"
+
+
+def camera_vector(camera: Camera) -> torch.Tensor:
+    """21 float32 values: P (3x4), world_to_cam row 2 (4), camera centre (3), near, far."""
+    proj = camera.projection().to(torch.float32).reshape(-1)
+    w2c = camera.world_to_cam.to(torch.float32)[2]
+    centre = camera.center.to(torch.float32)
+    nf = torch.tensor([camera.near, camera.far], dtype=torch.float32)
+    return torch.cat([proj, w2c, centre, nf]).contiguous()
+
+
+def lever_tables(target: FeatureTarget, width: int, height: int):
+    """Per-column and per-row bilinear cells of the GT grid (as in reference.sample_feature_target).
+
+    Returns col_c0, col_dx1, col_f, row_c0, row_dy1, row_f (int32 / float32, CPU); computed in
+    float64 exactly like the float64 reference.
+    """
+    _, gh, gw = target.grid.shape
+    out = []
+    for n, g in ((width, gw), (height, gh)):
+        c = ((torch.arange(n, dtype=torch.float64) + 0.5) * target.scale - 0.5).clamp(0, g - 1)
+        c0 = c.floor().long().clamp(0, g - 1)
+        c1 = (c0 + 1).clamp(max=g - 1)
+        out += [c0.int().contiguous(), (c1 - c0).int().contiguous(), (c - c0.double()).float().contiguous()]
+    return tuple(out)
+
+
+class _Static:
+    """Non-tensor (and non-differentiable tensor) arguments of one native call."""
+
+    def __init__(self, camvec, width, height, feats, grid, lam, ksign, ext_use_sigma, lever, fvalues,
+                 need_backward, stream):
+        self.camvec, self.width, self.height = camvec, width, height
+        self.feats, self.grid = feats, grid
+        self.lam, self.ksign, self.ext_use_sigma = lam, ksign, ext_use_sigma
+        self.lever, self.fvalues = lever, fvalues
+        self.need_backward, self.stream = need_backward, stream
+
+    def common(self):
+        return (self.camvec, self.width, self.height, self.feats, self.grid, self.lam, self.ksign,
+                self.ext_use_sigma, *self.lever)
+
+
+class NativeRasterize(torch.autograd.Function):
+    """Differentiable native rasterization (forward and reverse-order backward in C++/CUDA)."""
+
+    @staticmethod
+    def forward(ctx, means, quats, scales, opacity, colors, background, static: _Static):
+        bg_cpu = background.detach().to("cpu", torch.float32).contiguous()
+        outs = _ext.forward(means, quats, scales, opacity, colors, bg_cpu, *static.common(), static.fvalues,
+                            static.need_backward, static.stream)
+        main, state = outs[:11], outs[11:]
+        ctx.static = static
+        ctx.bg_cpu = bg_cpu
+        ctx.save_for_backward(means, quats, scales, opacity, colors, *state)
+        feat, radii, ncontrib = main[8], main[9], main[10]
+        ctx.mark_non_differentiable(feat, radii, ncontrib)
+        return tuple(main)
+
+    @staticmethod
+    def backward(ctx, g_rgb, g_alpha, g_depth, g_median, g_normal, g_dist, g_ext, g_int, *_unused):
+        st: _Static = ctx.static
+        saved = ctx.saved_tensors
+        means, quats, scales, opacity, colors = saved[:5]
+        state = list(saved[5:])
+        grads = [g_rgb, g_alpha, g_depth, g_median, g_normal, g_dist, g_ext, g_int]
+        grads = [g if g is not None else torch.empty(0, device=means.device) for g in grads]
+        d_means, d_quats, d_scales, d_op, d_colors = _ext.backward(
+            means, quats, scales, opacity, colors, ctx.bg_cpu, *st.common(), state, grads, st.stream)
+        d_bg = None
+        if ctx.needs_input_grad[5] and g_rgb is not None:
+            t_final = state[9][0]  # pix_state[0] = T_final
+            d_bg = (g_rgb * t_final[None].to(g_rgb.dtype)).sum(dim=(1, 2))
+        return d_means, d_quats, d_scales, d_op, d_colors, d_bg, None
+
+
+def rasterize_native(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacity: torch.Tensor,
+                     colors: torch.Tensor, camera: Camera, background: torch.Tensor | None = None,
+                     features_unit: torch.Tensor | None = None, target: FeatureTarget | None = None,
+                     ndfd: NDFDParams | None = None, feature_values: torch.Tensor | None = None) -> RenderResult:
+    """Render one view with the native kernels; same arguments and result as ``rasterize_reference``."""
+    dev, dt = means.device, means.dtype
+    if _ext is None:
+        raise RuntimeError(f"fhgs_ros native rasterizer extension is not built ({_IMPORT_ERROR}); run `make setup`")
+    if means.is_cuda and not cuda_backend_available():
+        _warn_once("cuda", "fhgs_ros: CUDA tensors but the native CUDA backend is not built "
+                           f"({build_info()}); using the PyTorch reference rasterizer")
+        from fhgs_ros.core.reference import rasterize_reference
+        return rasterize_reference(means, quats, scales, opacity, colors, camera, background, features_unit,
+                                   target, ndfd, feature_values)
+    width, height = int(camera.width), int(camera.height)
+    bg = torch.zeros(3, dtype=dt, device=dev) if background is None else background.to(dev, dt)
+
+    def f32(t: torch.Tensor) -> torch.Tensor:
+        return t.to(device=dev, dtype=torch.float32).contiguous()
+
+    feats = grid = torch.empty(0)
+    lam, ksign, ext_use_sigma = 0.5, 20.0, True
+    lever = tuple(torch.empty(0, dtype=tt) for tt in (torch.int32, torch.int32, torch.float32) * 2)
+    if ndfd is not None:
+        if features_unit is None or target is None:
+            raise ValueError("NDFD needs features_unit and a FeatureTarget")
+        feats = f32(features_unit.detach())
+        grid = f32(target.grid.detach().permute(1, 2, 0))
+        if feats.shape[1] != grid.shape[2]:
+            raise ValueError(f"feature width {feats.shape[1]} != GT grid width {grid.shape[2]}")
+        lam = float(ndfd.lam)
+        ksign = -float(ndfd.k) if ndfd.sigma_increasing else float(ndfd.k)
+        ext_use_sigma = bool(ndfd.ext_use_sigma)
+        lever = tuple(t.to(dev) for t in lever_tables(target, width, height))
+    fvalues = f32(feature_values.detach()) if feature_values is not None else torch.empty(0)
+    diff_inputs = (means, quats, scales, opacity, colors, bg)
+    need_backward = torch.is_grad_enabled() and any(t.requires_grad for t in diff_inputs)
+    stream = torch.cuda.current_stream(dev).cuda_stream if means.is_cuda else 0
+    static = _Static(camera_vector(camera), width, height, feats.to(dev), grid.to(dev), lam, ksign, ext_use_sigma,
+                     lever, fvalues.to(dev), need_backward, stream)
+    rgb, alpha, depth, median, normal, dist, ext, intl, feat, radii, ncontrib = NativeRasterize.apply(
+        f32(means), f32(quats), f32(scales), f32(opacity.reshape(-1)), f32(colors), bg, static)
+
+    def back(t: torch.Tensor) -> torch.Tensor:
+        return t if t.dtype == dt else t.to(dt)
+
+    return RenderResult(
+        rgb=back(rgb), alpha=back(alpha), depth=back(depth), depth_median=back(median), normal=back(normal),
+        distortion=back(dist), ndfd_ext=back(ext) if ndfd is not None else None,
+        ndfd_int=back(intl) if ndfd is not None else None,
+        features=back(feat) if feature_values is not None else None, radii=radii, n_contrib=ncontrib)

@@ -1,0 +1,407 @@
+// Python bindings of the native FHGS rasterizer (the only translation unit including torch).
+//
+// forward(...) and backward(...) allocate every buffer as a torch tensor on the inputs' device,
+// call the CPU (raster_cpu.cpp) or CUDA (raster_cuda.cu, linked only when built with nvcc)
+// stages declared in raster_api.h, and return outputs plus the state that the autograd Function
+// (fhgs_ros/core/native.py) saves for the backward.
+#include <c10/core/DeviceGuard.h>
+#include <torch/extension.h>
+
+#include <chrono>
+#include <cstdio>
+#include <ctime>
+#include <limits>
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "raster_api.h"
+
+using at::Tensor;
+
+namespace {
+
+constexpr int kStateCount = 15;  // see state_names()
+
+#ifdef FHGS_WITH_CUDA
+constexpr bool kHasCuda = true;
+#else
+constexpr bool kHasCuda = false;
+#endif
+
+// FHGS_NATIVE_PROFILE=1 prints the wall and process CPU time of every stage to stderr.
+struct StageTimer {
+  bool on = std::getenv("FHGS_NATIVE_PROFILE") != nullptr;
+  std::chrono::steady_clock::time_point t = std::chrono::steady_clock::now();
+  std::clock_t c = std::clock();
+  void mark(const char* name) {
+    if (!on) return;
+    auto n = std::chrono::steady_clock::now();
+    std::clock_t cn = std::clock();
+    std::fprintf(stderr, "[fhgs native] %-10s %8.2f ms wall %8.2f ms cpu\n", name,
+                 std::chrono::duration<double, std::milli>(n - t).count(), 1000.0 * (double)(cn - c) / CLOCKS_PER_SEC);
+    t = n;
+    c = cn;
+  }
+};
+
+// Debug aid for the tests: when on, every buffer the extension allocates without initializing is
+// filled with NaN (floats) or a negative sentinel (integers) first, so an element a kernel forgets
+// to write shows up in the outputs.
+bool g_poison = false;
+
+Tensor alloc(at::IntArrayRef shape, const at::TensorOptions& opt) {
+  Tensor t = at::empty(shape, opt);
+  if (g_poison && t.numel() > 0) {
+    if (at::isFloatingType(opt.dtype().toScalarType())) t.fill_(std::numeric_limits<float>::quiet_NaN());
+    else if (opt.dtype().toScalarType() != at::kByte) t.fill_(-1234567);
+  }
+  return t;
+}
+
+void check_f32(const Tensor& t, const char* name) {
+  TORCH_CHECK(t.scalar_type() == at::kFloat, "fhgs native: ", name, " must be float32");
+  TORCH_CHECK(t.is_contiguous(), "fhgs native: ", name, " must be contiguous");
+}
+
+template <typename T>
+T* ptr_or_null(const Tensor& t) {
+  return t.defined() && t.numel() > 0 ? t.data_ptr<T>() : nullptr;
+}
+
+void cuda_check(int rc, const char* err, const char* stage) {
+  TORCH_CHECK(rc == 0, "fhgs native CUDA backend failed in ", stage, ": ", err);
+}
+
+// Fill camera/NDFD/input fields common to forward and backward.
+void fill_common(fhgs::RasterArgs& a, const Tensor& means, const Tensor& quats, const Tensor& scales,
+                 const Tensor& opacity, const Tensor& colors, const Tensor& bg, const Tensor& camvec, int64_t width,
+                 int64_t height, const Tensor& feats, const Tensor& grid, double lam, double ksign,
+                 bool ext_use_sigma, const Tensor& col_c0, const Tensor& col_dx1, const Tensor& col_f,
+                 const Tensor& row_c0, const Tensor& row_dy1, const Tensor& row_f) {
+  check_f32(means, "means");
+  check_f32(quats, "quats");
+  check_f32(scales, "scales");
+  check_f32(opacity, "opacity");
+  check_f32(colors, "colors");
+  TORCH_CHECK(camvec.numel() == 21 && camvec.scalar_type() == at::kFloat && camvec.device().is_cpu(),
+              "fhgs native: camvec must be 21 float32 values on the CPU");
+  TORCH_CHECK(bg.numel() == 3 && bg.scalar_type() == at::kFloat && bg.device().is_cpu(),
+              "fhgs native: background must be 3 float32 values on the CPU");
+  const int64_t N = means.size(0);
+  TORCH_CHECK(means.dim() == 2 && means.size(1) == 3, "means must be (N, 3)");
+  TORCH_CHECK(quats.dim() == 2 && quats.size(0) == N && quats.size(1) == 4, "quats must be (N, 4)");
+  TORCH_CHECK(scales.dim() == 2 && scales.size(0) == N && scales.size(1) == 2, "scales must be (N, 2)");
+  TORCH_CHECK(opacity.numel() == N, "opacity must have N elements");
+  TORCH_CHECK(colors.dim() == 2 && colors.size(0) == N && colors.size(1) == 3, "colors must be (N, 3)");
+  TORCH_CHECK(N < (int64_t)1 << 31, "too many surfels");
+  TORCH_CHECK(width >= 1 && height >= 1, "image size must be positive");
+  a.N = (int)N;
+  const float* cv = camvec.data_ptr<float>();
+  for (int i = 0; i < 12; ++i) a.cam.P[i] = cv[i];
+  for (int i = 0; i < 4; ++i) a.cam.w2c_z[i] = cv[12 + i];
+  for (int i = 0; i < 3; ++i) a.cam.center[i] = cv[16 + i];
+  a.cam.znear = cv[19];
+  a.cam.zfar = cv[20];
+  a.cam.width = (int)width;
+  a.cam.height = (int)height;
+  const float* b = bg.data_ptr<float>();
+  for (int i = 0; i < 3; ++i) a.bg[i] = b[i];
+  a.means = means.data_ptr<float>();
+  a.quats = quats.data_ptr<float>();
+  a.scales = scales.data_ptr<float>();
+  a.opacity = opacity.data_ptr<float>();
+  a.colors = colors.data_ptr<float>();
+  a.nd.lam = (float)lam;
+  a.nd.ksign = (float)ksign;
+  a.nd.ext_use_sigma = ext_use_sigma ? 1 : 0;
+  if (feats.defined() && feats.dim() == 2) {
+    check_f32(feats, "features_unit");
+    check_f32(grid, "grid");
+    TORCH_CHECK(feats.dim() == 2 && feats.size(0) == N, "features_unit must be (N, D)");
+    TORCH_CHECK(grid.dim() == 3 && grid.size(2) == feats.size(1), "grid must be (gh, gw, D) with the features' D");
+    a.D = (int)feats.size(1);
+    a.gh = (int)grid.size(0);
+    a.gw = (int)grid.size(1);
+    a.feats = ptr_or_null<float>(feats);
+    a.grid = ptr_or_null<float>(grid);
+    TORCH_CHECK(col_c0.numel() == width && row_c0.numel() == height, "lever column/row tables have wrong sizes");
+    a.col_c0 = col_c0.data_ptr<int>();
+    a.col_dx1 = col_dx1.data_ptr<int>();
+    a.col_f = col_f.data_ptr<float>();
+    a.row_c0 = row_c0.data_ptr<int>();
+    a.row_dy1 = row_dy1.data_ptr<int>();
+    a.row_f = row_f.data_ptr<float>();
+  }
+  a.nthreads = at::get_num_threads();
+}
+
+std::vector<std::string> state_names() {
+  return {"geom", "ibox", "tiles_off", "lever_off", "tile_start", "tile_list",
+          "entry_pos", "lever", "invn", "pix_state", "pix_idx", "ftot", "contrib", "tile_coff", "pix_coff"};
+}
+
+// Returns [rgb, alpha, depth, median, normal, dist, ext, int, feat, radii, n_contrib] + state.
+std::vector<Tensor> forward(Tensor means, Tensor quats, Tensor scales, Tensor opacity, Tensor colors, Tensor bg,
+                            Tensor camvec, int64_t width, int64_t height, Tensor feats, Tensor grid, double lam,
+                            double ksign, bool ext_use_sigma, Tensor col_c0, Tensor col_dx1, Tensor col_f,
+                            Tensor row_c0, Tensor row_dy1, Tensor row_f, Tensor fvalues, bool need_backward,
+                            int64_t stream) {
+  fhgs::RasterArgs a;
+  fill_common(a, means, quats, scales, opacity, colors, bg, camvec, width, height, feats, grid, lam, ksign,
+              ext_use_sigma, col_c0, col_dx1, col_f, row_c0, row_dy1, row_f);
+  const bool cuda = means.is_cuda();
+  TORCH_CHECK(!cuda || kHasCuda,
+              "fhgs native: CUDA tensors given but the extension was built without CUDA (no nvcc at build time)");
+  c10::DeviceGuard guard(means.device());
+  a.need_backward = need_backward ? 1 : 0;
+  const int64_t N = a.N, H = height, W = width, npix = H * W;
+  const int ntiles = fhgs::tiles_x((int)W) * fhgs::tiles_y((int)H);
+  auto fopt = means.options();
+  auto iopt = means.options().dtype(at::kInt);
+  auto lopt = means.options().dtype(at::kLong);
+  if (fvalues.defined() && fvalues.dim() == 2) {
+    check_f32(fvalues, "feature_values");
+    TORCH_CHECK(fvalues.dim() == 2 && fvalues.size(0) == N, "feature_values must be (N, Dr)");
+    a.Dr = (int)fvalues.size(1);
+    a.fvalues = ptr_or_null<float>(fvalues);
+  }
+  char err[256] = {0};
+  StageTimer timer;
+
+  Tensor geom = alloc({N, fhgs::GEOM_STRIDE}, fopt);
+  Tensor ibox = alloc({N, fhgs::IBOX_STRIDE}, iopt);
+  Tensor radii = alloc({N}, iopt);
+  Tensor tiles_off = alloc({N}, lopt);
+  Tensor lever_off = at::zeros({N}, lopt);
+  a.geom = ptr_or_null<float>(geom);
+  a.ibox = ptr_or_null<int>(ibox);
+  a.radii = ptr_or_null<int>(radii);
+  a.tiles_touched = ptr_or_null<int64_t>(tiles_off);
+  a.lever_off = ptr_or_null<int64_t>(lever_off);
+  if (cuda) {
+#ifdef FHGS_WITH_CUDA
+    cuda_check(fhgs::cuda_preprocess(a, (intptr_t)stream, err), err, "preprocess");
+#endif
+  } else {
+    fhgs::cpu_preprocess(a);
+  }
+  timer.mark("preprocess");
+  // counts -> exclusive offsets, totals
+  a.E = 0;
+  a.lever_total = 0;
+  if (N > 0) {
+    Tensor incl = tiles_off.cumsum(0);
+    a.E = incl[N - 1].item<int64_t>();
+    tiles_off.copy_(incl - tiles_off);
+    if (a.D > 0) {
+      Tensor linc = lever_off.cumsum(0);
+      a.lever_total = linc[N - 1].item<int64_t>();
+      lever_off.copy_(linc - lever_off);
+    }
+  }
+  TORCH_CHECK(a.E < ((int64_t)1 << 31), "fhgs native: too many tile entries (", a.E, ")");
+
+  const bool records = !cuda && a.D > 0 && need_backward;  // CPU: per-contributor NDFD records
+  Tensor tile_coff = alloc({records ? ntiles + 1 : 0}, lopt);
+  a.tile_coff = ptr_or_null<int64_t>(tile_coff);
+  Tensor tile_start = alloc({ntiles + 1}, lopt);
+  Tensor tile_list = alloc({a.E}, iopt);
+  Tensor entry_pos = alloc({cuda ? 0 : a.E}, iopt);
+  a.tile_start = tile_start.data_ptr<int64_t>();
+  a.tile_list = ptr_or_null<int>(tile_list);
+  a.entry_pos = ptr_or_null<int>(entry_pos);
+  if (cuda) {
+#ifdef FHGS_WITH_CUDA
+    Tensor keys_in = alloc({a.E}, lopt), keys_out = alloc({a.E}, lopt), vals_in = alloc({a.E}, iopt);
+    int64_t tb = fhgs::cuda_sort_temp_bytes(a.E, ntiles, err);
+    TORCH_CHECK(tb >= 0, "fhgs native CUDA sort: ", err);
+    Tensor temp = alloc({std::max<int64_t>(tb, 1)}, means.options().dtype(at::kByte));
+    a.keys_in = ptr_or_null<int64_t>(keys_in);
+    a.keys_out = ptr_or_null<int64_t>(keys_out);
+    a.vals_in = ptr_or_null<int>(vals_in);
+    a.sort_temp = temp.data_ptr();
+    a.sort_temp_bytes = tb;
+    cuda_check(fhgs::cuda_bin(a, (intptr_t)stream, err), err, "bin");
+#endif
+  } else {
+    fhgs::cpu_bin(a);
+  }
+  timer.mark("bin");
+
+  Tensor lever = alloc({a.lever_total}, fopt);
+  Tensor invn = alloc({a.D > 0 ? npix : 0}, fopt);
+  if (a.D > 0) {
+    Tensor gram = alloc({5, (int64_t)a.gh * a.gw}, fopt);
+    a.lever = ptr_or_null<float>(lever);
+    a.invn = invn.data_ptr<float>();
+    a.gram = gram.data_ptr<float>();
+    if (cuda) {
+#ifdef FHGS_WITH_CUDA
+      cuda_check(fhgs::cuda_lever(a, (intptr_t)stream, err), err, "lever");
+#endif
+    } else {
+      fhgs::cpu_lever(a);
+    }
+    timer.mark("lever");
+  }
+
+  Tensor rgb = alloc({3, H, W}, fopt), alpha = alloc({H, W}, fopt), depth = alloc({H, W}, fopt);
+  Tensor median = alloc({H, W}, fopt), normal = alloc({3, H, W}, fopt), dist = alloc({H, W}, fopt);
+  Tensor ext = alloc({a.D > 0 ? H : 0, a.D > 0 ? W : 0}, fopt);
+  Tensor intl = alloc({a.D > 0 ? H : 0, a.D > 0 ? W : 0}, fopt);
+  Tensor feat = alloc({a.Dr, a.Dr > 0 ? H : 0, a.Dr > 0 ? W : 0}, fopt);
+  Tensor ncontrib = alloc({H, W}, iopt);
+  Tensor pix_state = alloc({5, H, W}, means.options().dtype(at::kDouble));
+  Tensor pix_idx = alloc({3, H, W}, iopt);
+  // CUDA: the kernel accumulates F in F_tot (channel-major), kept for the backward. CPU: F lives in
+  // a per-thread buffer; the backward gets the per-contributor records instead (upper-bound sized:
+  // untouched pages are never committed).
+  Tensor ftot = alloc({(a.D > 0 && cuda) ? npix * a.D : 0}, fopt);
+  Tensor contrib = alloc({records ? 3 * tile_coff[ntiles].item<int64_t>() : 0}, fopt);
+  Tensor pix_coff = alloc({records ? npix : 0}, lopt);
+  a.contrib = ptr_or_null<float>(contrib);
+  a.pix_coff = ptr_or_null<int64_t>(pix_coff);
+  a.out_rgb = rgb.data_ptr<float>();
+  a.out_alpha = alpha.data_ptr<float>();
+  a.out_depth = depth.data_ptr<float>();
+  a.out_median = median.data_ptr<float>();
+  a.out_normal = normal.data_ptr<float>();
+  a.out_dist = dist.data_ptr<float>();
+  a.out_ext = ptr_or_null<float>(ext);
+  a.out_int = ptr_or_null<float>(intl);
+  a.out_feat = ptr_or_null<float>(feat);
+  a.out_ncontrib = ncontrib.data_ptr<int>();
+  a.pix_state = pix_state.data_ptr<double>();
+  a.pix_idx = pix_idx.data_ptr<int>();
+  a.ftot = ptr_or_null<float>(ftot);
+  if (cuda) {
+#ifdef FHGS_WITH_CUDA
+    cuda_check(fhgs::cuda_forward(a, (intptr_t)stream, err), err, "forward");
+#endif
+  } else {
+    fhgs::cpu_forward(a);
+  }
+  timer.mark("forward");
+  return {rgb, alpha, depth, median, normal, dist, ext, intl, feat, radii.to(at::kLong), ncontrib.to(at::kLong),
+          geom, ibox, tiles_off, lever_off, tile_start, tile_list, entry_pos, lever, invn, pix_state, pix_idx, ftot,
+          contrib, tile_coff, pix_coff};
+}
+
+// grads: [rgb, alpha, depth, median, normal, dist, ext, int]; returns
+// [d_means, d_quats, d_scales, d_opacity, d_colors].
+std::vector<Tensor> backward(Tensor means, Tensor quats, Tensor scales, Tensor opacity, Tensor colors, Tensor bg,
+                             Tensor camvec, int64_t width, int64_t height, Tensor feats, Tensor grid, double lam,
+                             double ksign, bool ext_use_sigma, Tensor col_c0, Tensor col_dx1, Tensor col_f,
+                             Tensor row_c0, Tensor row_dy1, Tensor row_f, std::vector<Tensor> state,
+                             std::vector<Tensor> grads, int64_t stream) {
+  fhgs::RasterArgs a;
+  fill_common(a, means, quats, scales, opacity, colors, bg, camvec, width, height, feats, grid, lam, ksign,
+              ext_use_sigma, col_c0, col_dx1, col_f, row_c0, row_dy1, row_f);
+  TORCH_CHECK((int)state.size() == kStateCount, "fhgs native backward: wrong state");
+  TORCH_CHECK(grads.size() == 8, "fhgs native backward: expected 8 gradients");
+  const bool cuda = means.is_cuda();
+  TORCH_CHECK(!cuda || kHasCuda, "fhgs native: built without CUDA");
+  c10::DeviceGuard guard(means.device());
+  const int64_t N = a.N, npix = width * height;
+  a.geom = ptr_or_null<float>(state[0]);
+  a.ibox = ptr_or_null<int>(state[1]);
+  a.tiles_touched = ptr_or_null<int64_t>(state[2]);
+  a.lever_off = ptr_or_null<int64_t>(state[3]);
+  a.tile_start = state[4].data_ptr<int64_t>();
+  a.tile_list = ptr_or_null<int>(state[5]);
+  a.E = state[5].numel();
+  a.entry_pos = ptr_or_null<int>(state[6]);
+  a.lever = ptr_or_null<float>(state[7]);
+  a.lever_total = state[7].numel();
+  a.invn = ptr_or_null<float>(state[8]);
+  a.pix_state = state[9].data_ptr<double>();
+  a.pix_idx = state[10].data_ptr<int>();
+  a.ftot = ptr_or_null<float>(state[11]);
+  a.contrib = ptr_or_null<float>(state[12]);
+  a.tile_coff = ptr_or_null<int64_t>(state[13]);
+  a.pix_coff = ptr_or_null<int64_t>(state[14]);
+  TORCH_CHECK(a.D == 0 || a.ftot != nullptr || a.pix_coff != nullptr,
+              "fhgs native backward: the forward ran without need_backward");
+  std::vector<Tensor> g(8);
+  for (int i = 0; i < 8; ++i) {
+    if (grads[i].defined() && grads[i].numel() > 0) {
+      g[i] = grads[i].to(means.options()).contiguous();
+    }
+  }
+  auto need = [&](int i, std::vector<int64_t> shape) {
+    if (!g[i].defined()) g[i] = at::zeros(shape, means.options());
+    return g[i].data_ptr<float>();
+  };
+  a.g_rgb = need(0, {3, height, width});
+  a.g_alpha = need(1, {height, width});
+  a.g_depth = need(2, {height, width});
+  a.g_median = need(3, {height, width});
+  a.g_normal = need(4, {3, height, width});
+  a.g_dist = need(5, {height, width});
+  if (a.D > 0) {
+    a.g_ext = need(6, {height, width});
+    a.g_int = need(7, {height, width});
+  }
+  auto fopt = means.options();
+  Tensor d_means = alloc({N, 3}, fopt), d_quats = alloc({N, 4}, fopt), d_scales = alloc({N, 2}, fopt);
+  Tensor d_opacity = alloc({N}, fopt), d_colors = alloc({N, 3}, fopt);
+  a.d_means = ptr_or_null<float>(d_means);
+  a.d_quats = ptr_or_null<float>(d_quats);
+  a.d_scales = ptr_or_null<float>(d_scales);
+  a.d_opacity = ptr_or_null<float>(d_opacity);
+  a.d_colors = ptr_or_null<float>(d_colors);
+  if (cuda) {
+#ifdef FHGS_WITH_CUDA
+    char err[256] = {0};
+    Tensor acc = at::zeros({N, fhgs::ACC_STRIDE}, fopt);
+    Tensor scratch = alloc({a.D > 0 ? 2 * a.D * npix : 0}, fopt);
+    a.acc = ptr_or_null<float>(acc);
+    a.scratch = ptr_or_null<float>(scratch);
+    cuda_check(fhgs::cuda_backward(a, (intptr_t)stream, err), err, "backward");
+#endif
+  } else {
+    StageTimer timer;
+    Tensor acc = at::zeros({a.E, fhgs::ACC_STRIDE}, fopt);
+    a.acc = ptr_or_null<float>(acc);
+    fhgs::cpu_backward(a);
+    timer.mark("backward");
+  }
+  (void)npix;
+  return {d_means, d_quats, d_scales, d_opacity.reshape(opacity.sizes()), d_colors};
+}
+
+bool has_cuda() { return kHasCuda; }
+
+int64_t cuda_devices() {
+#ifdef FHGS_WITH_CUDA
+  char err[256] = {0};
+  return fhgs::cuda_device_count(err);
+#else
+  return 0;
+#endif
+}
+
+std::string build_info() {
+  std::string s = "cpu";
+#ifdef _OPENMP
+  s += "+openmp";
+#endif
+#ifdef FHGS_WITH_CUDA
+  s += "+cuda";
+#endif
+  return s;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "FHGS native surfel rasterizer (C++/OpenMP CPU backend, optional CUDA backend)";
+  m.def("forward", &forward, "rasterize forward");
+  m.def("backward", &backward, "rasterize backward");
+  m.def("has_cuda", &has_cuda, "built with the CUDA backend");
+  m.def("cuda_devices", &cuda_devices, "number of CUDA devices seen by the CUDA backend (0 or negative error)");
+  m.def("build_info", &build_info, "backends compiled in");
+  m.def("set_poison", [](bool on) { g_poison = on; }, "fill uninitialized buffers with NaN / sentinels (tests)");
+  m.def("state_names", &state_names, "names of the state tensors saved for backward");
+}

@@ -1,0 +1,133 @@
+// Plain C++ interface between bindings.cpp (the only translation unit that sees torch) and the
+// two backends: raster_cpu.cpp (C++/OpenMP) and raster_cuda.cu (CUDA, built only when nvcc is
+// present). Only raw pointers and sizes cross this boundary; all buffers are allocated by the
+// caller (as torch tensors) so that the state saved for the backward lives in autograd's context.
+//
+// Stages, identical for both backends:
+//   1. preprocess: per surfel splat matrix, screen box, radius, normal, tile count, lever cells;
+//   2. bin: per 16x16 tile, the list of overlapping surfels sorted by (centre depth, index);
+//   3. lever (NDFD only): per-pixel bilinear norm of the GT grid, per-surfel table f_i . F_c for
+//      the feature-grid cells of its box;
+//   4. forward: per tile, per pixel front-to-back compositing + NDFD;
+//   5. backward: per tile, per pixel reverse traversal; per-surfel reduction and parameter grads.
+#pragma once
+
+#include <stdint.h>
+
+#include "raster_math.h"
+
+namespace fhgs {
+
+struct RasterArgs {
+  // sizes
+  int N = 0;          // surfels
+  int D = 0;          // unit feature width (NDFD), 0 when NDFD is off
+  int Dr = 0;         // raw feature width of the blended feature image, 0 when not asked
+  int gh = 0, gw = 0; // GT feature grid size
+  int64_t E = 0;      // tile-list entries (after preprocess)
+  int64_t lever_total = 0;
+  int nthreads = 1;   // CPU threads
+  int need_backward = 0;
+  CameraParams cam;
+  NdfdParams nd;
+  float bg[3] = {0.f, 0.f, 0.f};
+
+  // inputs (contiguous float32)
+  const float* means = nullptr;     // (N, 3)
+  const float* quats = nullptr;     // (N, 4)
+  const float* scales = nullptr;    // (N, 2)
+  const float* opacity = nullptr;   // (N,)
+  const float* colors = nullptr;    // (N, 3)
+  const float* feats = nullptr;     // (N, D) unit features
+  const float* fvalues = nullptr;   // (N, Dr) raw features for the feature image
+  const float* grid = nullptr;      // (gh * gw, D) GT feature cells (raw)
+  const int* col_c0 = nullptr;      // (W,) lever: first grid column of each pixel column
+  const int* col_dx1 = nullptr;     // (W,) 0/1
+  const float* col_f = nullptr;     // (W,) bilinear fraction
+  const int* row_c0 = nullptr;      // (H,)
+  const int* row_dy1 = nullptr;     // (H,)
+  const float* row_f = nullptr;     // (H,)
+
+  // per-surfel state
+  float* geom = nullptr;            // (N, GEOM_STRIDE)
+  int* ibox = nullptr;              // (N, IBOX_STRIDE)
+  int* radii = nullptr;             // (N,)
+  int64_t* tiles_touched = nullptr; // (N,) then its inclusive prefix sum (offsets) for bin
+  int64_t* lever_off = nullptr;     // (N,) lever cell counts, then inclusive prefix sum
+
+  // binning
+  int64_t* tile_start = nullptr;    // (ntiles + 1,)
+  int* tile_list = nullptr;         // (E,) surfel ids
+  int* entry_pos = nullptr;         // CPU: (E,) for each surfel's entries (CSR by surfel), list positions
+  // CUDA sort buffers
+  int64_t* keys_in = nullptr;
+  int64_t* keys_out = nullptr;
+  int* vals_in = nullptr;
+  void* sort_temp = nullptr;
+  int64_t sort_temp_bytes = 0;
+
+  // lever
+  float* lever = nullptr;           // (lever_total,) f_i . F_c tables
+  float* invn = nullptr;            // (H * W,) 1 / |bilinear GT feature|
+  float* gram = nullptr;            // (5, gh * gw) neighbour Gram values of the grid
+
+  // outputs (channels first)
+  float* out_rgb = nullptr;         // (3, H, W)
+  float* out_alpha = nullptr;       // (H, W)
+  float* out_depth = nullptr;
+  float* out_median = nullptr;
+  float* out_normal = nullptr;      // (3, H, W)
+  float* out_dist = nullptr;
+  float* out_ext = nullptr;         // (H, W) or null
+  float* out_int = nullptr;
+  float* out_feat = nullptr;        // (Dr, H, W) or null
+  int* out_ncontrib = nullptr;      // (H, W)
+
+  // per-pixel state saved for the backward
+  double* pix_state = nullptr;      // (5, H, W) float64: T_final, distortion m0, W, M1, M2
+  int* pix_idx = nullptr;           // (3, H, W): last kept list index, median list index, n_contrib
+  int* pix_idx3 = nullptr;          // alias of pix_idx row 2 (n_contrib), CPU
+  float* ftot = nullptr;            // CUDA: F_tot = sum_i w_i f_i, (D, H*W) channel-major
+  // CPU: per kept contributor, in forward order, the record (phi, sigma, F_{i-1} . f_i): the
+  // forward prefix the backward needs (what the CUDA backend recovers from F_tot). Laid out per
+  // tile at tile_coff[t] (an upper bound: the tile's in-box pairs), per pixel at pix_coff[pix].
+  float* contrib = nullptr;         // (3 * tile_coff[ntiles],)
+  int64_t* tile_coff = nullptr;     // (ntiles + 1,)
+  int64_t* pix_coff = nullptr;      // (H * W,)
+
+  // backward
+  const float* g_rgb = nullptr;     // (3, H, W)
+  const float* g_alpha = nullptr;
+  const float* g_depth = nullptr;
+  const float* g_median = nullptr;
+  const float* g_normal = nullptr;  // (3, H, W)
+  const float* g_dist = nullptr;
+  const float* g_ext = nullptr;     // null when NDFD is off
+  const float* g_int = nullptr;
+  float* acc = nullptr;             // CPU: (E, ACC_STRIDE) per entry; CUDA: (N, ACC_STRIDE) per surfel
+  float* scratch = nullptr;         // CUDA: (2, D, H*W) V and S
+  float* d_means = nullptr;         // (N, 3)
+  float* d_quats = nullptr;         // (N, 4)
+  float* d_scales = nullptr;        // (N, 2)
+  float* d_opacity = nullptr;       // (N,)
+  float* d_colors = nullptr;        // (N, 3)
+};
+
+// ---- CPU backend (raster_cpu.cpp)
+void cpu_preprocess(RasterArgs& a);
+void cpu_bin(RasterArgs& a);
+void cpu_lever(RasterArgs& a);
+void cpu_forward(RasterArgs& a);
+void cpu_backward(RasterArgs& a);
+
+// ---- CUDA backend (raster_cuda.cu); every function returns 0 or a CUDA error code and fills
+// `err` (256 chars) with a message. `stream` is a cudaStream_t passed as an integer.
+int cuda_device_count(char* err);
+int cuda_preprocess(RasterArgs& a, intptr_t stream, char* err);
+int64_t cuda_sort_temp_bytes(int64_t E, int ntiles, char* err);
+int cuda_bin(RasterArgs& a, intptr_t stream, char* err);
+int cuda_lever(RasterArgs& a, intptr_t stream, char* err);
+int cuda_forward(RasterArgs& a, intptr_t stream, char* err);
+int cuda_backward(RasterArgs& a, intptr_t stream, char* err);
+
+}  // namespace fhgs

@@ -1,0 +1,443 @@
+// CPU backend of the FHGS surfel rasterizer: plain C++ + OpenMP on raw pointers.
+//
+// Structure (FHGS_SPEC.md sections 2 and 4): project and cull every surfel, bin them into 16x16
+// tiles (lists sorted by centre depth, ties by index), then one OpenMP task per tile runs the
+// per-pixel front-to-back forward, and the backward visits each pixel's contributors in reverse,
+// reusing the forward prefix (T_final, the last contributor, the distortion sums and F_tot).
+// The backward accumulates surfel gradients per tile-list entry (the tile's thread owns them: no
+// atomics), then a per-surfel pass reduces the entries in a fixed order (deterministic) and maps
+// them to the surfel parameters. All per-pair math lives in raster_math.h (shared with CUDA).
+#include <math.h>
+#include <string.h>
+
+#include <algorithm>
+#include <numeric>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "raster_api.h"
+#include "raster_math.h"
+
+// The tile kernels are compiled for AVX-512 and AVX2+FMA as well as the baseline, picked at load
+// time (GCC function multi-versioning): the feature-width loops are where NDFD spends its time.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FHGS_NO_CLONES)
+#define FHGS_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FHGS_CLONES
+#endif
+
+namespace fhgs {
+
+namespace {
+
+struct Ent {  // one tile-list entry, packed for the per-pixel loops
+  float T[9];
+  float KL[8];
+  float cx, cy, op, rho_cut;
+  int x0, x1, y0, y1;
+  int sid;
+  int lcx0, lcy0, lncx;
+  int64_t loff;
+};
+
+void pack_tile(const RasterArgs& a, int64_t s, int64_t e, std::vector<Ent>& ents) {
+  ents.resize((size_t)(e - s));
+  for (int64_t j = s; j < e; ++j) {
+    int sid = a.tile_list[j];
+    const float* g = a.geom + (int64_t)sid * GEOM_STRIDE;
+    const int* b = a.ibox + (int64_t)sid * IBOX_STRIDE;
+    Ent& en = ents[(size_t)(j - s)];
+    for (int i = 0; i < 9; ++i) en.T[i] = g[G_T + i];
+    for (int i = 0; i < 8; ++i) en.KL[i] = g[G_KL + i];
+    en.cx = g[G_CX];
+    en.cy = g[G_CY];
+    en.op = a.opacity[sid];
+    en.rho_cut = rho_cutoff(en.op);
+    en.x0 = b[B_X0]; en.x1 = b[B_X1]; en.y0 = b[B_Y0]; en.y1 = b[B_Y1];
+    en.sid = sid;
+    en.lcx0 = b[B_CX0]; en.lcy0 = b[B_CY0]; en.lncx = b[B_NCX];
+    en.loff = a.lever_off ? a.lever_off[sid] : 0;
+  }
+}
+
+inline PixLever make_pixlever(const RasterArgs& a, int x, int y, int64_t pix) {
+  PixLever pl;
+  pl.c0x = a.col_c0[x]; pl.dx1 = a.col_dx1[x]; pl.fx = a.col_f[x];
+  pl.c0y = a.row_c0[y]; pl.dy1 = a.row_dy1[y]; pl.fy = a.row_f[y];
+  pl.invn = a.invn ? a.invn[pix] : 0.0f;
+  return pl;
+}
+
+// Per-row entry lists of a tile: for row r, the (tile-relative) indices of the entries whose box
+// covers that row, in list order. The per-pixel loops then only test the column range.
+void build_rows(const std::vector<Ent>& ents, int y0, int nrows, std::vector<int>& rows, int* row_start) {
+  rows.clear();
+  for (int r = 0; r < nrows; ++r) {
+    row_start[r] = (int)rows.size();
+    const int py = y0 + r;
+    for (int k = 0; k < (int)ents.size(); ++k)
+      if (py >= ents[k].y0 && py <= ents[k].y1) rows.push_back(k);
+  }
+  row_start[nrows] = (int)rows.size();
+}
+
+struct Scratch {
+  std::vector<Ent> ents;
+  std::vector<int> rows;
+  std::vector<float> F, S, FV;
+};
+
+FHGS_CLONES
+void forward_tile(const RasterArgs& a, int tile, Scratch& sc) {
+  const int W = a.cam.width, H = a.cam.height;
+  const int64_t npix = (int64_t)W * H;
+  const int ntx = tiles_x(W);
+  const int tx = tile % ntx, ty = tile / ntx;
+  const int64_t s = a.tile_start[tile], e = a.tile_start[tile + 1];
+  pack_tile(a, s, e, sc.ents);
+  const Ent* ents = sc.ents.data();
+  const int D = a.D, Dr = a.Dr;
+  const bool ndfd = D > 0;
+  const float zn = a.cam.znear, zf = a.cam.zfar;
+  float* F = ndfd ? sc.F.data() : nullptr;
+  float* FV = Dr > 0 ? sc.FV.data() : nullptr;
+  const int nrows = std::min(H, (ty + 1) * TILE) - ty * TILE;
+  int row_start[TILE + 1];
+  build_rows(sc.ents, ty * TILE, nrows, sc.rows, row_start);
+  const int* rows = sc.rows.data();
+  int64_t coff = 0;  // contributor records written in this tile so far
+  for (int py = ty * TILE; py < std::min(H, (ty + 1) * TILE); ++py) {
+    const int r0 = row_start[py - ty * TILE], r1 = row_start[py - ty * TILE + 1];
+    for (int px = tx * TILE; px < std::min(W, (tx + 1) * TILE); ++px) {
+      const int64_t pix = (int64_t)py * W + px;
+      const float fx = (float)px, fy = (float)py;
+      PixelState st;
+      pixel_init(st);
+      PixLever pl;
+      if (ndfd) {
+        memset(F, 0, sizeof(float) * D);
+        pl = make_pixlever(a, px, py, pix);
+      }
+      if (Dr > 0) memset(FV, 0, sizeof(float) * Dr);
+      float* rec = nullptr;  // this pixel's contributor records
+      if (a.contrib != nullptr) {
+        a.pix_coff[pix] = a.tile_coff[tile] + coff;
+        rec = a.contrib + 3 * (a.tile_coff[tile] + coff);
+      }
+      for (int r = r0; r < r1; ++r) {
+        const int64_t j = s + rows[r];
+        const Ent& en = ents[rows[r]];
+        if ((unsigned)(px - en.x0) > (unsigned)(en.x1 - en.x0)) continue;
+        PairEval pe;
+        if (!eval_pair(en.T, en.KL, en.cx, en.cy, en.op, fx, fy, zn, en.rho_cut, pe)) continue;
+        if (!pixel_accepts(st, pe.alpha)) break;
+        const float Tprev = st.T;
+        const float* col = a.colors + (int64_t)en.sid * 3;
+        const float* nrm = a.geom + (int64_t)en.sid * GEOM_STRIDE + G_N;
+        const float w = pixel_composite(st, pe.alpha, pe.z, col, nrm, (int)j, zn, zf);
+        if (ndfd) {
+          const float phi = lever_phi(a.lever + en.loff, en.lcx0, en.lcy0, en.lncx, pl);
+          const float sig = ndfd_sigma(a.nd, phi);
+          const float gate = a.nd.ext_use_sigma ? sig : 1.0f;
+          st.ext += gate * w * (1.0f - phi);
+          const float dotp = ndfd_forward_pass_host(F, a.feats + (int64_t)en.sid * D, D, w);
+          st.intl += sig * w * ((1.0f - Tprev) - dotp);
+          if (rec != nullptr) {
+            rec[0] = phi;
+            rec[1] = sig;
+            rec[2] = dotp;
+            rec += 3;
+          }
+        }
+        if (Dr > 0) feature_blend_pass_host(FV, a.fvalues + (int64_t)en.sid * Dr, Dr, w);
+      }
+      for (int c = 0; c < 3; ++c) {
+        a.out_rgb[c * npix + pix] = st.rgb[c] + st.T * a.bg[c];
+        a.out_normal[c * npix + pix] = st.normal[c];
+      }
+      a.out_alpha[pix] = 1.0f - st.T;
+      a.out_depth[pix] = st.depth;
+      a.out_median[pix] = st.med_z;
+      a.out_dist[pix] = (float)st.dist;
+      a.out_ncontrib[pix] = st.n_contrib;
+      a.pix_state[pix] = st.T;
+      a.pix_state[npix + pix] = st.m0;
+      a.pix_state[2 * npix + pix] = st.W;
+      a.pix_state[3 * npix + pix] = st.M1;
+      a.pix_state[4 * npix + pix] = st.M2;
+      a.pix_idx[pix] = st.last;
+      a.pix_idx[npix + pix] = st.med_idx;
+      a.pix_idx[2 * npix + pix] = st.n_contrib;
+      coff += st.n_contrib;
+      if (ndfd) {
+        a.out_ext[pix] = st.ext;
+        a.out_int[pix] = st.intl;
+      }
+      if (Dr > 0)
+        for (int d = 0; d < Dr; ++d) a.out_feat[d * npix + pix] = FV[d];
+    }
+  }
+}
+
+FHGS_CLONES
+void backward_tile(const RasterArgs& a, int tile, Scratch& sc) {
+  const int W = a.cam.width, H = a.cam.height;
+  const int64_t npix = (int64_t)W * H;
+  const int ntx = tiles_x(W);
+  const int tx = tile % ntx, ty = tile / ntx;
+  const int64_t s = a.tile_start[tile], e = a.tile_start[tile + 1];
+  if (e == s) return;
+  pack_tile(a, s, e, sc.ents);
+  const Ent* ents = sc.ents.data();
+  const int D = a.D;
+  const float zn = a.cam.znear, zf = a.cam.zfar;
+  float* S = D > 0 ? sc.S.data() : nullptr;
+  const int nrows = std::min(H, (ty + 1) * TILE) - ty * TILE;
+  int row_start[TILE + 1];
+  build_rows(sc.ents, ty * TILE, nrows, sc.rows, row_start);
+  const int* rows = sc.rows.data();
+  for (int py = ty * TILE; py < std::min(H, (ty + 1) * TILE); ++py) {
+    const int r0 = row_start[py - ty * TILE], r1 = row_start[py - ty * TILE + 1];
+    for (int px = tx * TILE; px < std::min(W, (tx + 1) * TILE); ++px) {
+      const int64_t pix = (int64_t)py * W + px;
+      const int last = a.pix_idx[pix];
+      if (last < 0) continue;
+      const int med = a.pix_idx[npix + pix];
+      const float fx = (float)px, fy = (float)py;
+      PixelGrads g;
+      for (int c = 0; c < 3; ++c) {
+        g.rgb[c] = a.g_rgb[c * npix + pix];
+        g.normal[c] = a.g_normal[c * npix + pix];
+      }
+      g.alpha = a.g_alpha[pix];
+      g.depth = a.g_depth[pix];
+      g.median = a.g_median[pix];
+      g.dist = a.g_dist[pix];
+      g.ext = D > 0 ? a.g_ext[pix] : 0.0f;
+      g.intl = D > 0 ? a.g_int[pix] : 0.0f;
+      const bool nd_phi = D > 0 && (g.ext != 0.0f || g.intl != 0.0f);
+      const bool nd_pass = D > 0 && g.intl != 0.0f;  // the feature passes only feed the internal term
+      PixelBack b;
+      pixel_back_init(b, g, a.bg, (float)a.pix_state[pix], a.pix_state[npix + pix], a.pix_state[2 * npix + pix],
+                      a.pix_state[3 * npix + pix], a.pix_state[4 * npix + pix]);
+      // this pixel's forward records (phi, sigma, F_{k-1} . f_k), visited from the last one
+      const float* rec = nd_phi ? a.contrib + 3 * (a.pix_coff[pix] + a.pix_idx[2 * npix + pix]) : nullptr;
+      if (nd_pass) memset(S, 0, sizeof(float) * D);
+      // start at the last kept contributor (it is in this row's list)
+      int r = r1 - 1;
+      while (r >= r0 && s + rows[r] > last) --r;
+      for (; r >= r0; --r) {
+        const int64_t j = s + rows[r];
+        const Ent& en = ents[rows[r]];
+        if ((unsigned)(px - en.x0) > (unsigned)(en.x1 - en.x0)) continue;
+        PairEval pe;
+        if (!eval_pair(en.T, en.KL, en.cx, en.cy, en.op, fx, fy, zn, en.rho_cut, pe)) continue;
+        const float w = pixel_back_weight(b, pe.alpha);
+        const float* col = a.colors + (int64_t)en.sid * 3;
+        const float* nrm = a.geom + (int64_t)en.sid * GEOM_STRIDE + G_N;
+        float gk = pixel_back_g(b, g, col, nrm, pe.z, zn, zf);
+        if (nd_phi) {
+          rec -= 3;
+          const float phi = rec[0], sig = rec[1], da = rec[2];
+          const float db = nd_pass ? ndfd_backward_pass_s_host(S, a.feats + (int64_t)en.sid * D, D, sig * w) : 0.0f;
+          gk += pixel_back_g_ndfd(b, g, a.nd, phi, sig, w, da, db);
+        }
+        pixel_back_finish(b, g, en.T, en.cx, en.cy, en.op, fx, fy, pe, w, gk, j == med, zn, zf,
+                          a.acc + j * ACC_STRIDE);
+      }
+    }
+  }
+}
+
+inline int64_t count_of(const int64_t* excl, int64_t total, int n, int i) {
+  return (i + 1 < n ? excl[i + 1] : total) - excl[i];
+}
+
+}  // namespace
+
+void cpu_preprocess(RasterArgs& a) {
+  const bool lever = a.D > 0 && a.col_c0 != nullptr;
+#pragma omp parallel for num_threads(a.nthreads) schedule(static)
+  for (int i = 0; i < a.N; ++i) {
+    float* g = a.geom + (int64_t)i * GEOM_STRIDE;
+    int* b = a.ibox + (int64_t)i * IBOX_STRIDE;
+    bool on = preprocess_surfel(a.means + 3 * (int64_t)i, a.quats + 4 * (int64_t)i, a.scales + 2 * (int64_t)i,
+                                a.cam, g, b, a.radii + i);
+    int64_t nt = 0;
+    if (on) nt = (int64_t)(b[B_X1] / TILE - b[B_X0] / TILE + 1) * (b[B_Y1] / TILE - b[B_Y0] / TILE + 1);
+    a.tiles_touched[i] = nt;
+    if (lever) {
+      lever_cell_box(b, a.col_c0, a.col_dx1, a.row_c0, a.row_dy1, b);
+      a.lever_off[i] = (int64_t)b[B_NCX] * b[B_NCY];
+    } else {
+      b[B_CX0] = b[B_CY0] = b[B_NCX] = b[B_NCY] = 0;
+      if (a.lever_off) a.lever_off[i] = 0;
+    }
+  }
+}
+
+// Expects a.tiles_touched to hold exclusive offsets (and a.E the total).
+void cpu_bin(RasterArgs& a) {
+  const int W = a.cam.width, H = a.cam.height;
+  const int ntx = tiles_x(W), nty = tiles_y(H), ntiles = ntx * nty;
+  std::vector<int> order;
+  order.reserve(a.N);
+  for (int i = 0; i < a.N; ++i)
+    if (count_of(a.tiles_touched, a.E, a.N, i) > 0) order.push_back(i);
+  const float* geom = a.geom;
+  std::stable_sort(order.begin(), order.end(),
+                   [geom](int i, int j) { return geom[(int64_t)i * GEOM_STRIDE + G_Z] < geom[(int64_t)j * GEOM_STRIDE + G_Z]; });
+  std::vector<int64_t> cnt(ntiles + 1, 0);
+  for (int i : order) {
+    const int* b = a.ibox + (int64_t)i * IBOX_STRIDE;
+    for (int ty = b[B_Y0] / TILE; ty <= b[B_Y1] / TILE; ++ty)
+      for (int tx = b[B_X0] / TILE; tx <= b[B_X1] / TILE; ++tx) cnt[ty * ntx + tx] += 1;
+  }
+  a.tile_start[0] = 0;
+  for (int t = 0; t < ntiles; ++t) a.tile_start[t + 1] = a.tile_start[t] + cnt[t];
+  if (a.tile_coff != nullptr) {  // upper bound of the contributors of each tile: its in-box pairs
+    std::vector<int64_t> pairs(ntiles, 0);
+    for (int i : order) {
+      const int* b = a.ibox + (int64_t)i * IBOX_STRIDE;
+      for (int ty = b[B_Y0] / TILE; ty <= b[B_Y1] / TILE; ++ty)
+        for (int tx = b[B_X0] / TILE; tx <= b[B_X1] / TILE; ++tx) {
+          const int64_t w = std::min(b[B_X1], tx * TILE + TILE - 1) - std::max(b[B_X0], tx * TILE) + 1;
+          const int64_t h = std::min(b[B_Y1], ty * TILE + TILE - 1) - std::max(b[B_Y0], ty * TILE) + 1;
+          pairs[ty * ntx + tx] += w * h;
+        }
+    }
+    a.tile_coff[0] = 0;
+    for (int t = 0; t < ntiles; ++t) a.tile_coff[t + 1] = a.tile_coff[t] + pairs[t];
+  }
+  std::vector<int64_t> cur(a.tile_start, a.tile_start + ntiles);
+  for (int i : order) {
+    const int* b = a.ibox + (int64_t)i * IBOX_STRIDE;
+    int64_t k = a.tiles_touched[i];
+    for (int ty = b[B_Y0] / TILE; ty <= b[B_Y1] / TILE; ++ty)
+      for (int tx = b[B_X0] / TILE; tx <= b[B_X1] / TILE; ++tx) {
+        int64_t pos = cur[ty * ntx + tx]++;
+        a.tile_list[pos] = i;
+        a.entry_pos[k++] = (int)pos;
+      }
+  }
+}
+
+namespace {
+
+FHGS_CLONES
+void lever_gram_cell(const RasterArgs& a, int64_t c) {
+  const int gh = a.gh, gw = a.gw, D = a.D;
+  const int64_t ncell = (int64_t)gh * gw;
+  const int y = (int)(c / gw), x = (int)(c % gw);
+  const float* Fc = a.grid + c * D;
+  a.gram[c] = dot_host(Fc, Fc, D);
+  a.gram[ncell + c] = x + 1 < gw ? dot_host(Fc, Fc + D, D) : 0.0f;
+  a.gram[2 * ncell + c] = y + 1 < gh ? dot_host(Fc, Fc + (int64_t)gw * D, D) : 0.0f;
+  a.gram[3 * ncell + c] = (x + 1 < gw && y + 1 < gh) ? dot_host(Fc, Fc + (int64_t)(gw + 1) * D, D) : 0.0f;
+  a.gram[4 * ncell + c] = (x + 1 < gw && y + 1 < gh) ? dot_host(Fc + D, Fc + (int64_t)gw * D, D) : 0.0f;
+}
+
+FHGS_CLONES
+void lever_surfel(const RasterArgs& a, int i) {
+  const int* b = a.ibox + (int64_t)i * IBOX_STRIDE;
+  const int ncx = b[B_NCX], ncy = b[B_NCY], D = a.D;
+  float* Pi = a.lever + a.lever_off[i];
+  const float* f = a.feats + (int64_t)i * D;
+  const int n = ncx * ncy;
+  int c = 0;
+  for (; c < n; ++c) {
+    const int cy = c / ncx, cx = c % ncx;
+    Pi[c] = dot_host(f, a.grid + ((int64_t)(b[B_CY0] + cy) * a.gw + b[B_CX0] + cx) * D, D);
+  }
+}
+
+}  // namespace
+
+// Expects a.lever_off to hold exclusive offsets (a.lever_total the total).
+void cpu_lever(RasterArgs& a) {
+  const int W = a.cam.width, H = a.cam.height;
+  const int gw = a.gw;
+  const int64_t ncell = (int64_t)a.gh * gw;
+  const float* gram = a.gram;
+  // surfels in the order of their cell boxes, so that neighbouring grid rows stay in cache
+  std::vector<int> order;
+  order.reserve(a.N);
+  for (int i = 0; i < a.N; ++i)
+    if (a.ibox[(int64_t)i * IBOX_STRIDE + B_NCX] > 0) order.push_back(i);
+  std::sort(order.begin(), order.end(), [&a](int i, int j) {
+    const int* bi = a.ibox + (int64_t)i * IBOX_STRIDE;
+    const int* bj = a.ibox + (int64_t)j * IBOX_STRIDE;
+    return bi[B_CY0] != bj[B_CY0] ? bi[B_CY0] < bj[B_CY0] : (bi[B_CX0] != bj[B_CX0] ? bi[B_CX0] < bj[B_CX0] : i < j);
+  });
+  const int nord = (int)order.size();
+#pragma omp parallel num_threads(a.nthreads)
+  {
+#pragma omp for schedule(static)
+    for (int64_t c = 0; c < ncell; ++c) lever_gram_cell(a, c);
+#pragma omp for schedule(static)
+    for (int64_t pix = 0; pix < (int64_t)W * H; ++pix) {
+      const int y = (int)(pix / W), x = (int)(pix % W);
+      PixLever pl;
+      pl.c0x = a.col_c0[x]; pl.dx1 = a.col_dx1[x]; pl.fx = a.col_f[x];
+      pl.c0y = a.row_c0[y]; pl.dy1 = a.row_dy1[y]; pl.fy = a.row_f[y];
+      a.invn[pix] = lever_invnorm(gram, gram + ncell, gram + 2 * ncell, gram + 3 * ncell, gram + 4 * ncell, gw, pl);
+    }
+#pragma omp for schedule(dynamic, 32)
+    for (int k = 0; k < nord; ++k) lever_surfel(a, order[k]);
+  }
+}
+
+void cpu_forward(RasterArgs& a) {
+  const int ntiles = tiles_x(a.cam.width) * tiles_y(a.cam.height);
+#pragma omp parallel num_threads(a.nthreads)
+  {
+    Scratch sc;
+    sc.F.assign((size_t)std::max(a.D, 1), 0.0f);
+    sc.FV.assign((size_t)std::max(a.Dr, 1), 0.0f);
+#pragma omp for schedule(dynamic, 1)
+    for (int t = 0; t < ntiles; ++t) forward_tile(a, t, sc);
+  }
+}
+
+void cpu_backward(RasterArgs& a) {
+  const int ntiles = tiles_x(a.cam.width) * tiles_y(a.cam.height);
+#pragma omp parallel num_threads(a.nthreads)
+  {
+    Scratch sc;
+    sc.F.assign((size_t)std::max(a.D, 1), 0.0f);
+    sc.S.assign((size_t)std::max(a.D, 1), 0.0f);
+#pragma omp for schedule(dynamic, 1)
+    for (int t = 0; t < ntiles; ++t) backward_tile(a, t, sc);
+    // per-surfel reduction of the entry accumulators (fixed order) and parameter gradients
+#pragma omp for schedule(static)
+    for (int i = 0; i < a.N; ++i) {
+      float acc[ACC_STRIDE];
+      for (int c = 0; c < ACC_STRIDE; ++c) acc[c] = 0.0f;
+      const int64_t k0 = a.tiles_touched[i], kn = count_of(a.tiles_touched, a.E, a.N, i);
+      for (int64_t k = k0; k < k0 + kn; ++k) {
+        const float* src = a.acc + (int64_t)a.entry_pos[k] * ACC_STRIDE;
+        for (int c = 0; c < ACC_STRIDE; ++c) acc[c] += src[c];
+      }
+      float* dm = a.d_means + 3 * (int64_t)i;
+      float* dq = a.d_quats + 4 * (int64_t)i;
+      float* ds = a.d_scales + 2 * (int64_t)i;
+      if (kn == 0) {
+        dm[0] = dm[1] = dm[2] = 0.0f;
+        dq[0] = dq[1] = dq[2] = dq[3] = 0.0f;
+        ds[0] = ds[1] = 0.0f;
+        a.d_opacity[i] = 0.0f;
+        a.d_colors[3 * (int64_t)i] = a.d_colors[3 * (int64_t)i + 1] = a.d_colors[3 * (int64_t)i + 2] = 0.0f;
+        continue;
+      }
+      surfel_backward(a.means + 3 * (int64_t)i, a.quats + 4 * (int64_t)i, a.scales + 2 * (int64_t)i, a.cam,
+                      a.geom + (int64_t)i * GEOM_STRIDE, acc, dm, dq, ds);
+      a.d_opacity[i] = acc[A_OP];
+      for (int c = 0; c < 3; ++c) a.d_colors[3 * (int64_t)i + c] = acc[A_COL + c];
+    }
+  }
+}
+
+}  // namespace fhgs
