@@ -120,6 +120,7 @@ class NativeRasterize(torch.autograd.Function):
         return tuple(main)
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, g_rgb, g_alpha, g_depth, g_median, g_normal, g_dist, g_ext, g_int, *_unused):
         st: _Static = ctx.static
         saved = ctx.saved_tensors

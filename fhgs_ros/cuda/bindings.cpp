@@ -21,7 +21,7 @@ using at::Tensor;
 
 namespace {
 
-constexpr int kStateCount = 15;  // see state_names()
+constexpr int kStateCount = 16;  // see state_names()
 
 #ifdef FHGS_WITH_CUDA
 constexpr bool kHasCuda = true;
@@ -138,7 +138,8 @@ void fill_common(fhgs::RasterArgs& a, const Tensor& means, const Tensor& quats, 
 
 std::vector<std::string> state_names() {
   return {"geom", "ibox", "tiles_off", "lever_off", "tile_start", "tile_list",
-          "entry_pos", "lever", "invn", "pix_state", "pix_idx", "ftot", "contrib", "tile_coff", "pix_coff"};
+          "entry_pos", "lever", "invn", "pix_state", "pix_idx", "ftot", "contrib", "tile_coff", "pix_coff",
+          "contrib_idx"};
 }
 
 // Returns [rgb, alpha, depth, median, normal, dist, ext, int, feat, radii, n_contrib] + state.
@@ -202,7 +203,7 @@ std::vector<Tensor> forward(Tensor means, Tensor quats, Tensor scales, Tensor op
   }
   TORCH_CHECK(a.E < ((int64_t)1 << 31), "fhgs native: too many tile entries (", a.E, ")");
 
-  const bool records = !cuda && a.D > 0 && need_backward;  // CPU: per-contributor NDFD records
+  const bool records = !cuda && need_backward;  // CPU: per-contributor records for the backward
   Tensor tile_coff = alloc({records ? ntiles + 1 : 0}, lopt);
   a.tile_coff = ptr_or_null<int64_t>(tile_coff);
   Tensor tile_start = alloc({ntiles + 1}, lopt);
@@ -258,9 +259,12 @@ std::vector<Tensor> forward(Tensor means, Tensor quats, Tensor scales, Tensor op
   // a per-thread buffer; the backward gets the per-contributor records instead (upper-bound sized:
   // untouched pages are never committed).
   Tensor ftot = alloc({(a.D > 0 && cuda) ? npix * a.D : 0}, fopt);
-  Tensor contrib = alloc({records ? 3 * tile_coff[ntiles].item<int64_t>() : 0}, fopt);
+  const int64_t nrec = records ? tile_coff[ntiles].item<int64_t>() : 0;
+  Tensor contrib = alloc({a.D > 0 ? 3 * nrec : 0}, fopt);
+  Tensor contrib_idx = alloc({nrec}, iopt);
   Tensor pix_coff = alloc({records ? npix : 0}, lopt);
   a.contrib = ptr_or_null<float>(contrib);
+  a.contrib_idx = records ? contrib_idx.data_ptr<int>() : nullptr;
   a.pix_coff = ptr_or_null<int64_t>(pix_coff);
   a.out_rgb = rgb.data_ptr<float>();
   a.out_alpha = alpha.data_ptr<float>();
@@ -285,7 +289,7 @@ std::vector<Tensor> forward(Tensor means, Tensor quats, Tensor scales, Tensor op
   timer.mark("forward");
   return {rgb, alpha, depth, median, normal, dist, ext, intl, feat, radii.to(at::kLong), ncontrib.to(at::kLong),
           geom, ibox, tiles_off, lever_off, tile_start, tile_list, entry_pos, lever, invn, pix_state, pix_idx, ftot,
-          contrib, tile_coff, pix_coff};
+          contrib, tile_coff, pix_coff, contrib_idx};
 }
 
 // grads: [rgb, alpha, depth, median, normal, dist, ext, int]; returns
@@ -321,8 +325,8 @@ std::vector<Tensor> backward(Tensor means, Tensor quats, Tensor scales, Tensor o
   a.contrib = ptr_or_null<float>(state[12]);
   a.tile_coff = ptr_or_null<int64_t>(state[13]);
   a.pix_coff = ptr_or_null<int64_t>(state[14]);
-  TORCH_CHECK(a.D == 0 || a.ftot != nullptr || a.pix_coff != nullptr,
-              "fhgs native backward: the forward ran without need_backward");
+  a.contrib_idx = ptr_or_null<int>(state[15]);
+  TORCH_CHECK(cuda || a.pix_coff != nullptr, "fhgs native backward: the forward ran without need_backward");
   std::vector<Tensor> g(8);
   for (int i = 0; i < 8; ++i) {
     if (grads[i].defined() && grads[i].numel() > 0) {

@@ -88,10 +88,12 @@ struct RasterArgs {
   int* pix_idx = nullptr;           // (3, H, W): last kept list index, median list index, n_contrib
   int* pix_idx3 = nullptr;          // alias of pix_idx row 2 (n_contrib), CPU
   float* ftot = nullptr;            // CUDA: F_tot = sum_i w_i f_i, (D, H*W) channel-major
-  // CPU: per kept contributor, in forward order, the record (phi, sigma, F_{i-1} . f_i): the
-  // forward prefix the backward needs (what the CUDA backend recovers from F_tot). Laid out per
-  // tile at tile_coff[t] (an upper bound: the tile's in-box pairs), per pixel at pix_coff[pix].
-  float* contrib = nullptr;         // (3 * tile_coff[ntiles],)
+  // CPU: per kept contributor, in forward order, its list index and (NDFD) the record
+  // (phi, sigma, F_{i-1} . f_i): the forward prefix the backward needs (what the CUDA backend
+  // recovers from F_tot). Laid out per tile at tile_coff[t] (an upper bound: the tile's in-box
+  // pairs), per pixel at pix_coff[pix].
+  float* contrib = nullptr;         // (3 * tile_coff[ntiles],) NDFD records, null without NDFD
+  int* contrib_idx = nullptr;       // (tile_coff[ntiles],) list index of each kept contributor
   int64_t* tile_coff = nullptr;     // (ntiles + 1,)
   int64_t* pix_coff = nullptr;      // (H * W,)
 

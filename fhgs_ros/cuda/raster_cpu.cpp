@@ -3,7 +3,8 @@
 // Structure (FHGS_SPEC.md sections 2 and 4): project and cull every surfel, bin them into 16x16
 // tiles (lists sorted by centre depth, ties by index), then one OpenMP task per tile runs the
 // per-pixel front-to-back forward, and the backward visits each pixel's contributors in reverse,
-// reusing the forward prefix (T_final, the last contributor, the distortion sums and F_tot).
+// reusing the forward prefix (T_final, the distortion sums and, per kept contributor, its list
+// index and its NDFD record (phi, sigma, F_{k-1} . f_k)).
 // The backward accumulates surfel gradients per tile-list entry (the tile's thread owns them: no
 // atomics), then a per-surfel pass reduces the entries in a fixed order (deterministic) and maps
 // them to the surfel parameters. All per-pair math lives in raster_math.h (shared with CUDA).
@@ -123,9 +124,11 @@ void forward_tile(const RasterArgs& a, int tile, Scratch& sc) {
       }
       if (Dr > 0) memset(FV, 0, sizeof(float) * Dr);
       float* rec = nullptr;  // this pixel's contributor records
-      if (a.contrib != nullptr) {
+      int* ridx = nullptr;
+      if (a.contrib_idx != nullptr) {
         a.pix_coff[pix] = a.tile_coff[tile] + coff;
-        rec = a.contrib + 3 * (a.tile_coff[tile] + coff);
+        ridx = a.contrib_idx + a.tile_coff[tile] + coff;
+        if (a.contrib != nullptr) rec = a.contrib + 3 * (a.tile_coff[tile] + coff);
       }
       for (int r = r0; r < r1; ++r) {
         const int64_t j = s + rows[r];
@@ -138,6 +141,7 @@ void forward_tile(const RasterArgs& a, int tile, Scratch& sc) {
         const float* col = a.colors + (int64_t)en.sid * 3;
         const float* nrm = a.geom + (int64_t)en.sid * GEOM_STRIDE + G_N;
         const float w = pixel_composite(st, pe.alpha, pe.z, col, nrm, (int)j, zn, zf);
+        if (ridx != nullptr) *ridx++ = (int)j;
         if (ndfd) {
           const float phi = lever_phi(a.lever + en.loff, en.lcx0, en.lcy0, en.lncx, pl);
           const float sig = ndfd_sigma(a.nd, phi);
@@ -195,16 +199,11 @@ void backward_tile(const RasterArgs& a, int tile, Scratch& sc) {
   const int D = a.D;
   const float zn = a.cam.znear, zf = a.cam.zfar;
   float* S = D > 0 ? sc.S.data() : nullptr;
-  const int nrows = std::min(H, (ty + 1) * TILE) - ty * TILE;
-  int row_start[TILE + 1];
-  build_rows(sc.ents, ty * TILE, nrows, sc.rows, row_start);
-  const int* rows = sc.rows.data();
   for (int py = ty * TILE; py < std::min(H, (ty + 1) * TILE); ++py) {
-    const int r0 = row_start[py - ty * TILE], r1 = row_start[py - ty * TILE + 1];
     for (int px = tx * TILE; px < std::min(W, (tx + 1) * TILE); ++px) {
       const int64_t pix = (int64_t)py * W + px;
-      const int last = a.pix_idx[pix];
-      if (last < 0) continue;
+      const int n = a.pix_idx[2 * npix + pix];
+      if (n <= 0) continue;
       const int med = a.pix_idx[npix + pix];
       const float fx = (float)px, fy = (float)py;
       PixelGrads g;
@@ -223,24 +222,23 @@ void backward_tile(const RasterArgs& a, int tile, Scratch& sc) {
       PixelBack b;
       pixel_back_init(b, g, a.bg, (float)a.pix_state[pix], a.pix_state[npix + pix], a.pix_state[2 * npix + pix],
                       a.pix_state[3 * npix + pix], a.pix_state[4 * npix + pix]);
-      // this pixel's forward records (phi, sigma, F_{k-1} . f_k), visited from the last one
-      const float* rec = nd_phi ? a.contrib + 3 * (a.pix_coff[pix] + a.pix_idx[2 * npix + pix]) : nullptr;
       if (nd_pass) memset(S, 0, sizeof(float) * D);
-      // start at the last kept contributor (it is in this row's list)
-      int r = r1 - 1;
-      while (r >= r0 && s + rows[r] > last) --r;
-      for (; r >= r0; --r) {
-        const int64_t j = s + rows[r];
-        const Ent& en = ents[rows[r]];
-        if ((unsigned)(px - en.x0) > (unsigned)(en.x1 - en.x0)) continue;
+      // The forward's records of this pixel: the list index of every kept contributor and, with
+      // NDFD, (phi, sigma, F_{k-1} . f_k). Walking them in reverse visits exactly the forward's
+      // contributors (no validity decision is re-taken) and skips every other list entry.
+      const int64_t base = a.pix_coff[pix];
+      for (int r = n - 1; r >= 0; --r) {
+        const int64_t j = a.contrib_idx[base + r];
+        const Ent& en = ents[j - s];
         PairEval pe;
-        if (!eval_pair(en.T, en.KL, en.cx, en.cy, en.op, fx, fy, zn, en.rho_cut, pe)) continue;
+        eval_pair(en.T, en.KL, en.cx, en.cy, en.op, fx, fy, zn, INFINITY, pe);
+        if (pe.p[2] == 0.0f) continue;  // cannot happen for a forward contributor
         const float w = pixel_back_weight(b, pe.alpha);
         const float* col = a.colors + (int64_t)en.sid * 3;
         const float* nrm = a.geom + (int64_t)en.sid * GEOM_STRIDE + G_N;
         float gk = pixel_back_g(b, g, col, nrm, pe.z, zn, zf);
         if (nd_phi) {
-          rec -= 3;
+          const float* rec = a.contrib + 3 * (base + r);
           const float phi = rec[0], sig = rec[1], da = rec[2];
           const float db = nd_pass ? ndfd_backward_pass_s_host(S, a.feats + (int64_t)en.sid * D, D, sig * w) : 0.0f;
           gk += pixel_back_g_ndfd(b, g, a.nd, phi, sig, w, da, db);

@@ -9,7 +9,8 @@
 //   * low-pass filter rho = min(u^2 + v^2, 2 |c - x|^2), alpha = min(0.99, op exp(-rho / 2));
 //   * front-to-back compositing with early termination, median depth, 2DGS distortion;
 //   * NDFD accumulation (external and internal terms) and the reverse-order backward that reuses
-//     the forward prefix (W_{k-1} = 1 - T_k, F_{k-1} = F_tot - sum_{i>=k} w_i f_i);
+//     the forward prefix (W_{k-1} = 1 - T_k; F_{k-1} . f_k from the forward's record on the CPU,
+//     from F_{k-1} = F_tot - sum_{i>=k} w_i f_i on the GPU);
 //   * the derivatives of all of the above, down to means, raw quaternions, scales, opacity and
 //     colours.
 // No torch and no CUDA headers are needed to include this file.
@@ -95,8 +96,6 @@ struct NdfdParams {
 // small helpers with torch semantics (NaN propagates through min/max like torch.minimum)
 FHGS_HD float nan_min(float a, float b) { return (a != a || b != b) ? (a + b) : (a < b ? a : b); }
 FHGS_HD float nan_max(float a, float b) { return (a != a || b != b) ? (a + b) : (a > b ? a : b); }
-FHGS_HD bool is_finite(float a) { return a == a && a - a == 0.0f; }
-FHGS_HD float clampf(float v, float lo, float hi) { return v < lo ? lo : (v > hi ? hi : v); }
 
 // Normalized quaternion (w, x, y, z) -> rotation matrix R (row-major); columns t_u, t_v, t_w.
 // Mirrors surfels.quat_to_rotmat: q / max(|q|, 1e-12).
@@ -257,9 +256,9 @@ FHGS_HD bool eval_pair(const float* T, const float* KL, float cx, float cy, floa
   e.z = e.u * Tw[0] + e.v * Tw[1] + Tw[2];
   e.G = expf(-0.5f * rho);
   e.opG = op * e.G;
-  if (!(e.opG >= ALPHA_MIN)) return false;  // also rejects NaN
+  e.alpha = e.opG > ALPHA_MAX ? ALPHA_MAX : e.opG;  // all fields set before the verdict
+  if (!(e.opG >= ALPHA_MIN)) return false;         // also rejects NaN
   if (!(e.z >= znear)) return false;
-  e.alpha = e.opG > ALPHA_MAX ? ALPHA_MAX : e.opG;
   return true;
 }
 
