@@ -44,8 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from fhgs_ros.core.camera import Camera
-from fhgs_ros.core.raster_types import T_MIN
-from fhgs_ros.core.reference import _pair_alpha, _pairs, _segment_exclusive_cumsum, screen_bounds, splat_matrices
+from fhgs_ros.core.reference import composite_pairs
 from fhgs_ros.core.render import native_rasterizer, render
 from fhgs_ros.core.surfels import SurfelMap
 
@@ -147,34 +146,9 @@ def pair_weights(surfels: SurfelMap, camera: Camera) -> tuple[torch.Tensor, torc
     with the algorithm of ``fhgs_ros.core.reference`` (pairs inside the 3-sigma boxes, skip rules,
     front-to-back order by centre depth, early termination). Pairs with w = 0 are dropped.
     """
-    means = surfels.means.detach()
-    dev, dt = means.device, means.dtype
-    width, height = int(camera.width), int(camera.height)
-    n = means.shape[0]
-    quats, scales, opacity = surfels.quats.detach(), surfels.scales.detach(), surfels.opacity.detach()
-    w2c = camera.world_to_cam.to(dev, dt)
-    zc = means @ w2c[2, :3] + w2c[2, 3]
-    tmat = splat_matrices(means, quats, scales, camera)
-    centre, radius, ok = screen_bounds(tmat)
-    visible = ok & (zc > camera.near) & torch.isfinite(centre).all(-1) & torch.isfinite(radius)
-    rank = torch.empty(n, dtype=torch.long, device=dev)
-    rank[torch.sort(zc, stable=True).indices] = torch.arange(n, device=dev)
-    sid, px, py = _pairs(centre, radius, visible, width, height)
-    alpha, _, valid = _pair_alpha(tmat, centre, opacity, camera.near, sid, px, py)
-    sid, px, py, alpha = sid[valid], px[valid], py[valid], alpha[valid]
-    pix = py * width + px
-    order = torch.sort(pix * max(n, 1) + rank[sid], stable=True).indices
-    sid, pix, alpha = sid[order], pix[order], alpha[order]
-    npair = sid.shape[0]
-    pos = torch.arange(npair, device=dev)
-    is_start = torch.ones(npair, dtype=torch.bool, device=dev)
-    if npair > 1:
-        is_start[1:] = pix[1:] != pix[:-1]
-    seg_start = torch.cummax(torch.where(is_start, pos, torch.zeros_like(pos)), 0).values
-    log1m = torch.log1p(-alpha.double())
-    excl_log = _segment_exclusive_cumsum(log1m, seg_start)
-    keep = (excl_log + log1m) >= math.log(T_MIN)
-    w = (alpha * torch.exp(excl_log).to(dt)) * keep
+    cp = composite_pairs(surfels.means.detach(), surfels.quats.detach(), surfels.scales.detach(),
+                         surfels.opacity.detach(), camera)
+    sid, pix, w = cp.sid, cp.pix, cp.w
     nz = w > 0
     return sid[nz], pix[nz], w[nz]
 

@@ -23,6 +23,8 @@ Features are detached: NDFD reaches geometry only through the blending weights w
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -138,24 +140,34 @@ def _pair_alpha(tmat, centre, opacity, near, sid, px, py):
     return alpha, z, valid
 
 
-def rasterize_reference(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacity: torch.Tensor,
-                        colors: torch.Tensor, camera: Camera, background: torch.Tensor | None = None,
-                        features_unit: torch.Tensor | None = None, target: FeatureTarget | None = None,
-                        ndfd: NDFDParams | None = None, feature_values: torch.Tensor | None = None) -> RenderResult:
-    """Render one view.
+@dataclass
+class CompositedPairs:
+    """Every contributing (surfel, pixel) pair of one view in compositing order.
 
-    Args (N surfels, activated values, world frame):
-        means (N, 3); quats (N, 4) (w, x, y, z), normalized inside; scales (N, 2) metres;
-        opacity (N,) in (0, 1); colors (N, 3) RGB (already evaluated from SH);
-        background (3,) RGB; features_unit (N, D) unit features and ``target`` for NDFD (both
-        needed when ``ndfd`` is given); feature_values (N, Dr) to alpha-blend into a feature image.
+    Pairs are sorted by pixel, then front to back (surfel centre depth, ties by index); ``seg_start``
+    is the index of the first pair of each pair's pixel. alpha, z, t_excl (transmittance before the
+    pair) and w = alpha T (0 after early termination, where ``keep`` is False) carry autograd.
     """
+
+    sid: torch.Tensor
+    pix: torch.Tensor
+    alpha: torch.Tensor
+    z: torch.Tensor
+    seg_start: torch.Tensor
+    pos: torch.Tensor
+    log1m: torch.Tensor
+    keep: torch.Tensor
+    t_excl: torch.Tensor
+    w: torch.Tensor
+    radii: torch.Tensor
+
+
+def composite_pairs(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacity: torch.Tensor,
+                    camera: Camera) -> CompositedPairs:
+    """Steps 1-3 of the module docstring: projection, culling, pairs, sorting, transmittance."""
     dev, dt = means.device, means.dtype
     width, height = int(camera.width), int(camera.height)
-    npix = width * height
     n = means.shape[0]
-    bg = torch.zeros(3, dtype=dt, device=dev) if background is None else background.to(dev, dt)
-
     w2c = camera.world_to_cam.to(dev, dt)
     zc = means @ w2c[2, :3] + w2c[2, 3]
     tmat = splat_matrices(means, quats, scales, camera)
@@ -190,6 +202,29 @@ def rasterize_reference(means: torch.Tensor, quats: torch.Tensor, scales: torch.
     keep = (excl_log + log1m).detach() >= torch.log(torch.tensor(T_MIN, dtype=torch.float64))
     t_excl = torch.exp(excl_log).to(dt)
     w = alpha * t_excl * keep
+    return CompositedPairs(sid, pix, alpha, z, seg_start, pos, log1m, keep, t_excl, w, radii)
+
+
+def rasterize_reference(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacity: torch.Tensor,
+                        colors: torch.Tensor, camera: Camera, background: torch.Tensor | None = None,
+                        features_unit: torch.Tensor | None = None, target: FeatureTarget | None = None,
+                        ndfd: NDFDParams | None = None, feature_values: torch.Tensor | None = None) -> RenderResult:
+    """Render one view.
+
+    Args (N surfels, activated values, world frame):
+        means (N, 3); quats (N, 4) (w, x, y, z), normalized inside; scales (N, 2) metres;
+        opacity (N,) in (0, 1); colors (N, 3) RGB (already evaluated from SH);
+        background (3,) RGB; features_unit (N, D) unit features and ``target`` for NDFD (both
+        needed when ``ndfd`` is given); feature_values (N, Dr) to alpha-blend into a feature image.
+    """
+    dev, dt = means.device, means.dtype
+    width, height = int(camera.width), int(camera.height)
+    npix = width * height
+    bg = torch.zeros(3, dtype=dt, device=dev) if background is None else background.to(dev, dt)
+    cp = composite_pairs(means, quats, scales, opacity, camera)
+    sid, pix, z, seg_start, pos = cp.sid, cp.pix, cp.z, cp.seg_start, cp.pos
+    log1m, keep, t_excl, w, radii = cp.log1m, cp.keep, cp.t_excl, cp.w, cp.radii
+    npair = sid.shape[0]
 
     def seg_sum(vals: torch.Tensor) -> torch.Tensor:
         out = torch.zeros((npix,) + vals.shape[1:], dtype=vals.dtype, device=dev)
