@@ -72,7 +72,7 @@ def camera_vector(camera: Camera) -> torch.Tensor:
 
 
 def lever_tables(target: FeatureTarget, width: int, height: int):
-    """Per-column and per-row bilinear cells of the GT grid (as in reference.sample_feature_target).
+    """Per-column and per-row bilinear cells of the GT grid (as in reference.sample_feature_target / sample_grid).
 
     Returns col_c0, col_dx1, col_f, row_c0, row_dy1, row_f (int32 / float32, CPU); computed in
     float64 exactly like the float64 reference.

@@ -73,24 +73,35 @@ def _segment_exclusive_cumsum(vals: torch.Tensor, seg_start: torch.Tensor) -> to
     return excl - excl[seg_start]
 
 
-def sample_feature_target(target: FeatureTarget, width: int, height: int) -> torch.Tensor:
-    """(H * W, D) unit GT features at every pixel centre, bilinear as documented in FeatureTarget."""
+def sample_grid(target: FeatureTarget, xy: torch.Tensor) -> torch.Tensor:
+    """Bilinearly sample the raw grid at pixel positions xy (M, 2) -> (M, D), in the grid's dtype.
+
+    Pixel (x, y) (OpenCV, integer centres) reads grid coordinates ((x + 0.5) scale - 0.5, ...),
+    clamped to the border (the FeatureTarget convention shared by seeding and the rasterizers).
+    """
     grid = target.grid
     d, gh, gw = grid.shape
-    dev, dt = grid.device, grid.dtype
-    gx = ((torch.arange(width, device=dev, dtype=dt) + 0.5) * target.scale - 0.5).clamp(0, gw - 1)
-    gy = ((torch.arange(height, device=dev, dtype=dt) + 0.5) * target.scale - 0.5).clamp(0, gh - 1)
+    xy = xy.to(grid.dtype)
+    gx = ((xy[:, 0] + 0.5) * target.scale - 0.5).clamp(0, gw - 1)
+    gy = ((xy[:, 1] + 0.5) * target.scale - 0.5).clamp(0, gh - 1)
     x0 = gx.floor().long().clamp(0, gw - 1)
     y0 = gy.floor().long().clamp(0, gh - 1)
     x1 = (x0 + 1).clamp(max=gw - 1)
     y1 = (y0 + 1).clamp(max=gh - 1)
-    fx = (gx - x0.to(dt))[None, :, None]
-    fy = (gy - y0.to(dt))[:, None, None]
-    g = grid.permute(1, 2, 0)  # (gh, gw, D)
-    top = g[y0][:, x0] * (1 - fx) + g[y0][:, x1] * fx
-    bot = g[y1][:, x0] * (1 - fx) + g[y1][:, x1] * fx
-    f = top * (1 - fy) + bot * fy
-    return F.normalize(f.reshape(height * width, d), dim=-1, eps=1e-12)
+    fx = (gx - x0.to(grid.dtype))[:, None]
+    fy = (gy - y0.to(grid.dtype))[:, None]
+    g = grid.permute(1, 2, 0)
+    top = g[y0, x0] * (1 - fx) + g[y0, x1] * fx
+    bot = g[y1, x0] * (1 - fx) + g[y1, x1] * fx
+    return top * (1 - fy) + bot * fy
+
+
+def sample_feature_target(target: FeatureTarget, width: int, height: int) -> torch.Tensor:
+    """(H * W, D) unit GT features at every pixel centre (``sample_grid`` then L2-normalize)."""
+    ys, xs = torch.meshgrid(torch.arange(height, device=target.grid.device),
+                            torch.arange(width, device=target.grid.device), indexing="ij")
+    xy = torch.stack([xs.reshape(-1), ys.reshape(-1)], -1)
+    return F.normalize(sample_grid(target, xy), dim=-1, eps=1e-12)
 
 
 def _pairs(centre: torch.Tensor, radius: torch.Tensor, visible: torch.Tensor, width: int, height: int):

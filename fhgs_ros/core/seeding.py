@@ -17,6 +17,7 @@ from scipy.spatial import cKDTree
 
 from fhgs_ros.core.camera import Camera
 from fhgs_ros.core.raster_types import FeatureTarget
+from fhgs_ros.core.reference import sample_grid  # noqa: F401  (re-exported: seeding samples features with it)
 from fhgs_ros.core.surfels import SurfelMap, random_quats
 
 log = logging.getLogger(__name__)
@@ -68,24 +69,6 @@ def build_projection_index(xyz: torch.Tensor, cameras: list[Camera], depths: lis
         frames.append(torch.full_like(idx, fi))
         xys.append(xy[idx])
     return torch.cat(pts), torch.cat(frames), torch.cat(xys).float()
-
-
-def sample_grid(target: FeatureTarget, xy: torch.Tensor) -> torch.Tensor:
-    """Bilinearly sample the raw grid at pixel positions xy (M, 2) -> (M, D) (FeatureTarget convention)."""
-    grid = target.grid.float()
-    d, gh, gw = grid.shape
-    gx = ((xy[:, 0] + 0.5) * target.scale - 0.5).clamp(0, gw - 1)
-    gy = ((xy[:, 1] + 0.5) * target.scale - 0.5).clamp(0, gh - 1)
-    x0 = gx.floor().long().clamp(0, gw - 1)
-    y0 = gy.floor().long().clamp(0, gh - 1)
-    x1 = (x0 + 1).clamp(max=gw - 1)
-    y1 = (y0 + 1).clamp(max=gh - 1)
-    fx = (gx - x0.float())[:, None]
-    fy = (gy - y0.float())[:, None]
-    g = grid.permute(1, 2, 0)
-    top = g[y0, x0] * (1 - fx) + g[y0, x1] * fx
-    bot = g[y1, x0] * (1 - fx) + g[y1, x1] * fx
-    return top * (1 - fy) + bot * fy
 
 
 def sample_point_features(num_points: int, obs_point: torch.Tensor, obs_frame: torch.Tensor, obs_xy: torch.Tensor,
