@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from fhgs_ros.datasets.base import Dataset, DatasetError, Frame, PointCloud
-from fhgs_ros.datasets.common import (Distortion, depth_to_u16, err, find_side_file, load_depth, load_extras,
+from fhgs_ros.datasets.common import (make_side_dirs, Distortion, depth_to_u16, err, find_side_file, load_depth, load_extras,
                                       load_labels, load_rgb, make_camera, quat_to_rot, resize_image, rot_to_quat,
                                       scale_factor, to_uint8_hwc, labels_to_u8, undistort_image, undistort_pixels, write_extras)
 
@@ -422,12 +422,7 @@ def write_colmap_text(dataset: Dataset, out_dir: str | Path, write_extras_files:
         for p, fi, (x, y) in zip(pc.obs_point.tolist(), pc.obs_frame.tolist(), pc.obs_xy.double().tolist()):
             track_of[p].append((fi + 1, len(per_frame[fi])))
             per_frame[fi].append((x + 0.5, y + 0.5, p + 1))
-    has_depth = any(f.depth is not None for f in frames)
-    has_labels = any(f.labels is not None for f in frames)
-    if has_depth:
-        (out / "depth").mkdir(exist_ok=True)
-    if has_labels:
-        (out / "labels").mkdir(exist_ok=True)
+    has_depth, has_labels = make_side_dirs(out, frames)
     img_lines = ["# Image list with two lines of data per image:",
                  "#   IMAGE_ID, QW, QX, QY, QZ, TX, TY, TZ, CAMERA_ID, NAME",
                  "#   POINTS2D[] as (X, Y, POINT3D_ID)"]

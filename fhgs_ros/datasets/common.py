@@ -40,6 +40,17 @@ def err(file: Any, field: str, msg: str) -> DatasetError:
     return DatasetError(f"{file}: {field} {msg}" if field else f"{file}: {msg}")
 
 
+def make_side_dirs(out: Path, frames) -> tuple[bool, bool]:
+    """Create ``depth/`` and ``labels/`` under ``out`` when some frame has them; (has_depth, has_labels)."""
+    has_depth = any(f.depth is not None for f in frames)
+    has_labels = any(f.labels is not None for f in frames)
+    if has_depth:
+        (out / "depth").mkdir(exist_ok=True)
+    if has_labels:
+        (out / "labels").mkdir(exist_ok=True)
+    return has_depth, has_labels
+
+
 def read_json(path: Path) -> Any:
     if not path.is_file():
         raise DatasetError(f"{path}: file not found")

@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from fhgs_ros.datasets.base import Dataset, DatasetError, Frame
-from fhgs_ros.datasets.common import (DEPTH_SCALE_MM, Distortion, c2w_gl_to_w2c_cv, check_size, depth_to_u16,
+from fhgs_ros.datasets.common import (make_side_dirs, DEPTH_SCALE_MM, Distortion, c2w_gl_to_w2c_cv, check_size, depth_to_u16,
                                       err, find_file, find_side_file, get_matrix, get_number, load_depth,
                                       load_extras, load_labels, load_rgb, make_camera, read_json, resize_image, scale_tracks,
                                       scale_factor, to_uint8_hwc, labels_to_u8, undistort_image, w2c_cv_to_c2w_gl, write_extras)
@@ -252,12 +252,8 @@ def write_nerf(dataset: Dataset, out_dir: str | Path, write_extras_files: bool =
     if shared:
         meta.update(intr_dict(frames[0].camera))
     meta["depth_unit_scale_factor"] = DEPTH_SCALE_MM
-    has_depth = any(f.depth is not None for f in frames)
-    has_labels = any(f.labels is not None for f in frames)
-    if has_depth:
-        (out / "depth").mkdir(exist_ok=True)
+    has_depth, has_labels = make_side_dirs(out, frames)
     if has_labels:
-        (out / "labels").mkdir(exist_ok=True)
         mx = max(int(f.labels.max()) for f in frames if f.labels is not None and f.labels.numel())
         if mx > 255:
             raise DatasetError(f"{out}: label ids up to {mx} do not fit 8-bit label PNGs")
