@@ -29,7 +29,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from fhgs_ros.config import FHGSConfig
+from fhgs_ros.config import ConfigError, FHGSConfig
 from fhgs_ros.core.camera import Camera, CameraError
 from fhgs_ros.core.mapper import Keyframe, Mapper
 from fhgs_ros.core.render import render
@@ -133,6 +133,7 @@ class InputFrame:
     depth: np.ndarray | None = None  # (h, w) metres, 0 = unknown; registered to the colour camera
     frame_id: str = ""
     received: float = 0.0           # monotonic time the image arrived (latency measurement)
+    labels: np.ndarray | None = None  # (h, w) integer label ids registered to the image (``label`` extractor)
 
 
 @dataclass
@@ -188,12 +189,35 @@ def kmeans_centroids(x: torch.Tensor, k: int, iters: int = 15, seed: int = 0, ma
 
 
 # ----------------------------------------------------------------------------- engine
+def build_extractor(cfg: FHGSConfig):
+    """The feature extractor named by ``features.extractor`` (a robot stream has no labels: SAM)."""
+    fc = cfg.features
+    from fhgs_ros.features.base import make_extractor
+    if fc.extractor == "label":
+        if fc.num_labels <= 0:
+            raise ConfigError("features.extractor: 'label' needs label images on the 'labels' topic and "
+                              "features.num_labels > 0 (a labelled/synthetic stream, e.g. a bag written by "
+                              "fhgs-bag convert); for a camera stream use 'sam' with features.sam_checkpoint "
+                              "(see README / launch argument sam_checkpoint)")
+        return make_extractor("label", num_labels=fc.num_labels, dim=fc.dim, grid_long_side=fc.grid_long_side)
+    kw = dict(model=fc.sam_model, checkpoint=fc.sam_checkpoint or None, input_size=fc.sam_input_size,
+              device=fc.device)
+    if fc.extractor == "sam" and not fc.sam_checkpoint:
+        from fhgs_ros.features.sam import missing_checkpoint_help
+        raise ConfigError(f"features.sam_checkpoint: empty; the node needs a SAM checkpoint.\n"
+                          f"{missing_checkpoint_help(fc.sam_model)}")
+    if fc.cache_dir:
+        kw["cache_dir"] = fc.cache_dir
+    return make_extractor(fc.extractor, **kw)
+
+
 class MappingEngine:
     """Frontend + optimizer + saver threads around one ``Mapper`` (module docstring)."""
 
     def __init__(self, cfg: FHGSConfig, ncfg: NodeConfig, extractor: Any, problems: Problems | None = None,
                  counters: Counters | None = None, on_keyframe: Callable[[MapState], None] | None = None,
-                 on_save: Callable[[str, bool, str], None] | None = None, info: Callable[[str], None] | None = None):
+                 on_save: Callable[[str, bool, str], None] | None = None, info: Callable[[str], None] | None = None,
+                 on_frame_done: Callable[[float, str], None] | None = None):
         self.cfg = cfg
         self.ncfg = ncfg
         self.extractor = extractor
@@ -203,6 +227,9 @@ class MappingEngine:
         self.counters = counters or Counters()
         self.on_keyframe = on_keyframe
         self.on_save = on_save
+        self.on_frame_done = on_frame_done   # (stamp, outcome): keyframe | not_keyframe | rejected | dropped
+        self._busy = 0                       # frames taken by the frontend and not yet done
+        self._in_budget: PreparedKeyframe | None = None
         self.info = info or (lambda msg: log.info(msg))
         self.gen = torch.Generator().manual_seed(cfg.mapper.seed)
         self.frames: queue.Queue[InputFrame] = queue.Queue(maxsize=ncfg.queue_size)
@@ -287,6 +314,7 @@ class MappingEngine:
                 self.problems.report(InputError("queue_drop", f"frame queue full ({self.ncfg.queue_size}): the "
                                                               f"mapper is behind; dropped the frame of "
                                                               f"{old.stamp:.3f}"))
+                self._done(old.stamp, "dropped")
             except queue.Empty:
                 pass
             try:
@@ -385,11 +413,22 @@ class MappingEngine:
                 done.set()
 
     def _drain_prepared(self) -> None:
+        """Drop queued frames and prepared keyframes (reset / load: they belong to the old map)."""
         while True:
             try:
-                self.prepared.get_nowait()
+                fr = self.frames.get_nowait()
+            except queue.Empty:
+                break
+            self._done(fr.stamp, "dropped")
+        if self._in_budget is not None:
+            self._done(self._in_budget.keyframe.stamp, "dropped")
+            self._in_budget = None
+        while True:
+            try:
+                p = self.prepared.get_nowait()
             except queue.Empty:
                 return
+            self._done(p.keyframe.stamp, "dropped")
 
     def _install_map(self, surfels: SurfelMap, meta: dict, extra: dict) -> None:
         self._new_mapper()
@@ -421,25 +460,79 @@ class MappingEngine:
             except queue.Empty:
                 continue
             epoch = self._epoch
-            try:
-                prep = self.prepare(fr)
-            except InputError as exc:
-                self.problems.report(exc)
-                continue
-            except Exception as exc:  # noqa: BLE001 - a bad frame must not stop mapping
-                log.exception("frontend: frame %.3f failed", fr.stamp)
-                self.problems.report(InputError("frame_error", f"frame {fr.stamp:.3f}: {type(exc).__name__}: {exc}"))
-                continue
+            self._busy += 1
+            prep = self._prepare_checked(fr)
             if prep is None:
+                self._busy -= 1
                 continue
+            queued = False
             while not self._stop.is_set():
                 if epoch != self._epoch:
                     break  # reset/load happened meanwhile: drop it
                 try:
                     self.prepared.put(prep, timeout=0.1)
+                    queued = True
                     break
                 except queue.Full:
                     continue
+            self._busy -= 1
+            if not queued:
+                self._done(fr.stamp, "dropped")
+
+    def _prepare_checked(self, fr: InputFrame) -> PreparedKeyframe | None:
+        """``prepare`` with errors reported (never raises); frames that do not become keyframes are done."""
+        try:
+            prep = self.prepare(fr)
+        except InputError as exc:
+            self.problems.report(exc)
+            self._done(fr.stamp, "rejected")
+            return None
+        except Exception as exc:  # noqa: BLE001 - a bad frame must not stop mapping
+            log.exception("frontend: frame %.3f failed", fr.stamp)
+            self.problems.report(InputError("frame_error", f"frame {fr.stamp:.3f}: {type(exc).__name__}: {exc}"))
+            self._done(fr.stamp, "rejected")
+            return None
+        if prep is None:
+            self._done(fr.stamp, "not_keyframe")
+        return prep
+
+    def _done(self, stamp: float, outcome: str) -> None:
+        if self.on_frame_done is not None:
+            try:
+                self.on_frame_done(stamp, outcome)
+            except Exception:  # noqa: BLE001
+                log.exception("on_frame_done callback failed")
+
+    @property
+    def idle(self) -> bool:
+        """No frame queued or being prepared, no keyframe waiting, and (budget mode) its budget spent."""
+        return (self.frames.empty() and self.prepared.empty() and self._busy == 0 and self._in_budget is None)
+
+    def process_sync(self, fr: InputFrame) -> bool:
+        """Synchronous frame path for batch mapping (engine threads not started): prepare, integrate and
+        run exactly ``steps_per_keyframe`` iterations, as the node does in ``step_mode: budget``.
+        Returns True when the frame became a keyframe."""
+        prep = self._prepare_checked(fr)
+        if prep is None:
+            return False
+        self._integrate(prep)
+        self._publish_state()
+        m = self.mapper
+        while m.iteration - self.kf_start_iter < self.ncfg.steps_per_keyframe and len(m.surfels):
+            self._timed_step()
+        self._publish_state()
+        self._done(prep.keyframe.stamp, "keyframe")
+        return True
+
+    def _timed_step(self) -> None:
+        m = self.mapper
+        t0 = time.perf_counter()
+        m.step()
+        dt = (time.perf_counter() - t0) * 1000
+        self.iter_ms = dt if self.iter_ms == 0 else 0.9 * self.iter_ms + 0.1 * dt
+        self.counters.inc("iterations")
+        if m.densify_log and m.densify_log[-1].get("iteration") == m.iteration:
+            self.counters.inc("densifications")
 
     def _undistorter(self, intr: Intrinsics) -> Undistorter:
         u = self._undistorters.get(intr.key())
@@ -456,7 +549,12 @@ class MappingEngine:
         if not is_kf:
             self.counters.inc("frames_not_keyframes")
             return None
-        rgb, intr, depth = fr.rgb, fr.intr, fr.depth
+        rgb, intr, depth, labels = fr.rgb, fr.intr, fr.depth, fr.labels
+        if labels is not None and labels.shape != rgb.shape[:2]:
+            if abs(labels.shape[1] / labels.shape[0] - intr.width / intr.height) > 0.01:
+                raise InputError("labels_size_mismatch", f"label image {labels.shape[1]}x{labels.shape[0]} does not "
+                                                         f"have the aspect ratio of the image {intr.width}x{intr.height}")
+            labels = resize_depth(labels, intr.width, intr.height)
         if (rgb.shape[1], rgb.shape[0]) != (intr.width, intr.height):
             raise InputError("size_mismatch", f"image {rgb.shape[1]}x{rgb.shape[0]} does not match its camera_info "
                                               f"{intr.width}x{intr.height}")
@@ -474,12 +572,16 @@ class MappingEngine:
             rgb = und.undistort_rgb(rgb)
             if depth is not None:
                 depth = und.undistort_depth(depth)
+            if labels is not None:
+                labels = und.undistort_labels(labels)
             intr = dataclasses.replace(intr, d=())
         w, h = fit_size(intr.width, intr.height, self.ncfg.max_image_long_side)
         if (w, h) != (intr.width, intr.height):
             rgb = resize_rgb(rgb, w, h)
             if depth is not None:
                 depth = resize_depth(depth, w, h)
+            if labels is not None:
+                labels = resize_depth(labels, w, h)
             intr = intr.scaled(w, h)
         if depth is not None:
             depth = np.where((depth >= self.ncfg.depth_min) & (depth <= self.ncfg.depth_max), depth, 0.0)
@@ -492,11 +594,17 @@ class MappingEngine:
             raise InputError("bad_pose", f"frame {fr.stamp:.3f}: {exc}") from None
         if self.extractor is None:
             raise InputError("no_extractor", "no feature extractor configured")
-        grid = self.extractor.extract(rgb)
+        if getattr(self.extractor, "input_kind", "image") == "labels":
+            if labels is None:
+                raise InputError("missing_labels", f"frame {fr.stamp:.3f}: the 'label' feature extractor needs a "
+                                                   f"label image (topic 'labels')")
+            grid = self.extractor.extract(torch.from_numpy(labels.astype(np.int64)))
+        else:
+            grid = self.extractor.extract(rgb)
         if grid.dim != self.dim:
             raise InputError("feature_dim", f"extractor returned {grid.dim}-d features, the map has {self.dim}")
         target = grid.to_target()
-        image = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).float().div_(255.0)
+        image = torch.from_numpy(np.array(rgb, dtype=np.uint8, order="C")).permute(2, 0, 1).float().div_(255.0)
         depth_t = torch.from_numpy(depth) if depth is not None else None
         new = self._new_surfels(image, depth_t, cam, target)
         kf = Keyframe(cam, image, target, depth_t, None, fr.stamp)
@@ -639,6 +747,9 @@ class MappingEngine:
         try:
             while not self._stop.is_set():
                 self._run_commands()
+                if self.ncfg.step_mode == "budget":
+                    self._budget_tick()
+                    continue
                 got = [carry] if carry is not None else []
                 carry = None
                 while True:
@@ -661,16 +772,12 @@ class MappingEngine:
                             self.on_keyframe(st)
                         except Exception:  # noqa: BLE001
                             log.exception("on_keyframe callback failed")
+                for p in got:
+                    self._done(p.keyframe.stamp, "keyframe")
                 m = self.mapper
                 if m.keyframes and len(m.surfels):
-                    t0 = time.perf_counter()
-                    m.step()
-                    dt = (time.perf_counter() - t0) * 1000
-                    self.iter_ms = dt if self.iter_ms == 0 else 0.9 * self.iter_ms + 0.1 * dt
-                    self.counters.inc("iterations")
+                    self._timed_step()
                     changed = True
-                    if m.densify_log and m.densify_log[-1].get("iteration") == m.iteration:
-                        self.counters.inc("densifications")
                 else:
                     try:
                         carry = self.prepared.get(timeout=max(self.ncfg.idle_sleep, 0.001))
@@ -683,6 +790,34 @@ class MappingEngine:
         except Exception as exc:  # noqa: BLE001
             self.optimizer_error = f"{type(exc).__name__}: {exc}"
             log.exception("optimizer thread died")
+
+    def _budget_tick(self) -> None:
+        """step_mode budget: one keyframe at a time, exactly steps_per_keyframe iterations, then done."""
+        p = self._in_budget
+        if p is None:
+            try:
+                p = self.prepared.get(timeout=max(self.ncfg.idle_sleep, 0.001))
+            except queue.Empty:
+                return
+            self._integrate(p)
+            st = self._publish_state()
+            self._in_budget = p
+            self._kf_since_save += 1
+            if self.on_keyframe is not None:
+                try:
+                    self.on_keyframe(st)
+                except Exception:  # noqa: BLE001
+                    log.exception("on_keyframe callback failed")
+        m = self.mapper
+        if m.iteration - self.kf_start_iter < self.ncfg.steps_per_keyframe and len(m.surfels):
+            self._timed_step()
+            return
+        self._publish_state()
+        n = self.ncfg.autosave_every_keyframes
+        if n > 0 and self._kf_since_save >= n:
+            self._save_request.set()
+        self._in_budget = None
+        self._done(p.keyframe.stamp, "keyframe")
 
     # ------------------------------------------------------------------ saving
     def map_meta(self, st: MapState) -> tuple[dict, dict]:

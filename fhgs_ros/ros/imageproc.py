@@ -23,8 +23,9 @@ import numpy as np
 # Encodings accepted for colour images and for depth (sensor_msgs/image_encodings.hpp names).
 COLOR_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16")
 DEPTH_ENCODINGS = ("16UC1", "32FC1", "mono16")
-_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "mono16": 1, "16UC1": 1, "32FC1": 1}
-_ITEMSIZE = {"rgb8": 1, "bgr8": 1, "rgba8": 1, "bgra8": 1, "mono8": 1, "mono16": 2, "16UC1": 2, "32FC1": 4}
+LABEL_ENCODINGS = ("16UC1", "mono16", "8UC1", "mono8")
+_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "mono16": 1, "16UC1": 1, "32FC1": 1, "8UC1": 1}
+_ITEMSIZE = {"rgb8": 1, "bgr8": 1, "rgba8": 1, "bgra8": 1, "mono8": 1, "mono16": 2, "16UC1": 2, "32FC1": 4, "8UC1": 1}
 DISTORTION_MODELS = ("plumb_bob", "rational_polynomial", "equidistant")
 
 
@@ -141,6 +142,15 @@ def decode_depth(encoding: str, height: int, width: int, step: int, data, is_big
     return d
 
 
+def decode_labels(encoding: str, height: int, width: int, step: int, data, is_bigendian: bool = False,
+                  what: str = "labels") -> np.ndarray:
+    """Label image (one integer id per pixel, e.g. a semantic segmentation) -> (H, W) int64."""
+    if encoding not in LABEL_ENCODINGS:
+        raise InputError("bad_encoding", f"{what}: unsupported label encoding '{encoding}' (accepted: "
+                                         f"{', '.join(LABEL_ENCODINGS)})")
+    return _as_array(encoding, height, width, step, data, is_bigendian, what)[:, :, 0].astype(np.int64)
+
+
 # ----------------------------------------------------------------------------- intrinsics
 @dataclass
 class Intrinsics:
@@ -255,6 +265,15 @@ class Undistorter:
         out = depth[yi, xi]
         out[~self.valid] = 0
         return out.astype(np.float32)
+
+    def undistort_labels(self, labels: np.ndarray, unknown: int = 65535) -> np.ndarray:
+        """Nearest lookup of a label image (integer ids); pixels outside the input get ``unknown``."""
+        h, w = labels.shape
+        xi = np.clip(np.rint(self.map_x).astype(np.int64), 0, w - 1)
+        yi = np.clip(np.rint(self.map_y).astype(np.int64), 0, h - 1)
+        out = labels[yi, xi].copy()
+        out[~self.valid] = unknown
+        return out
 
 
 # ----------------------------------------------------------------------------- resizing

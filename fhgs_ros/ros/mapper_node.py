@@ -42,6 +42,7 @@ from geometry_msgs.msg import PointStamped, PoseStamped
 from nav_msgs.msg import Odometry
 from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.clock import Clock, ClockType
 from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
@@ -49,16 +50,16 @@ from sensor_msgs.msg import CameraInfo, CompressedImage, Image, PointCloud2
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import Marker, MarkerArray
 
-from fhgs_interfaces.msg import FeatureImage
+from fhgs_interfaces.msg import FeatureImage, MapperStatus
 from fhgs_interfaces.srv import ExportMesh, LoadMap, QueryFeature, RenderView, SaveMap, SegmentView
 from fhgs_ros.config import ConfigError, default_config_path
 from fhgs_ros.core.camera import Camera
 from fhgs_ros.ros import conversions as conv
-from fhgs_ros.ros.engine import (Counters, InputFrame, MappingEngine, MapState, Problems, cleanup_stale_temp_files,
-                                 memory_mb)
-from fhgs_ros.ros.imageproc import InputError, fit_size, pose_matrix
+from fhgs_ros.ros.engine import (Counters, MappingEngine, MapState, Problems, build_extractor,
+                                 cleanup_stale_temp_files, memory_mb)
+from fhgs_ros.ros.imageproc import InputError, fit_size
+from fhgs_ros.ros.ingest import Ingest
 from fhgs_ros.ros.params import build_config, default_parameters, describe_parameters
-from fhgs_ros.ros.sync import FrameAssembler, PoseBuffer
 
 # node.* parameters that may change while the node runs (validated like at start-up).
 LIVE_PARAMETERS = {
@@ -69,24 +70,6 @@ LIVE_PARAMETERS = {
     "node.autosave_period", "node.feature_dtype",
 }
 STANDARD_PARAMETERS = {"use_sim_time", "start_type_description_service"}
-
-
-def build_extractor(cfg, log_error):
-    """The feature extractor named by ``features.extractor`` (a robot stream has no labels: SAM)."""
-    fc = cfg.features
-    if fc.extractor == "label":
-        raise ConfigError("features.extractor: 'label' needs label images, which a camera stream does not have; "
-                          "use 'sam' with features.sam_checkpoint (see README / launch argument sam_checkpoint)")
-    from fhgs_ros.features.base import make_extractor
-    kw = dict(model=fc.sam_model, checkpoint=fc.sam_checkpoint or None, input_size=fc.sam_input_size,
-              device=fc.device)
-    if fc.extractor == "sam" and not fc.sam_checkpoint:
-        from fhgs_ros.features.sam import missing_checkpoint_help
-        raise ConfigError(f"features.sam_checkpoint: empty; the node needs a SAM checkpoint.\n"
-                          f"{missing_checkpoint_help(fc.sam_model)}")
-    if fc.cache_dir:
-        kw["cache_dir"] = fc.cache_dir
-    return make_extractor(fc.extractor, **kw)
 
 
 class FHGSNode(Node):
@@ -103,7 +86,7 @@ class FHGSNode(Node):
         self.flat = flat
         if self.ncfg.torch_threads > 0:
             torch.set_num_threads(self.ncfg.torch_threads)
-        self.extractor = build_extractor(self.cfg, self.log.error)
+        self.extractor = build_extractor(self.cfg)
         self.sam_parts = None
         self.problems = Problems(logger=self.log.warning)
         self.counters = Counters()
@@ -113,13 +96,22 @@ class FHGSNode(Node):
                                     on_keyframe=lambda st: self._render_event.set(), on_save=self._on_autosave,
                                     info=self.log.info)
         nc = self.ncfg
-        self.assembler = FrameAssembler(nc.sync_slop, nc.sync_timeout, nc.queue_size, nc.use_depth,
-                                        depth_hint=lambda: self._depth_sub is not None
-                                        and self.count_publishers(self._depth_sub.topic_name) > 0)
+        fixed = None
+        if nc.camera_info_file:
+            from fhgs_ros.ros.calibration import CalibrationError, load_calibration
+            try:
+                fixed = load_calibration(nc.camera_info_file, nc.camera_info_sensor)
+            except (CalibrationError, OSError) as exc:
+                raise ConfigError(f"node.camera_info_file: {exc}") from None
+            self.log.info(f"camera from {nc.camera_info_file}: {fixed.width}x{fixed.height} {fixed.model or 'pinhole'}"
+                          f" fx {fixed.fx:.2f} fy {fixed.fy:.2f} (camera_info messages ignored)")
         self._depth_sub = None
-        self.poses = PoseBuffer(maxlen=2000, slop=max(nc.sync_slop, 1e-3))
-        self.extrinsic = pose_matrix(nc.camera_extrinsic[:3], nc.camera_extrinsic[3:], 1e-3, "node.camera_extrinsic")
-        self.last_frame_id = nc.camera_frame or "camera"
+        self._status_dirty = threading.Event()
+        self.ingest = Ingest(nc, self.engine, self.problems, self.counters, tf_lookup=None,
+                             need_labels=getattr(self.extractor, "input_kind", "image") == "labels",
+                             fixed_intrinsics=fixed, on_done=self._status_dirty.set,
+                             depth_hint=lambda: self._depth_sub is not None
+                             and self.count_publishers(self._depth_sub.topic_name) > 0)
         self.mesh = None
         self.mesh_version = -1
         self.cloud_version = -1
@@ -133,8 +125,9 @@ class FHGSNode(Node):
         self.cb_cloud = MutuallyExclusiveCallbackGroup()
         self.cb_mesh = MutuallyExclusiveCallbackGroup()
         self.cb_diag = MutuallyExclusiveCallbackGroup()
-        sensor = QoSProfile(depth=max(2, nc.queue_size), reliability=ReliabilityPolicy.BEST_EFFORT,
-                            history=HistoryPolicy.KEEP_LAST)
+        sensor = QoSProfile(depth=max(2, nc.queue_size),
+                            reliability=ReliabilityPolicy.RELIABLE if nc.sensor_qos == "reliable"
+                            else ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -143,6 +136,7 @@ class FHGSNode(Node):
         self.create_subscription(CompressedImage, "image/compressed", self._on_compressed, sensor, callback_group=g)
         self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, sensor, callback_group=g)
         self._depth_sub = self.create_subscription(Image, "depth", self._on_depth, sensor, callback_group=g)
+        self.create_subscription(Image, "labels", self._on_labels, sensor, callback_group=g)
         self.create_subscription(PoseStamped, "pose", self._on_pose, reliable, callback_group=g)
         self.create_subscription(Odometry, "odom", self._on_odom, reliable, callback_group=g)
         self.create_subscription(PointCloud2, "seed_points", self._on_seed_points, reliable, callback_group=g)
@@ -151,6 +145,7 @@ class FHGSNode(Node):
         from fhgs_ros.ros.tf import make_tf_lookup
         self.tf = make_tf_lookup(self, nc.tf_cache_time, 0.0, g, self.problems.report, nc.tf_backend)
         self.log.info(f"TF backend: {self.tf.backend}")
+        self.ingest.tf_lookup = self.tf
 
         self.pub_rgb = self.create_publisher(Image, "render/rgb", latched)
         self.pub_depth = self.create_publisher(Image, "render/depth", latched)
@@ -162,6 +157,9 @@ class FHGSNode(Node):
         self.pub_qpoints = self.create_publisher(PointCloud2, "query/points", latched)
         self.pub_qmarkers = self.create_publisher(MarkerArray, "query/markers", latched)
         self.pub_diag = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
+        self.pub_status = self.create_publisher(MapperStatus, "mapper_status",
+                                                QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE,
+                                                           history=HistoryPolicy.KEEP_LAST))
 
         s = self.cb_services
         self.create_service(SaveMap, "save_map", self._srv_save, callback_group=s)
@@ -172,10 +170,16 @@ class FHGSNode(Node):
         self.create_service(SegmentView, "segment_view", self._srv_segment, callback_group=s)
         self.create_service(ExportMesh, "export_mesh", self._srv_export_mesh, callback_group=s)
 
-        self.create_timer(0.05, self._poll, callback_group=g)
-        self.diag_timer = self.create_timer(nc.diagnostics_period, self._publish_diagnostics, callback_group=self.cb_diag)
-        self.create_timer(0.5, self._cloud_tick, callback_group=self.cb_cloud)
-        self.create_timer(1.0, self._mesh_tick, callback_group=self.cb_mesh)
+        # Internal timers run on the steady clock: with use_sim_time a paused /clock (bag replay waiting
+        # for the mapper) must not stop synchronization, status, diagnostics or the cloud/mesh refresh.
+        steady = Clock(clock_type=ClockType.STEADY_TIME)
+        self.create_timer(0.05, self._poll, callback_group=g, clock=steady)
+        self.create_timer(0.02, self._status_tick, callback_group=self.cb_diag, clock=steady)
+        self.diag_timer = self.create_timer(nc.diagnostics_period, self._publish_diagnostics, callback_group=self.cb_diag,
+                                            clock=steady)
+        self.create_timer(0.5, self._cloud_tick, callback_group=self.cb_cloud, clock=steady)
+        self.create_timer(1.0, self._mesh_tick, callback_group=self.cb_mesh, clock=steady)
+        self._last_status = 0.0
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self.engine.start()
@@ -215,8 +219,9 @@ class FHGSNode(Node):
         e = self.engine.selector
         e.min_translation, e.min_rotation_deg = ncfg.kf_min_translation, ncfg.kf_min_rotation_deg
         e.max_interval, e.min_interval = ncfg.kf_max_interval, ncfg.kf_min_interval
-        self.assembler.slop, self.assembler.timeout = ncfg.sync_slop, ncfg.sync_timeout
-        self.poses.slop = max(ncfg.sync_slop, 1e-3)
+        self.ingest.assembler.slop, self.ingest.assembler.timeout = ncfg.sync_slop, ncfg.sync_timeout
+        self.ingest.poses.slop = max(ncfg.sync_slop, 1e-3)
+        self.ingest.ncfg = ncfg
         return SetParametersResult(successful=True)
 
     # ------------------------------------------------------------------ start-up
@@ -239,105 +244,58 @@ class FHGSNode(Node):
         self.problems.report(err)
 
     def _on_image(self, msg: Image) -> None:
-        now = time.monotonic()
-        self.counters.tick("image", now)
-        n = int(msg.width) * int(msg.height)
-        if n > self.ncfg.max_input_pixels:
-            return self._report(InputError("image_too_large", f"image {msg.width}x{msg.height} ({n / 1e6:.1f} MP) "
-                                                              f"exceeds node.max_input_pixels="
-                                                              f"{self.ncfg.max_input_pixels}; dropped"))
-        try:
-            rgb = conv.image_to_rgb(msg)
-        except InputError as exc:
-            return self._report(exc)
-        self._queue_image(msg.header, rgb, now)
+        self.ingest.image(msg, time.monotonic())
 
     def _on_compressed(self, msg: CompressedImage) -> None:
-        now = time.monotonic()
-        self.counters.tick("image", now)
-        try:
-            size = _compressed_size(msg.data)
-            if size is not None and size[0] * size[1] > self.ncfg.max_input_pixels:
-                raise InputError("image_too_large", f"compressed image {size[0]}x{size[1]} "
-                                                    f"({size[0] * size[1] / 1e6:.1f} MP) exceeds "
-                                                    f"node.max_input_pixels={self.ncfg.max_input_pixels}; dropped")
-            rgb = conv.compressed_to_rgb(msg)
-        except InputError as exc:
-            return self._report(exc)
-        self._queue_image(msg.header, rgb, now)
-
-    def _queue_image(self, header, rgb: np.ndarray, now: float) -> None:
-        stamp = conv.stamp_to_sec(header.stamp)
-        frame_id = header.frame_id
-        if frame_id:
-            self.last_frame_id = frame_id
-        for d in self.assembler.add_image(stamp, (rgb, now), frame_id, now):
-            self._report(d)
-        self._poll()
+        self.ingest.compressed(msg, time.monotonic(), _compressed_size(msg.data))
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
-        self.counters.tick("camera_info")
-        try:
-            intr = conv.camera_info_to_intrinsics(msg)
-        except InputError as exc:
-            return self._report(exc)
-        self.assembler.add_info(conv.stamp_to_sec(msg.header.stamp), intr)
+        self.ingest.camera_info(msg)
 
     def _on_depth(self, msg: Image) -> None:
-        now = time.monotonic()
-        self.counters.tick("depth", now)
-        if int(msg.width) * int(msg.height) > self.ncfg.max_input_pixels:
-            return self._report(InputError("image_too_large", f"depth {msg.width}x{msg.height} exceeds "
-                                                              f"node.max_input_pixels; dropped"))
-        try:
-            d = conv.depth_to_array(msg)
-        except InputError as exc:
-            return self._report(exc)
-        self.assembler.add_depth(conv.stamp_to_sec(msg.header.stamp), d, now)
+        self.ingest.depth(msg, time.monotonic())
 
-    def _body_pose(self, pose, header, what: str) -> None:
-        try:
-            m = conv.pose_to_matrix(pose, self.ncfg.quat_tolerance, what)
-        except InputError as exc:
-            return self._report(exc)
-        if header.frame_id and header.frame_id.lstrip("/") != self.ncfg.map_frame:
-            self._report(InputError("pose_frame", f"{what} is in frame '{header.frame_id}', not map_frame "
-                                                  f"'{self.ncfg.map_frame}'; used as if it were map_frame"))
-        self.poses.add(conv.stamp_to_sec(header.stamp), m @ self.extrinsic)
+    def _on_labels(self, msg: Image) -> None:
+        self.ingest.labels(msg, time.monotonic())
 
     def _on_pose(self, msg: PoseStamped) -> None:
-        self.counters.tick("pose")
-        if self.ncfg.pose_source == "pose":
-            self._body_pose(msg.pose, msg.header, "pose")
+        self.ingest.pose(msg)
 
     def _on_odom(self, msg: Odometry) -> None:
-        self.counters.tick("odom")
-        if self.ncfg.pose_source == "odom":
-            self._body_pose(msg.pose.pose, msg.header, "odometry")
-
-    def _lookup_pose(self, stamp: float, frame_id: str):
-        src = self.ncfg.pose_source
-        if src == "tf":
-            frame = self.ncfg.camera_frame or frame_id
-            if not frame:
-                return None, "the image has no header.frame_id and node.camera_frame is empty", True
-            return self.tf.lookup(self.ncfg.map_frame, frame, stamp)
-        return self.poses.lookup(stamp)
+        self.ingest.odom(msg)
 
     def _poll(self) -> None:
-        frames, drops = self.assembler.poll(time.monotonic(), self._lookup_pose)
-        for d in drops:
-            self._report(d)
-        for f in frames:
-            (rgb, received), intr = f.image, f.info
-            if (rgb.shape[1], rgb.shape[0]) != (intr.width, intr.height):
-                self._report(InputError("size_mismatch", f"image {rgb.shape[1]}x{rgb.shape[0]} does not match its "
-                                                         f"camera_info {intr.width}x{intr.height}; dropped"))
-                continue
-            if f.extra.get("depth_missing"):
-                self.counters.inc("frames_without_depth")
-            self.counters.inc("frames_synced")
-            self.engine.submit(InputFrame(f.stamp, rgb, intr, f.pose, f.depth, f.frame_id, received))
+        self.ingest.poll(time.monotonic())
+
+    @property
+    def last_frame_id(self) -> str:
+        return self.ingest.last_frame_id
+
+    # ------------------------------------------------------------------ status (fhgs-replay flow control)
+    def status_message(self) -> MapperStatus:
+        ing, st = self.ingest, self.engine.state
+        msg = MapperStatus()
+        msg.header = conv.make_header(self.ncfg.map_frame, ing.last_done_stamp)
+        with ing.lock:
+            msg.images_received, msg.images_done = ing.images_received, ing.images_done
+        msg.keyframes = int(st.keyframes_total)
+        msg.iterations = int(self.engine.mapper.iteration)
+        msg.surfels = len(st.surfels)
+        msg.idle = bool(ing.pending == 0 and self.engine.idle)
+        msg.step_mode = self.ncfg.step_mode
+        counts = self.problems.snapshot()
+        kinds = sorted(counts)
+        msg.drop_kinds = kinds
+        msg.drop_counts = [int(counts[k]) for k in kinds]
+        msg.drop_reasons = [self.problems.last.get(k, "") for k in kinds]
+        return msg
+
+    def _status_tick(self) -> None:
+        now = time.monotonic()
+        if self._status_dirty.is_set() or now - self._last_status >= 0.5:
+            self._status_dirty.clear()
+            self._last_status = now
+            self.pub_status.publish(self.status_message())
 
     def _on_seed_points(self, msg: PointCloud2) -> None:
         try:
@@ -583,7 +541,7 @@ class FHGSNode(Node):
         res.success, res.message = ok, msg
         st = self.engine.state
         if ok:
-            self.assembler.reset()
+            self.ingest.assembler.reset()
             self._render_event.set()
             res.num_surfels, res.num_keyframes, res.feature_extractor = len(st.surfels), len(st.cameras), st.model_id
         else:
@@ -599,8 +557,7 @@ class FHGSNode(Node):
     def _srv_reset(self, req, res):
         self.counters.inc("service_calls")
         ok, msg = self.engine.reset()
-        self.assembler.reset()
-        self.poses.clear()
+        self.ingest.reset()
         self.mesh, self.mesh_version = None, -1
         res.success, res.message = ok, msg
         return res

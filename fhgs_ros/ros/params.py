@@ -33,11 +33,15 @@ class NodeConfig:
     tf_backend: str = "auto"                # auto (tf2_ros if installed, else own listener) | tf2_ros | fhgs
     tf_cache_time: float = 10.0             # [s] TF history kept
     quat_tolerance: float = 0.01            # reject quaternions whose norm differs from 1 by more
+    camera_info_file: str = ""              # calibration file used instead of the camera_info topic (ROS camera
+    #                                         calibration YAML, kapture sensors.txt or COLMAP cameras.txt)
+    camera_info_sensor: str = ""            # sensor / camera id inside camera_info_file ("" = the first camera)
     # synchronization
     sync_slop: float = 0.02                 # [s] max stamp difference image <-> camera_info / depth / pose
     sync_timeout: float = 1.0               # [s] wall time an image waits for its partners before it is dropped
     use_depth: bool = True                  # use depth images when they arrive (16UC1 mm or 32FC1 m)
     queue_size: int = 8                     # bounded queues (sync, frames waiting for features); drops are counted
+    sensor_qos: str = "best_effort"         # image / camera_info / depth / labels subscriptions: best_effort | reliable
     # images
     max_image_long_side: int = 640          # [px] images are downscaled to this long side for mapping
     max_input_pixels: int = 8_388_608       # larger input images are rejected (decoding cost / memory)
@@ -52,6 +56,9 @@ class NodeConfig:
     # online schedule (FHGS_SPEC.md 8.9)
     steps_per_keyframe: int = 200           # iteration budget of each new keyframe: distortion after 30 %, normal
     #                                         after 70 %, densification only in the first 70 %
+    step_mode: str = "continuous"           # continuous: optimize between keyframes without pause (live robot);
+    #                                         budget: exactly steps_per_keyframe iterations per keyframe, then
+    #                                         wait (deterministic bag replay, matches fhgs-replay --offline)
     densify: bool = True                    # adaptive density control inside each keyframe's budget
     opacity_reset: bool = False             # periodic opacity reset (off online: it blanks the live renders)
     max_new_surfels_per_keyframe: int = 4000  # cap of surfels seeded from one keyframe
@@ -102,7 +109,8 @@ _NODE_RANGES = {
     "max_request_pixels": (1, None),
 }
 _NODE_CHOICES = {"pose_source": ("tf", "pose", "odom"), "tf_backend": ("auto", "tf2_ros", "fhgs"),
-                 "feature_dtype": ("float16", "float32")}
+                 "feature_dtype": ("float16", "float32"), "sensor_qos": ("best_effort", "reliable"),
+                 "step_mode": ("continuous", "budget")}
 
 
 def validate_node(cfg: NodeConfig, prefix: str = "node") -> NodeConfig:

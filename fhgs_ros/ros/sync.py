@@ -4,6 +4,7 @@ The colour image is the pivot. Each image waits (bounded queue) until it has
 - a camera_info whose stamp is within ``slop`` seconds of the image stamp (nearest one),
 - a depth image within ``slop`` (only when depth is expected: ``use_depth`` and depth has been
   seen recently; otherwise the frame goes on without depth),
+- a label image within ``slop`` (only with ``need_labels``: the ``label`` feature extractor),
 - a pose at the image stamp (a callback: pose/odometry buffer with interpolation, or TF),
 or until it has waited ``timeout`` seconds (wall clock), when it is dropped with the reason
 naming what was missing. A match is final once a message at or after the image stamp has been
@@ -125,6 +126,7 @@ class PendingImage:
     frame_id: str
     info: tuple[float, Any] | None = None
     depth: tuple[float, Any] | None = None
+    labels: tuple[float, Any] | None = None
     pose: np.ndarray | None = None
     pose_wait_reason: str = ""
 
@@ -139,6 +141,7 @@ class SyncedFrame:
     pose: np.ndarray
     waited: float = 0.0
     extra: dict = field(default_factory=dict)
+    labels: Any | None = None
 
 
 class FrameAssembler:
@@ -151,8 +154,9 @@ class FrameAssembler:
 
     def __init__(self, slop: float = 0.02, timeout: float = 1.0, queue_size: int = 8, use_depth: bool = True,
                  depth_recent: float = 5.0, backwards_tolerance: float = 0.0,
-                 depth_hint: Callable[[], bool] | None = None):
+                 depth_hint: Callable[[], bool] | None = None, need_labels: bool = False):
         self.slop = slop
+        self.need_labels = need_labels
         self.timeout = timeout
         self.use_depth = use_depth
         self.depth_recent = depth_recent
@@ -162,6 +166,7 @@ class FrameAssembler:
         self.queue_size = queue_size
         self.infos = StampedBuffer(64)
         self.depths = StampedBuffer(max(8, queue_size * 2))
+        self.labels = StampedBuffer(max(8, queue_size * 2))
         self.last_depth_arrival = -1e18
         self.last_stamp: float | None = None
         self.lock = threading.Lock()
@@ -171,6 +176,7 @@ class FrameAssembler:
             self.pending.clear()
             self.infos.clear()
             self.depths.clear()
+            self.labels.clear()
             self.last_stamp = None
 
     def add_info(self, stamp: float, info: Any) -> None:
@@ -181,6 +187,10 @@ class FrameAssembler:
         with self.lock:
             self.depths.add(stamp, depth)
             self.last_depth_arrival = now
+
+    def add_labels(self, stamp: float, labels: Any) -> None:
+        with self.lock:
+            self.labels.add(stamp, labels)
 
     def add_image(self, stamp: float, data: Any, frame_id: str, now: float) -> list[InputError]:
         """Queue an image; returns drops (time going backwards, queue overflow)."""
@@ -230,6 +240,10 @@ class FrameAssembler:
                     m = self.depths.nearest(p.stamp, self.slop)
                     if m is not None and (late or (self.depths.newest or -1e18) >= p.stamp):
                         p.depth = m
+                if self.need_labels and p.labels is None:
+                    m = self.labels.nearest(p.stamp, self.slop)
+                    if m is not None and (late or (self.labels.newest or -1e18) >= p.stamp):
+                        p.labels = m
                 if p.pose is None:
                     pose, reason, final = pose_lookup(p.stamp, p.frame_id)
                     if pose is not None and (final or late):
@@ -239,7 +253,8 @@ class FrameAssembler:
                         if final:
                             drops.append(InputError("no_pose", f"image {p.stamp:.3f}: no pose ({reason}); dropped"))
                             continue
-                ready = p.info is not None and p.pose is not None and (p.depth is not None or not want_depth)
+                ready = p.info is not None and p.pose is not None and (p.depth is not None or not want_depth) \
+                    and (p.labels is not None or not self.need_labels)
                 extra = {}
                 if not ready and waited >= self.timeout:
                     if p.info is None:
@@ -252,6 +267,13 @@ class FrameAssembler:
                         drops.append(InputError("no_pose", f"image {p.stamp:.3f}: no pose after {self.timeout:.1f} s "
                                                            f"({p.pose_wait_reason}); dropped"))
                         continue
+                    if self.need_labels and p.labels is None:
+                        why = ("no label image received on the labels topic" if len(self.labels) == 0
+                               else f"no label image within slop {self.slop:.3f} s of the image stamp")
+                        drops.append(InputError("missing_labels", f"image {p.stamp:.3f}: {why} (the 'label' feature "
+                                                                  f"extractor needs one per image); dropped after "
+                                                                  f"{self.timeout:.1f} s"))
+                        continue
                     ready, extra = True, {"depth_missing": True}  # map it without depth
                 if not ready:
                     keep.append(p)
@@ -263,6 +285,7 @@ class FrameAssembler:
                     continue
                 self.last_stamp = p.stamp
                 frames.append(SyncedFrame(p.stamp, p.frame_id, p.data, p.info[1],
-                                          p.depth[1] if p.depth is not None else None, p.pose, waited, extra))
+                                          p.depth[1] if p.depth is not None else None, p.pose, waited, extra,
+                                          p.labels[1] if p.labels is not None else None))
             self.pending = keep
         return frames, drops

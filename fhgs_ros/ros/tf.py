@@ -151,6 +151,28 @@ class TransformBuffer:
             return invert(t_ct) @ t_cs, "", True
 
 
+def apply_tf_message(buffer: TransformBuffer, msg: Any, static: bool, tolerance: float = 1e-2,
+                     on_error=None) -> int:
+    """Insert the transforms of a tf2_msgs/TFMessage (rclpy or rosbags message) into ``buffer``."""
+    from fhgs_ros.ros.imageproc import quat_to_matrix
+
+    n = 0
+    for t in msg.transforms:
+        n += 1
+        try:
+            tr, q = t.transform.translation, t.transform.rotation
+            m = np.eye(4)
+            m[:3, :3] = quat_to_matrix([q.x, q.y, q.z, q.w], tolerance,
+                                       f"transform {t.header.frame_id} -> {t.child_frame_id}")
+            m[:3, 3] = [tr.x, tr.y, tr.z]
+            stamp = int(t.header.stamp.sec) + int(t.header.stamp.nanosec) * 1e-9
+            buffer.set_transform(t.header.frame_id, t.child_frame_id, stamp, m, static)
+        except InputError as exc:
+            if on_error is not None:
+                on_error(exc)
+    return n
+
+
 class TFListener:
     """Fills a TransformBuffer from /tf and /tf_static (tf2_msgs/msg/TFMessage)."""
 
@@ -161,10 +183,6 @@ class TFListener:
         from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
         from tf2_msgs.msg import TFMessage
 
-        from fhgs_ros.ros.conversions import stamp_to_sec, transform_to_matrix
-
-        self._to_sec = stamp_to_sec
-        self._to_mat = transform_to_matrix
         self.buffer = TransformBuffer(cache_time, tolerance)
         self.on_error = on_error
         self.count = 0
@@ -178,14 +196,7 @@ class TFListener:
                                                    callback_group=callback_group)
 
     def _on(self, msg, static: bool) -> None:
-        for t in msg.transforms:
-            self.count += 1
-            try:
-                m = self._to_mat(t.transform, what=f"transform {t.header.frame_id} -> {t.child_frame_id}")
-                self.buffer.set_transform(t.header.frame_id, t.child_frame_id, self._to_sec(t.header.stamp), m, static)
-            except InputError as exc:
-                if self.on_error is not None:
-                    self.on_error(exc)
+        self.count += apply_tf_message(self.buffer, msg, static, on_error=self.on_error)
 
     def lookup(self, target: str, source: str, stamp: float) -> tuple[np.ndarray | None, str, bool]:
         return self.buffer.lookup(target, source, stamp)

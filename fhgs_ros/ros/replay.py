@@ -1,0 +1,361 @@
+"""fhgs-replay: replay a ROS 2 bag into the mapping node, or map it in-process.
+
+    fhgs-replay BAG [--rate R | --fast] [--remap FROM:=TO ...] [--start S] [--duration D] [--topics T ...]
+    fhgs-replay BAG --offline [--params-file config/fhgs.yaml] [-p key:=value ...] [--out map.safetensors]
+
+Over DDS (default) the bag's messages are published as stored (serialized CDR, no re-encoding)
+together with ``/clock`` at the bag's log time, so a node started with ``use_sim_time:=true``
+runs on bag time. ``--rate R`` plays at R x real time. ``--fast`` plays as fast as the mapper
+accepts frames: before each colour image it waits until the node has finished with the previous
+one (``mapper_status``, fhgs_interfaces/MapperStatus), so nothing is dropped and, with
+``node.step_mode: budget``, the map equals the one of ``--offline`` on the same bag.
+
+``--offline`` feeds the bag straight into the same input pipeline and mapper in this process
+(:mod:`fhgs_ros.ros.bag_mapping`), deterministically, and saves the map.
+
+Exit codes: 0 done; 1 the node mapped nothing / images were lost; 2 unusable bag, topics or
+parameters; 3 no mapping node reachable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import logging
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+log = logging.getLogger("fhgs_ros.replay")
+
+IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
+
+
+def message_class(msgtype: str):
+    """rclpy message class of 'pkg/msg/Name' (None when the package is not installed here)."""
+    try:
+        pkg, kind, name = msgtype.split("/")
+        return getattr(importlib.import_module(f"{pkg}.{kind}"), name)
+    except (ValueError, ImportError, AttributeError):
+        return None
+
+
+def pick_image_topic(topics: dict[str, Any], wanted: str | None) -> str:
+    """The colour image stream used for flow control: ``wanted`` or the one Image topic that is
+    not depth or labels."""
+    from fhgs_ros.bag.reader import BagError
+
+    if wanted:
+        if wanted not in topics:
+            raise BagError(f"--image-topic '{wanted}' is not in the bag (topics after remap: {', '.join(topics)})")
+        return wanted
+    cands = [t for t, i in topics.items() if i.msgtype in IMAGE_TYPES
+             and not any(w in t.lower() for w in ("depth", "label", "mask", "seg"))]
+    if len(cands) == 1:
+        return cands[0]
+    if "/image" in cands:
+        return "/image"
+    raise BagError("cannot tell which topic is the colour image stream " +
+                   (f"(candidates: {', '.join(cands)})" if cands else "(the bag has no image topic)") +
+                   "; name it with --image-topic")
+
+
+@dataclass
+class ReplaySummary:
+    bag: str
+    mode: str
+    messages: int = 0
+    images: int = 0
+    seconds: float = 0.0
+    bag_seconds: float = 0.0
+    keyframes: int = 0
+    images_done: int = 0
+    images_lost: int = 0
+    surfels: int = 0
+    iterations: int = 0
+    drops: dict[str, int] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def messages_per_s(self) -> float:
+        return self.messages / max(self.seconds, 1e-9)
+
+    @property
+    def keyframes_per_s(self) -> float:
+        return self.keyframes / max(self.seconds, 1e-9)
+
+    def lines(self) -> list[str]:
+        out = [f"replayed {self.messages} messages ({self.images} images, {self.bag_seconds:.2f} s of bag) in "
+               f"{self.seconds:.1f} s: {self.messages_per_s:.1f} msg/s; node: {self.keyframes} keyframes "
+               f"({self.keyframes_per_s:.2f} kf/s), {self.surfels} surfels, {self.iterations} iterations"]
+        if self.images_lost:
+            out.append(f"{self.images_lost} images never reached the node (lost in transport or node too slow)")
+        skipped = {k: v for k, v in self.drops.items() if v}
+        if skipped:
+            out.append("node rejected inputs / skipped frames:")
+            for k, n in sorted(skipped.items(), key=lambda kv: -kv[1]):
+                out.append(f"  {k}: {n}  ({self.reasons.get(k, '')})")
+        return out
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d.update(messages_per_s=self.messages_per_s, keyframes_per_s=self.keyframes_per_s)
+        return d
+
+
+class StatusWatch:
+    """Latest fhgs_interfaces/MapperStatus of the node, with waiting."""
+
+    def __init__(self):
+        self.msg = None
+        self.cond = threading.Condition()
+
+    def on(self, msg) -> None:
+        with self.cond:
+            self.msg = msg
+            self.cond.notify_all()
+
+    def wait(self, pred, timeout: float) -> bool:
+        end = time.monotonic() + timeout
+        with self.cond:
+            while not (self.msg is not None and pred(self.msg)):
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(min(left, 0.5))
+            return True
+
+
+def replay_dds(reader, args, topics: list[str], image_topic: str | None) -> tuple[int, ReplaySummary]:
+    """Publish the bag's messages (see module docstring); returns (exit code, summary)."""
+    import rclpy
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+    from rosgraph_msgs.msg import Clock
+
+    from fhgs_ros.ros.conversions import sec_to_stamp
+
+    summary = ReplaySummary(str(reader.path), "fast" if args.fast else f"rate {args.rate:g}")
+    rclpy.init(args=["fhgs-replay"])  # not sys.argv: our --remap must not reach rcl
+    node = rclpy.create_node("fhgs_replay", start_parameter_services=False)
+    ex = SingleThreadedExecutor()
+    ex.add_node(node)
+    spin = threading.Thread(target=ex.spin, daemon=True)
+    spin.start()
+    try:
+        reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+        latched = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        pubs = {}
+        for t in topics:
+            cls = message_class(reader.topics[t].msgtype)
+            pubs[t] = node.create_publisher(cls, t, latched if t == "/tf_static" else reliable)
+        clock_pub = None if args.no_clock else node.create_publisher(
+            Clock, "/clock", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                                        history=HistoryPolicy.KEEP_LAST))
+        watch = StatusWatch()
+        try:
+            from fhgs_interfaces.msg import MapperStatus
+            node.create_subscription(MapperStatus, args.status_topic, watch.on,
+                                     QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE,
+                                                history=HistoryPolicy.KEEP_LAST))
+        except ImportError:
+            MapperStatus = None
+            if args.fast:
+                raise RuntimeError("--fast needs fhgs_interfaces (MapperStatus); build the interfaces (make setup)")
+
+        # wait for the node: subscribers on the image topic, and (fast) its status
+        end = time.monotonic() + args.wait
+        ready = lambda: (image_topic is None or pubs[image_topic].get_subscription_count() > 0) and \
+            (not args.fast or watch.msg is not None)  # noqa: E731
+        while not ready() and time.monotonic() < end:
+            time.sleep(0.05)
+        if not ready():
+            what = []
+            if image_topic is not None and pubs[image_topic].get_subscription_count() == 0:
+                what.append(f"nothing subscribes to {image_topic}")
+            if args.fast and watch.msg is None:
+                what.append(f"no status on {args.status_topic}")
+            log.error("no mapping node after %.0f s (%s): start fhgs-node first (with -r image:=%s ... or the "
+                      "matching --remap here)", args.wait, "; ".join(what), image_topic)
+            return 3, summary
+        base = watch.msg
+        base_done = base.images_done if base is not None else 0
+        base_kf = base.keyframes if base is not None else 0
+
+        def publish_clock(t_ns: int) -> None:
+            if clock_pub is not None:
+                c = Clock()
+                c.clock = sec_to_stamp(t_ns * 1e-9)
+                clock_pub.publish(c)
+
+        t0 = time.monotonic()
+        bag_t0 = None
+        last_t = None
+        sent_images = 0
+        lost = 0
+        for m in reader.messages(topics, start=args.start, duration=args.duration):
+            if bag_t0 is None:
+                bag_t0 = m.log_time_ns
+            if args.fast:
+                if m.topic == image_topic and sent_images:
+                    need = base_done + sent_images
+                    if not watch.wait(lambda s: s.images_done >= need, args.frame_timeout):
+                        lost += 1
+                        log.warning("the node has not finished image %d within %.0f s; going on", sent_images,
+                                    args.frame_timeout)
+            else:
+                due = t0 + (m.log_time_ns - bag_t0) * 1e-9 / args.rate
+                while True:
+                    now = time.monotonic()
+                    if now >= due:
+                        break
+                    if clock_pub is not None:  # keep /clock moving between sparse messages
+                        publish_clock(bag_t0 + int((now - t0) * args.rate * 1e9))
+                    time.sleep(min(due - now, 1.0 / max(args.clock_hz, 1.0)))
+            publish_clock(m.log_time_ns)
+            raw = m.raw if isinstance(m.raw, bytes) else bytes(m.raw)
+            pubs[m.topic].publish(raw)
+            summary.messages += 1
+            last_t = m.log_time_ns
+            if m.topic == image_topic:
+                sent_images += 1
+        summary.images = sent_images
+        summary.bag_seconds = 0.0 if bag_t0 is None else (last_t - bag_t0) * 1e-9
+        # the node finishes the last frames
+        if watch.msg is not None or args.fast:
+            need = base_done + sent_images
+            if not watch.wait(lambda s: s.images_done >= need, args.frame_timeout):
+                log.warning("the node did not finish all images within %.0f s", args.frame_timeout)
+        summary.seconds = time.monotonic() - t0
+        s = watch.msg
+        if s is not None:
+            summary.images_done = int(s.images_done - base_done)
+            summary.keyframes = int(s.keyframes - base_kf)
+            summary.surfels = int(s.surfels)
+            summary.iterations = int(s.iterations)
+            summary.drops = dict(zip(s.drop_kinds, [int(c) for c in s.drop_counts]))
+            summary.reasons = dict(zip(s.drop_kinds, s.drop_reasons))
+            summary.images_lost = max(0, sent_images - summary.images_done)
+        else:
+            summary.images_lost = lost
+        time.sleep(0.2)  # let the last reliable messages drain
+        code = 0
+        if s is not None and summary.keyframes == 0 and sent_images:
+            code = 1
+        if summary.images_lost:
+            code = 1
+        return code, summary
+    finally:
+        ex.shutdown(timeout_sec=1)
+        node.destroy_node()
+        if rclpy.ok():
+            rclpy.shutdown()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fhgs-replay", description=__doc__.splitlines()[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="\n".join(__doc__.splitlines()[2:]))
+    p.add_argument("bag", help="ROS 2 bag folder (sqlite3 or mcap) or file; ROS 1 .bag with --offline")
+    speed = p.add_mutually_exclusive_group()
+    speed.add_argument("--rate", type=float, default=1.0, help="playback speed factor (default 1 = real time)")
+    speed.add_argument("--fast", action="store_true", help="as fast as the mapper accepts frames (flow control)")
+    p.add_argument("--remap", nargs="+", action="extend", default=[], metavar="FROM:=TO",
+                   help="rename bag topics, e.g. /camera/image_raw:=/image")
+    p.add_argument("--start", type=float, default=0.0, help="[s] skip this much of the bag's beginning")
+    p.add_argument("--duration", type=float, default=None, help="[s] play only this long")
+    p.add_argument("--topics", nargs="+", default=None, help="play only these topics (names after --remap)")
+    p.add_argument("--skip-unknown", action="store_true",
+                   help="leave out topics whose message type is unknown here instead of failing")
+    p.add_argument("--image-topic", help="colour image topic for --fast flow control (default: detected)")
+    p.add_argument("--status-topic", default="/mapper_status", help="the node's MapperStatus topic")
+    p.add_argument("--wait", type=float, default=60.0, help="[s] wait this long for the node to appear")
+    p.add_argument("--frame-timeout", type=float, default=300.0, help="[s] --fast: longest wait for one frame")
+    p.add_argument("--clock-hz", type=float, default=50.0, help="/clock rate between messages (--rate)")
+    p.add_argument("--no-clock", action="store_true", help="do not publish /clock")
+    p.add_argument("--summary-json", type=Path, help="write the summary (counts, rates) to this JSON file")
+    off = p.add_argument_group("in-process batch mapping")
+    off.add_argument("--offline", action="store_true", help="map the bag in this process (no DDS) and save the map")
+    off.add_argument("--params-file", help="node parameter file (default: the package's config/fhgs.yaml)")
+    off.add_argument("-p", "--param", action="append", default=[], metavar="KEY:=VALUE", help="parameter override")
+    off.add_argument("--out", type=Path, help="map file to write (default: <bag>_map.safetensors)")
+    off.add_argument("--namespace", default="/", help="namespace of the node inputs (topics <ns>/image, ...)")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from fhgs_ros.bag.reader import BagError, BagReader, parse_remaps
+    from fhgs_ros.config import ConfigError, default_config_path
+
+    if args.rate <= 0:
+        print("fhgs-replay: error: --rate must be positive", file=sys.stderr)
+        return 2
+    try:
+        remap = parse_remaps(args.remap)
+        if args.offline:
+            from fhgs_ros.ros.bag_mapping import load_params, map_bag
+            flat = load_params(args.params_file or default_config_path(), args.param)
+            out = args.out or Path(str(Path(args.bag).resolve()).rstrip("/") + "_map.safetensors")
+            report, _ = map_bag(args.bag, flat, out, remap=remap, start=args.start, duration=args.duration,
+                                namespace=args.namespace)
+            for line in report.lines():
+                print(line, flush=True)
+            if args.summary_json:
+                from fhgs_ros.core.fileio import atomic_write_json
+                atomic_write_json(args.summary_json, dict(asdict(report), images_skipped=report.images_skipped))
+            if report.keyframes == 0:
+                print(f"fhgs-replay: error: no keyframe was mapped from {args.bag} (see the skipped images above)",
+                      file=sys.stderr)
+                return 1
+            print(f"map written to {report.map_path}")
+            return 0
+        with BagReader(args.bag, remap=remap) as reader:
+            if reader.storage == "ros1":
+                raise BagError(f"{args.bag} is a ROS 1 bag: its messages are not CDR and cannot be published to ROS 2 "
+                               f"as they are; map it with --offline, or convert it with rosbags-convert")
+            topics = list(args.topics) if args.topics else list(reader.topics)
+            reader.require({t: None for t in topics})
+            unknown = {t: ty for t, ty in reader.unknown_types().items() if t in topics}
+            missing = {t: reader.topics[t].msgtype for t in topics if message_class(reader.topics[t].msgtype) is None}
+            bad = {**unknown, **missing}
+            if bad and not args.skip_unknown:
+                raise BagError("unknown message types (not installed in this ROS environment): " +
+                               ", ".join(f"{t} ({ty})" for t, ty in bad.items()) +
+                               "; leave them out with --topics or --skip-unknown")
+            for t in bad:
+                log.warning("skipping %s: unknown message type %s", t, bad[t])
+            topics = [t for t in topics if t not in bad]
+            if not topics:
+                raise BagError(f"{args.bag}: nothing to play")
+            try:
+                image_topic = pick_image_topic({t: reader.topics[t] for t in topics}, args.image_topic)
+            except BagError:
+                if args.fast or args.image_topic:
+                    raise
+                image_topic = None  # --rate: no flow control, nothing to wait for
+            code, summary = replay_dds(reader, args, topics, image_topic)
+        for line in summary.lines():
+            print(line, flush=True)
+        if args.summary_json:
+            from fhgs_ros.core.fileio import atomic_write_json
+            atomic_write_json(args.summary_json, summary.to_dict())
+        return code
+    except (BagError, ConfigError) as exc:
+        print(f"fhgs-replay: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except RuntimeError as exc:
+        print(f"fhgs-replay: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
