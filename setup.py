@@ -38,6 +38,7 @@ setup(
             "fhgs-map = fhgs_ros.cli:map_main",
             "fhgs-bench = fhgs_ros.cli:bench_main",
             "fhgs-node = fhgs_ros.ros.mapper_node:main",
+            "fhgs-bag = fhgs_ros.bag.convert:main",
         ],
     },
     zip_safe=False,
