@@ -39,6 +39,7 @@ setup(
             "fhgs-bench = fhgs_ros.cli:bench_main",
             "fhgs-node = fhgs_ros.ros.mapper_node:main",
             "fhgs-bag = fhgs_ros.bag.convert:main",
+            "fhgs-replay = fhgs_ros.ros.replay:main",
         ],
     },
     zip_safe=False,

@@ -242,6 +242,13 @@ def load_calibration(path: str | Path, sensor: str = "") -> Intrinsics:
     key and the problem.
     """
     p = Path(path).expanduser()
+    if not p.exists() and not p.is_absolute():
+        from fhgs_ros.config import default_config_path
+        cfg = default_config_path()  # a relative path may name a file shipped in the package's config/
+        if cfg is not None and (cfg.parent.parent / p).exists():
+            p = cfg.parent.parent / p
+        elif cfg is not None and (cfg.parent / p).exists():
+            p = cfg.parent / p
     if not p.exists():
         raise CalibrationError(f"{p}: calibration file does not exist")
     if p.is_dir():
