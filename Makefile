@@ -10,6 +10,7 @@ NATIVE_SRC := $(wildcard fhgs_ros/cuda/*.h fhgs_ros/cuda/*.cpp fhgs_ros/cuda/*.c
 DEMO_OUT ?= demo_out
 SAM_CHECKPOINT ?=
 DATA ?=
+DEMO_ARGS ?=
 
 .PHONY: setup test demo bench clean
 
@@ -35,7 +36,7 @@ test: setup
 	$(PY) -m pytest -q test
 
 demo: setup
-	$(PY) -m fhgs_ros.demo --out $(DEMO_OUT) $(if $(DATA),--data $(DATA)) $(if $(SAM_CHECKPOINT),--sam-checkpoint $(SAM_CHECKPOINT))
+	$(PY) -m fhgs_ros.demo --out $(DEMO_OUT) $(if $(DATA),--data $(DATA)) $(if $(SAM_CHECKPOINT),--sam-checkpoint $(SAM_CHECKPOINT)) $(DEMO_ARGS)
 
 bench: setup
 	$(VENV)/bin/fhgs-bench all

@@ -140,14 +140,15 @@ def _depth_png(depth: torch.Tensor, alpha: torch.Tensor, lo: float, hi: float) -
     return (d * 255).round().to(torch.uint8).cpu().numpy()
 
 
-def write_renders(mapper: Mapper, ds: Dataset, views: list[int], out: Path, pca=None) -> None:
+def write_renders(surfels, ds: Dataset, views: list[int], out: Path, pca=None, background: torch.Tensor | None = None,
+                  backend: str = "auto") -> None:
+    """``out/renders/NNNN_{rgb,gt,depth,normal,features}.png`` of the dataset views ``views``."""
     rdir = out / "renders"
     rdir.mkdir(parents=True, exist_ok=True)
-    s = mapper.snapshot()
     with torch.no_grad():
         for i in views:
             fr = ds.frames[i]
-            r = render(s, fr.camera, background=mapper.background, render_features=True, backend=mapper.cfg.backend)
+            r = render(surfels, fr.camera, background=background, render_features=True, backend=backend)
             name = f"{i:04d}"
             save_png(rdir / f"{name}_rgb.png", _to_u8(r.rgb))
             save_png(rdir / f"{name}_gt.png", _to_u8(fr.image))
@@ -175,6 +176,46 @@ def visible_gt_points(ds: Dataset, views: list[int], n: int) -> torch.Tensor:
     seen[op] = True
     pts = pts[seen]
     return pts[torch.randperm(len(pts), generator=torch.Generator().manual_seed(2))[:n]]
+
+
+def evaluate_map_file(map_path: Path, ds: Dataset, cfg: FHGSConfig, views: list[int], out: Path | None = None,
+                      mesh_path: Path | None = None, train_views: list[int] | None = None) -> dict:
+    """Held-out metrics of a saved map (e.g. written by the node) on the dataset views ``views``:
+    PSNR, FE (sigma-gated / plain), FL1, label mIoU/accuracy (label features), surfel count, and the
+    Chamfer distance of ``mesh_path`` to the GT surface seen by ``train_views``. With ``out``, the
+    renders of those views go to ``out/renders``."""
+    from fhgs_ros.core.metrics import chamfer_distance, evaluate_views, sample_mesh_points
+    from fhgs_ros.core.storage import load_map
+
+    surfels, meta, extra = load_map(map_path)
+    sub = Dataset([ds.frames[i] for i in views], ds.root, label_names=ds.label_names)
+    feats = compute_features(sub, cfg, out or Path(map_path).parent)
+    ev = evaluate_views(surfels, sub.frames, feats.targets, label_vectors=feats.label_vectors,
+                        backend=cfg.mapper.backend)
+    m = {"psnr": ev["psnr"], "fe": ev["fe"], "fe_plain": ev["fe_plain"], "fl1": ev["fl1"],
+         "num_surfels": len(surfels), "test_views": len(views), "keyframes": len(meta.get("keyframes") or [])}
+    for k in ("label_accuracy", "label_miou"):
+        if k in ev:
+            m[k] = ev[k]
+    if out is not None:
+        pca = None
+        try:
+            from fhgs_ros.features.pca import FeaturePCA
+            pca = FeaturePCA.from_state(extra) if FeaturePCA.has_state(extra) else FeaturePCA.fit(
+                surfels.features_raw.float())
+        except (ImportError, KeyError, ValueError):
+            pca = None
+        write_renders(surfels, ds, views, out, pca, torch.tensor(cfg.mapper.background, dtype=torch.float32),
+                      cfg.mapper.backend)
+    if mesh_path is not None and Path(mesh_path).exists() and ds.gt_mesh is not None:
+        from fhgs_ros.core.mesh import read_mesh_ply
+        mesh = read_mesh_ply(mesh_path)
+        if len(mesh.faces):
+            a = sample_mesh_points(mesh.vertices, mesh.faces, 20000, seed=0)
+            b = visible_gt_points(ds, train_views or views, 20000)
+            cd = chamfer_distance(a, b)
+            m.update(chamfer=cd["chamfer"], chamfer_accuracy=cd["accuracy"], chamfer_completeness=cd["completeness"])
+    return m
 
 
 def run_offline(cfg: FHGSConfig, data: Path, out: Path, iterations: int | None = None) -> dict:
@@ -239,7 +280,7 @@ def run_offline(cfg: FHGSConfig, data: Path, out: Path, iterations: int | None =
     save_map(out / "map.safetensors", surfels, {"feature_model": feats.model_id, "feature_dim": feats.dim,
                                                 "keyframes": cams, "iterations": n_iter,
                                                 "ndfd": cfg.mapper.ndfd_enabled}, extra_tensors=extra)
-    write_renders(mapper, ds, test, out, pca)
+    write_renders(surfels, ds, test, out, pca, mapper.background, cfg.mapper.backend)
     if ds.gt_mesh is not None:
         from fhgs_ros.core.mesh import mesh_from_surfels, write_mesh_ply
         from fhgs_ros.core.metrics import chamfer_distance, sample_mesh_points
