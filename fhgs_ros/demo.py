@@ -91,7 +91,8 @@ def bag_setup(bag: Path) -> tuple[list[str], dict, str]:
     if "/camera/image_raw" in topics:
         pose = {"/tf": "tf", "/camera/pose": "pose", "/odom": "odom"}
         src = next((v for k, v in pose.items() if k in topics), "tf")
-        return CONVERTER_REMAP, {"node": {"pose_source": src}}, "fhgs-bag convert layout"
+        remap = [r for r in CONVERTER_REMAP if r.split(":=")[0] in topics]
+        return remap, {"node": {"pose_source": src}}, "fhgs-bag convert layout"
     return [], {}, "unknown layout (node inputs /image, /camera_info, ... expected; use --remap)"
 
 
@@ -146,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
         log.info("writing %s as a ROS 2 bag %s (held-out views left out)", data, bag)
         write_dataset_bag(data, bag, holdout_every=HOLDOUT_EVERY, pose_mode="tf", overwrite=True,
                           with_labels=ds.label_names is not None)
+        remap, extra, layout = bag_setup(bag)
+        params = _merge(params, extra)
         if params["features"]["extractor"] == "label":
             if not ds.label_names:
                 print("fhgs-demo: error: the dataset has no labels: give SAM_CHECKPOINT=...", file=sys.stderr)

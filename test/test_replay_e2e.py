@@ -58,3 +58,48 @@ def test_replayed_bag_through_node_matches_offline_mapper(tmp_path):
     # the demo's 128x96 scene reaches ~26 dB and mIoU ~0.93 through the same path)
     assert ev_off["psnr"] > 12.0 and ev_node["num_surfels"] > 500
     assert ev_node["label_miou"] > 0.4
+
+
+@pytest.mark.timeout(300)
+def test_rate_playback_drives_the_node_clock(tmp_path):
+    """``--rate 2``: real-time scaled playback with /clock; the node (continuous mode, default
+    best-effort image QoS) runs on bag time: its /diagnostics stamps fall inside the bag's span."""
+    import subprocess
+    import sys
+    import time
+
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+
+    from fhgs_ros.ros.harness import NodeProcess, Spinner, free_domain_id, ros_env, write_params
+    from fhgs_ros.ros.streamer import Capture
+
+    ds = synthetic_dataset(width=48, height=36, num_frames=6, seed=1, num_points=300)
+    bag = tmp_path / "bag"
+    start = 1_700_000_000.0
+    write_frames_bag(ds.frames, bag, pose_mode="pose", rate_hz=4.0, start_time_s=start, storage="mcap")
+    dom = free_domain_id()
+    params = write_params(tmp_path / "p.yaml", {
+        "features": {"extractor": "label", "num_labels": len(ds.label_names), "dim": 8},
+        "node": {"pose_source": "pose", "steps_per_keyframe": 5, "kf_min_translation": 0.0,
+                 "kf_min_rotation_deg": 0.0, "diagnostics_period": 0.1, "mesh_period": 0.0}})
+    node = NodeProcess(params, tmp_path / "node.log", dom, ["-p", "use_sim_time:=true"])
+    sp = Spinner(dom)
+    try:
+        listener = sp.add(rclpy.create_node("diag_listener", context=sp.context))
+        diag = Capture(listener, DiagnosticArray, "/diagnostics")
+        node.wait_ready(90)
+        t0 = time.monotonic()
+        r = subprocess.run([sys.executable, "-m", "fhgs_ros.ros.replay", str(bag), "--rate", "2",
+                            "--remap", *REMAP[:2], "/camera/depth/image:=/depth", "/camera/labels:=/labels",
+                            "/camera/pose:=/pose"], env=ros_env(dom), capture_output=True, text=True, timeout=200)
+        wall = time.monotonic() - t0
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "replayed 30 messages (6 images" in r.stdout, r.stdout
+        assert wall >= 1.25 / 2, wall  # 1.25 s of bag at 2x
+        stamps = [m.header.stamp.sec + m.header.stamp.nanosec * 1e-9 for m in diag.msgs]
+        bag_time = [t for t in stamps if start - 1 <= t <= start + 10]
+        assert bag_time, f"no /diagnostics stamped in bag time: {stamps[-5:]}"
+    finally:
+        sp.close()
+        node.stop()

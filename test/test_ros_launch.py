@@ -1,4 +1,4 @@
-"""launch/fhgs_mapping.launch.py and config/fhgs.rviz, tested without launch / launch_ros (not installable
+"""launch/fhgs_mapping.launch.py, launch/fhgs_bag_mapping.launch.py and config/fhgs.rviz, tested without launch / launch_ros (not installable
 here): the launch file parses, runs against minimal stand-ins of the launch_ros API, declares the
 documented arguments, starts the ``fhgs-node`` console script of this package with the parameter file
 and the overrides, and every file and executable it names exists. The RViz config names the node's
@@ -18,6 +18,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch" / "fhgs_mapping.launch.py"
+BAG_LAUNCH = REPO / "launch" / "fhgs_bag_mapping.launch.py"
 
 
 class _Sub:
@@ -31,6 +32,8 @@ class _Sub:
             return context.launch_configurations[self.parts[0]]
         if self.kind == "share":
             return f"/opt/ws/install/{self.parts[0]}/share/{self.parts[0]}"
+        if self.kind == "prefix":
+            return f"/opt/ws/install/{self.parts[0]}"
         out = []
         for p in self.parts[0]:
             out.append(p.perform(context) if hasattr(p, "perform") else str(p))
@@ -60,20 +63,32 @@ def _stub_modules(monkeypatch):
         def __init__(self, **kw):
             self.kw = kw
 
+    class Action:  # ExecuteProcess, RegisterEventHandler, EmitEvent, OnProcessExit, Shutdown
+        def __init__(self, **kw):
+            self.kw = kw
+
     launch.LaunchDescription = LaunchDescription
     actions.DeclareLaunchArgument, actions.OpaqueFunction = DeclareLaunchArgument, OpaqueFunction
+    for name in ("ExecuteProcess", "RegisterEventHandler", "EmitEvent"):
+        setattr(actions, name, type(name, (Action,), {}))
+    handlers = types.ModuleType("launch.event_handlers")
+    handlers.OnProcessExit = type("OnProcessExit", (Action,), {})
+    events = types.ModuleType("launch.events")
+    events.Shutdown = type("Shutdown", (Action,), {})
     subs.LaunchConfiguration = lambda name: _Sub(name, kind="config")
     subs.PathJoinSubstitution = lambda parts: _Sub(parts)
     lr_actions.Node = Node
     lr_subs.FindPackageShare = lambda pkg: _Sub(pkg, kind="share")
+    lr_subs.FindPackagePrefix = lambda pkg: _Sub(pkg, kind="prefix")
     for name, mod in {"launch": launch, "launch.actions": actions, "launch.substitutions": subs, "launch_ros": lr,
+                      "launch.event_handlers": handlers, "launch.events": events,
                       "launch_ros.actions": lr_actions, "launch_ros.substitutions": lr_subs}.items():
         monkeypatch.setitem(sys.modules, name, mod)
 
 
-def _load(monkeypatch):
+def _load(monkeypatch, path: Path = LAUNCH):
     _stub_modules(monkeypatch)
-    spec = importlib.util.spec_from_file_location("fhgs_mapping_launch", LAUNCH)
+    spec = importlib.util.spec_from_file_location(path.stem.replace(".", "_"), path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
@@ -158,3 +173,47 @@ def test_rviz_config_displays_topics_and_fixed_frame():
     src = (REPO / "fhgs_ros" / "ros" / "mapper_node.py").read_text()
     for t in topics:
         assert f'"{t}"' in src, t
+
+
+def test_bag_mapping_launch_starts_node_on_sim_time_and_the_replayer(monkeypatch):
+    mod = _load(monkeypatch, BAG_LAUNCH)
+    ld = mod.generate_launch_description()
+    decls = {a.name: a for a in ld if type(a).__name__ == "DeclareLaunchArgument"}
+    for name in ("bag", "rate", "remap", "params_file", "extra_params_file", "sam_checkpoint", "map_path", "rviz"):
+        assert name in decls and decls[name].description
+    opaque = [a for a in ld if type(a).__name__ == "OpaqueFunction"][0]
+
+    def run(**cfg):
+        values = {n: (d.default_value.perform(None) if hasattr(d.default_value, "perform") else d.default_value)
+                  for n, d in decls.items()}
+        values.update(cfg)
+        return opaque.function(types.SimpleNamespace(launch_configurations=values))
+
+    with pytest.raises(RuntimeError, match="'bag' argument is required"):
+        run()
+    node, replay, handler = run(bag="/data/run1/", remap="/camera/fisheye1/image_raw:=/image /camera/odom/sample:=/odom",
+                                extra_params_file="/opt/ws/install/fhgs_ros/share/fhgs_ros/config/t265.yaml",
+                                sam_checkpoint="/data/sam_vit_b.pth")
+    kw = node.kw
+    assert kw["executable"] == "fhgs-node" and kw["parameters"][1].endswith("config/t265.yaml")
+    ov = kw["parameters"][2]
+    assert ov["use_sim_time"] is True and ov["node.step_mode"] == "budget" and ov["node.sensor_qos"] == "reliable"
+    assert ov["node.map_path"] == "/data/run1_map.safetensors" and ov["features.extractor"] == "sam"
+    from fhgs_ros.ros.params import default_parameters
+    assert set(ov) - {"use_sim_time"} <= set(default_parameters())
+    cmd = replay.kw["cmd"]
+    assert cmd[0] == "/opt/ws/install/fhgs_ros/lib/fhgs_ros/fhgs-replay" and cmd[1] == "/data/run1"
+    assert "--fast" in cmd and cmd[cmd.index("--remap") + 1:] == ["/camera/fisheye1/image_raw:=/image",
+                                                                  "/camera/odom/sample:=/odom"]
+    # the replayer accepts exactly these arguments
+    from fhgs_ros.ros.replay import build_parser
+    a = build_parser().parse_args(cmd[1:])
+    assert a.fast and a.remap == ["/camera/fisheye1/image_raw:=/image", "/camera/odom/sample:=/odom"]
+    assert handler.kw["event_handler"].kw["target_action"] is replay
+    # a playback rate instead of --fast: no budget mode
+    node, replay, _ = run(bag="/data/run1", rate="2.0")
+    assert "node.step_mode" not in node.kw["parameters"][-1]
+    assert replay.kw["cmd"][-2:] == ["--rate", "2.0"]
+    setup = (REPO / "setup.py").read_text()
+    assert re.search(r'"fhgs-replay\s*=\s*fhgs_ros\.ros\.replay:main"', setup)
+    assert (REPO / "config" / "t265.yaml").is_file() and (REPO / "config" / "t265_fisheye1.yaml").is_file()

@@ -293,12 +293,22 @@ class MappingEngine:
             t.start()
             self._threads.append(t)
 
-    def stop(self, timeout: float = 5.0) -> None:
+    def stop(self, timeout: float = 5.0, final_save: bool = True) -> None:
+        """Stop the threads; with ``node.map_path`` set, save a map that changed since the last save
+        (a clean shutdown, e.g. Ctrl-C at the end of a bag, loses nothing)."""
+        started = bool(self._threads)
         self._stop.set()
         self._save_request.set()
         for t in self._threads:
             t.join(timeout)
         self._threads.clear()
+        st = self.state
+        if (final_save and started and self.ncfg.map_path and st.version != self._last_save_version
+                and (len(st.surfels) or st.cameras)):
+            ok, msg = self._write(self.ncfg.map_path, st)
+            if ok:
+                self._last_save_version = st.version
+            self.info(f"final save on shutdown: {msg}")
 
     def alive(self) -> bool:
         return all(t.is_alive() for t in self._threads) if self._threads else False

@@ -13,7 +13,7 @@ one (``mapper_status``, fhgs_interfaces/MapperStatus), so nothing is dropped and
 ``--offline`` feeds the bag straight into the same input pipeline and mapper in this process
 (:mod:`fhgs_ros.ros.bag_mapping`), deterministically, and saves the map.
 
-Exit codes: 0 done; 1 the node mapped nothing / images were lost; 2 unusable bag, topics or
+Exit codes: 0 done; 1 the node mapped nothing, or (--fast) images were lost; 2 unusable bag, topics or
 parameters; 3 no mapping node reachable.
 """
 
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import logging
 import sys
 import threading
@@ -185,7 +184,35 @@ def replay_dds(reader, args, topics: list[str], image_topic: str | None) -> tupl
             return 3, summary
         base = watch.msg
         base_done = base.images_done if base is not None else 0
+        base_recv = base.images_received if base is not None else 0
         base_kf = base.keyframes if base is not None else 0
+        if image_topic is not None:
+            try:
+                infos = node.get_subscriptions_info_by_topic(image_topic)
+                if infos and all(i.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT for i in infos):
+                    log.warning("the node subscribes to %s best-effort: large images can be lost on the way; "
+                                "run it with -p node.sensor_qos:=reliable for lossless replay", image_topic)
+            except Exception:  # noqa: BLE001 - graph introspection is advisory only
+                pass
+
+        def wait_done(sent: int, timeout: float, settle: float) -> str:
+            """Until the node has finished ``sent`` images: 'ok'; 'lost' when it sits idle for ``settle``
+            seconds without having received them all; 'timeout'."""
+            end = time.monotonic() + timeout
+            idle_since = None
+            while time.monotonic() < end:
+                st = watch.msg
+                if st is not None and st.images_done >= base_done + sent:
+                    return "ok"
+                now = time.monotonic()
+                if st is not None and st.idle and st.images_received < base_recv + sent:
+                    idle_since = idle_since or now
+                    if now - idle_since >= settle:
+                        return "lost"
+                else:
+                    idle_since = None
+                watch.wait(lambda m, st=st: m is not st, 0.5)
+            return "timeout"
 
         def publish_clock(t_ns: int) -> None:
             if clock_pub is not None:
@@ -203,11 +230,12 @@ def replay_dds(reader, args, topics: list[str], image_topic: str | None) -> tupl
                 bag_t0 = m.log_time_ns
             if args.fast:
                 if m.topic == image_topic and sent_images:
-                    need = base_done + sent_images
-                    if not watch.wait(lambda s: s.images_done >= need, args.frame_timeout):
+                    got = wait_done(sent_images, args.frame_timeout, settle=10.0)
+                    if got != "ok":
                         lost += 1
-                        log.warning("the node has not finished image %d within %.0f s; going on", sent_images,
-                                    args.frame_timeout)
+                        log.warning("image %d: %s; going on", sent_images,
+                                    "never reached the node" if got == "lost" else
+                                    f"the node has not finished it within {args.frame_timeout:.0f} s")
             else:
                 due = t0 + (m.log_time_ns - bag_t0) * 1e-9 / args.rate
                 while True:
@@ -227,9 +255,9 @@ def replay_dds(reader, args, topics: list[str], image_topic: str | None) -> tupl
         summary.images = sent_images
         summary.bag_seconds = 0.0 if bag_t0 is None else (last_t - bag_t0) * 1e-9
         # the node finishes the last frames
-        if watch.msg is not None or args.fast:
-            need = base_done + sent_images
-            if not watch.wait(lambda s: s.images_done >= need, args.frame_timeout):
+        if watch.msg is not None:
+            got = wait_done(sent_images, args.frame_timeout, settle=10.0 if args.fast else 2.0)
+            if got == "timeout":
                 log.warning("the node did not finish all images within %.0f s", args.frame_timeout)
         summary.seconds = time.monotonic() - t0
         s = watch.msg
@@ -247,14 +275,14 @@ def replay_dds(reader, args, topics: list[str], image_topic: str | None) -> tupl
         code = 0
         if s is not None and summary.keyframes == 0 and sent_images:
             code = 1
-        if summary.images_lost:
+        if summary.images_lost and args.fast:  # --fast promises no drops; --rate reports them only
             code = 1
         return code, summary
     finally:
-        ex.shutdown(timeout_sec=1)
+        ex.shutdown(timeout_sec=2)
+        spin.join(5)  # a still-running executor thread at interpreter exit aborts the process
         node.destroy_node()
-        if rclpy.ok():
-            rclpy.shutdown()
+        rclpy.try_shutdown()
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,7 +297,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rename bag topics, e.g. /camera/image_raw:=/image")
     p.add_argument("--start", type=float, default=0.0, help="[s] skip this much of the bag's beginning")
     p.add_argument("--duration", type=float, default=None, help="[s] play only this long")
-    p.add_argument("--topics", nargs="+", default=None, help="play only these topics (names after --remap)")
+    p.add_argument("--topics", nargs="+", default=None,
+                   help="play (--offline: read) only these topics (names after --remap)")
     p.add_argument("--skip-unknown", action="store_true",
                    help="leave out topics whose message type is unknown here instead of failing")
     p.add_argument("--image-topic", help="colour image topic for --fast flow control (default: detected)")
@@ -304,7 +333,7 @@ def main(argv: list[str] | None = None) -> int:
             flat = load_params(args.params_file or default_config_path(), args.param)
             out = args.out or Path(str(Path(args.bag).resolve()).rstrip("/") + "_map.safetensors")
             report, _ = map_bag(args.bag, flat, out, remap=remap, start=args.start, duration=args.duration,
-                                namespace=args.namespace)
+                                namespace=args.namespace, only=args.topics)
             for line in report.lines():
                 print(line, flush=True)
             if args.summary_json:
