@@ -24,6 +24,7 @@ from typing import Any
 import yaml
 
 from fhgs_ros.config import ConfigError
+from fhgs_ros.ros.calibration import calibration_from_params
 from fhgs_ros.ros.engine import Counters, MappingEngine, Problems, build_extractor
 from fhgs_ros.ros.ingest import Ingest
 from fhgs_ros.ros.params import build_config, default_parameters
@@ -118,8 +119,12 @@ def load_params(params_file: str | Path | None, overrides: list[str] | None = No
 
 def map_bag(bag: str | Path, flat_params: dict[str, Any], out: str | Path | None = None, *,
             remap: dict[str, str] | None = None, start: float = 0.0, duration: float | None = None,
-            namespace: str = "/", progress: bool = True) -> tuple[BagMappingReport, MappingEngine]:
+            namespace: str = "/", progress: bool = True, only: list[str] | None = None
+            ) -> tuple[BagMappingReport, MappingEngine]:
     """Map ``bag`` with the node's parameters ``flat_params``; save the map to ``out`` (atomic).
+
+    ``only``: read just these bag topics (names after ``remap``; each must exist), like
+    ``fhgs-replay --topics`` over DDS; None = every topic that feeds a node input.
 
     Raises BagError (unreadable bag, missing or mistyped input topics, unknown message types)
     and ConfigError (parameters)."""
@@ -129,15 +134,12 @@ def map_bag(bag: str | Path, flat_params: dict[str, Any], out: str | Path | None
 
     t0 = time.perf_counter()
     cfg, ncfg = build_config(flat_params)
+    if ncfg.torch_threads > 0:  # as the node does
+        import torch
+        torch.set_num_threads(ncfg.torch_threads)
     extractor = build_extractor(cfg)
     need_labels = getattr(extractor, "input_kind", "image") == "labels"
-    fixed = None
-    if ncfg.camera_info_file:
-        from fhgs_ros.ros.calibration import CalibrationError, load_calibration
-        try:
-            fixed = load_calibration(ncfg.camera_info_file, ncfg.camera_info_sensor)
-        except (CalibrationError, OSError) as exc:
-            raise ConfigError(f"node.camera_info_file: {exc}") from None
+    fixed = calibration_from_params(ncfg)
     problems = Problems(logger=log.warning)
     counters = Counters()
     engine = MappingEngine(cfg, ncfg, extractor, problems, counters)
@@ -145,8 +147,10 @@ def map_bag(bag: str | Path, flat_params: dict[str, Any], out: str | Path | None
     report = BagMappingReport(str(bag))
 
     with BagReader(bag, remap=remap) as reader:
+        if only is not None:
+            reader.require({t: None for t in only})
         topics = {name: input_topic(name, namespace) for name in NODE_INPUTS}
-        present = {name: t for name, t in topics.items() if t in reader.topics}
+        present = {name: t for name, t in topics.items() if t in reader.topics and (only is None or t in only)}
         image_inputs = [n for n in ("image", "image/compressed") if n in present]
         if not image_inputs:
             raise BagError(_missing(reader, topics["image"], "the colour image stream (node input 'image')"))
@@ -220,5 +224,14 @@ def map_bag(bag: str | Path, flat_params: dict[str, Any], out: str | Path | None
 
 def _missing(reader, topic: str, what: str) -> str:
     have = ", ".join(f"{t} ({i.msgtype})" for t, i in sorted(reader.topics.items())) or "none"
-    return (f"bag {reader.path}: no topic '{topic}' for {what}; the bag has: {have}. Map bag topics onto the node "
-            f"inputs with --remap, e.g. --remap /camera/image_raw:={topic}")
+    # the --remap example: a bag topic of a type the input accepts, preferably named like it
+    name = next((n for n in NODE_INPUTS if topic == n or topic.endswith("/" + n.lstrip("/"))), "")
+    types = NODE_INPUTS.get(name, ()) + (NODE_INPUTS["image/compressed"] if name == "image" else ())
+    stem = {"labels": "label", "camera_info": "info"}.get(name.strip("/"), name.strip("/"))
+    cands = sorted((t for t, i in reader.topics.items() if i.msgtype in types and t != topic),
+                   key=lambda t: (stem not in t.lower(),
+                                  any(w in t.lower() for w in ("depth", "label", "mask", "seg") if w != stem), t))
+    tail = ("Map bag topics onto the node inputs with --remap, e.g. --remap "
+            f"{reader.topics[cands[0]].original}:={topic}" if cands
+            else f"None of them has the type {' or '.join(types)}" if types else "")
+    return f"bag {reader.path}: no topic '{topic}' for {what}; the bag has: {have}. {tail}".rstrip()

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from fhgs_ros.ros.imageproc import InputError, Intrinsics, make_intrinsics
 
-__all__ = ["CalibrationError", "load_calibration", "SUPPORTED_MODELS"]
+__all__ = ["CalibrationError", "load_calibration", "calibration_from_params", "SUPPORTED_MODELS"]
 
 # model -> (parameter names after w h, ROS distortion model)
 _MODELS: dict[str, tuple[tuple[str, ...], str]] = {
@@ -270,3 +270,15 @@ def load_calibration(path: str | Path, sensor: str = "") -> Intrinsics:
     if _COLMAP_LINE.match(data[0]):
         return _load_colmap(text, p, sensor)
     return _load_yaml(text, p)
+
+
+def calibration_from_params(ncfg) -> Intrinsics | None:
+    """The camera of ``node.camera_info_file`` / ``node.camera_info_sensor`` (None when unset);
+    a bad file raises ConfigError naming the parameter (the node refuses to start)."""
+    if not ncfg.camera_info_file:
+        return None
+    from fhgs_ros.config import ConfigError
+    try:
+        return load_calibration(ncfg.camera_info_file, ncfg.camera_info_sensor)
+    except (CalibrationError, OSError) as exc:
+        raise ConfigError(f"node.camera_info_file: {exc}") from None

@@ -159,30 +159,31 @@ class Ingest:
             return self.problems.report(exc)
         self.assembler.add_info(stamp_of(msg.header), intr)
 
-    def depth(self, msg, now: float) -> None:
-        self.counters.tick("depth", now)
+    def _aux_image(self, msg, now: float, kind: str, decode) -> Any:
+        """Decoded depth / label image, or None (rejection reported)."""
+        self.counters.tick(kind, now)
         if int(msg.width) * int(msg.height) > self.ncfg.max_input_pixels:
-            return self.problems.report(InputError("image_too_large", f"depth {msg.width}x{msg.height} exceeds "
-                                                                      f"node.max_input_pixels; dropped"))
+            self.problems.report(InputError("image_too_large", f"{kind} {msg.width}x{msg.height} exceeds "
+                                                               f"node.max_input_pixels; dropped"))
+            return None
         try:
-            d = decode_depth(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian),
-                             what=f"depth ({msg.width}x{msg.height} {msg.encoding})")
+            return decode(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian),
+                          what=f"{kind} ({msg.width}x{msg.height} {msg.encoding})")
         except InputError as exc:
-            return self.problems.report(exc)
-        self.assembler.add_depth(stamp_of(msg.header), d, now)
+            self.problems.report(exc)
+            return None
+
+    def depth(self, msg, now: float) -> None:
+        """sensor_msgs/Image depth (16UC1 mm / 32FC1 m), registered to the colour image."""
+        d = self._aux_image(msg, now, "depth", decode_depth)
+        if d is not None:
+            self.assembler.add_depth(stamp_of(msg.header), d, now)
 
     def labels(self, msg, now: float) -> None:
         """sensor_msgs/Image of integer label ids (16UC1 / mono16 / 8UC1 / mono8), registered to the image."""
-        self.counters.tick("labels", now)
-        if int(msg.width) * int(msg.height) > self.ncfg.max_input_pixels:
-            return self.problems.report(InputError("image_too_large", f"labels {msg.width}x{msg.height} exceed "
-                                                                      f"node.max_input_pixels; dropped"))
-        try:
-            lab = decode_labels(msg.encoding, msg.height, msg.width, msg.step, msg.data, bool(msg.is_bigendian),
-                                what=f"labels ({msg.width}x{msg.height} {msg.encoding})")
-        except InputError as exc:
-            return self.problems.report(exc)
-        self.assembler.add_labels(stamp_of(msg.header), lab)
+        lab = self._aux_image(msg, now, "labels", decode_labels)
+        if lab is not None:
+            self.assembler.add_labels(stamp_of(msg.header), lab)
 
     def body_pose(self, pose, header, what: str) -> None:
         """A pose of the tracked body in map_frame (PoseStamped / Odometry); camera = body * extrinsic."""

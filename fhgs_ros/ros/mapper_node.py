@@ -57,6 +57,7 @@ from fhgs_ros.core.camera import Camera
 from fhgs_ros.ros import conversions as conv
 from fhgs_ros.ros.engine import (Counters, MappingEngine, MapState, Problems, build_extractor,
                                  cleanup_stale_temp_files, memory_mb)
+from fhgs_ros.ros.calibration import calibration_from_params
 from fhgs_ros.ros.imageproc import InputError, fit_size
 from fhgs_ros.ros.ingest import Ingest
 from fhgs_ros.ros.params import build_config, default_parameters, describe_parameters
@@ -96,13 +97,8 @@ class FHGSNode(Node):
                                     on_keyframe=lambda st: self._render_event.set(), on_save=self._on_autosave,
                                     info=self.log.info)
         nc = self.ncfg
-        fixed = None
-        if nc.camera_info_file:
-            from fhgs_ros.ros.calibration import CalibrationError, load_calibration
-            try:
-                fixed = load_calibration(nc.camera_info_file, nc.camera_info_sensor)
-            except (CalibrationError, OSError) as exc:
-                raise ConfigError(f"node.camera_info_file: {exc}") from None
+        fixed = calibration_from_params(nc)
+        if fixed is not None:
             self.log.info(f"camera from {nc.camera_info_file}: {fixed.width}x{fixed.height} {fixed.model or 'pinhole'}"
                           f" fx {fixed.fx:.2f} fy {fixed.fy:.2f} (camera_info messages ignored)")
         self._depth_sub = None
