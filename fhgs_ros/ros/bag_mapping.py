@@ -25,7 +25,7 @@ import yaml
 
 from fhgs_ros.config import ConfigError
 from fhgs_ros.ros.calibration import calibration_from_params
-from fhgs_ros.ros.engine import Counters, MappingEngine, Problems, build_extractor
+from fhgs_ros.ros.engine import Counters, MappingEngine, Problems, build_extractor, drop_lines
 from fhgs_ros.ros.ingest import Ingest
 from fhgs_ros.ros.params import build_config, default_parameters
 from fhgs_ros.ros.tf import TransformBuffer, apply_tf_message
@@ -77,9 +77,7 @@ class BagMappingReport:
                f"{self.surfels} surfels after {self.iterations} iterations in {self.seconds:.1f} s"]
         if self.images_skipped:
             out.append(f"skipped {self.images_skipped} of {self.images} images:")
-        for k, n in sorted(self.skipped.items(), key=lambda kv: -kv[1]):
-            out.append(f"  {k}: {n}  ({self.reasons.get(k, '')})")
-        return out
+        return out + drop_lines(self.skipped, self.reasons)
 
 
 def load_params(params_file: str | Path | None, overrides: list[str] | None = None,

@@ -68,6 +68,11 @@ class Problems:
             return dict(self.counts)
 
 
+def drop_lines(counts: dict[str, int], reasons: dict[str, str], indent: str = "  ") -> list[str]:
+    """One line per rejection / drop kind, most frequent first: ``<kind>: <count>  (<last reason>)``."""
+    return [f"{indent}{k}: {n}  ({reasons.get(k, '')})" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]) if n]
+
+
 class Counters:
     """Thread-safe named counters and event-rate estimators."""
 

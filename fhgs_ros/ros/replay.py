@@ -93,11 +93,9 @@ class ReplaySummary:
                f"({self.keyframes_per_s:.2f} kf/s), {self.surfels} surfels, {self.iterations} iterations"]
         if self.images_lost:
             out.append(f"{self.images_lost} images never reached the node (lost in transport or node too slow)")
-        skipped = {k: v for k, v in self.drops.items() if v}
-        if skipped:
-            out.append("node rejected inputs / skipped frames:")
-            for k, n in sorted(skipped.items(), key=lambda kv: -kv[1]):
-                out.append(f"  {k}: {n}  ({self.reasons.get(k, '')})")
+        if any(self.drops.values()):
+            from fhgs_ros.ros.engine import drop_lines
+            out += ["node rejected inputs / skipped frames:"] + drop_lines(self.drops, self.reasons)
         return out
 
     def to_dict(self) -> dict:
