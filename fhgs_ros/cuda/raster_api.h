@@ -115,6 +115,41 @@ struct RasterArgs {
   float* d_colors = nullptr;        // (N, 3)
 };
 
+// ---- per-pixel steps shared by both backends' forward / backward loops
+// The lever of pixel (x, y): its bilinear GT-grid cells and 1 / |F_gt| (0 before cpu/cuda_lever).
+FHGS_HD PixLever pixel_lever(const RasterArgs& a, int x, int y, int64_t pix) {
+  PixLever pl;
+  pl.c0x = a.col_c0[x]; pl.dx1 = a.col_dx1[x]; pl.fx = a.col_f[x];
+  pl.c0y = a.row_c0[y]; pl.dy1 = a.row_dy1[y]; pl.fy = a.row_f[y];
+  pl.invn = a.invn ? a.invn[pix] : 0.0f;
+  return pl;
+}
+
+// Write a composited pixel: the output images and the state the backward needs.
+FHGS_HD void store_pixel(const RasterArgs& a, const PixelState& st, int64_t pix, int64_t npix) {
+  for (int c = 0; c < 3; ++c) {
+    a.out_rgb[c * npix + pix] = st.rgb[c] + st.T * a.bg[c];
+    a.out_normal[c * npix + pix] = st.normal[c];
+  }
+  a.out_alpha[pix] = 1.0f - st.T;
+  a.out_depth[pix] = st.depth;
+  a.out_median[pix] = st.med_z;
+  a.out_dist[pix] = (float)st.dist;
+  a.out_ncontrib[pix] = st.n_contrib;
+  a.pix_state[pix] = st.T;
+  a.pix_state[npix + pix] = st.m0;
+  a.pix_state[2 * npix + pix] = st.W;
+  a.pix_state[3 * npix + pix] = st.M1;
+  a.pix_state[4 * npix + pix] = st.M2;
+  a.pix_idx[pix] = st.last;
+  a.pix_idx[npix + pix] = st.med_idx;
+  a.pix_idx[2 * npix + pix] = st.n_contrib;
+  if (a.D > 0) {
+    a.out_ext[pix] = st.ext;
+    a.out_int[pix] = st.intl;
+  }
+}
+
 // ---- CPU backend (raster_cpu.cpp)
 void cpu_preprocess(RasterArgs& a);
 void cpu_bin(RasterArgs& a);

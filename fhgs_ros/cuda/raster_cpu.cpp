@@ -64,14 +64,6 @@ void pack_tile(const RasterArgs& a, int64_t s, int64_t e, std::vector<Ent>& ents
   }
 }
 
-inline PixLever make_pixlever(const RasterArgs& a, int x, int y, int64_t pix) {
-  PixLever pl;
-  pl.c0x = a.col_c0[x]; pl.dx1 = a.col_dx1[x]; pl.fx = a.col_f[x];
-  pl.c0y = a.row_c0[y]; pl.dy1 = a.row_dy1[y]; pl.fy = a.row_f[y];
-  pl.invn = a.invn ? a.invn[pix] : 0.0f;
-  return pl;
-}
-
 // Per-row entry lists of a tile: for row r, the (tile-relative) indices of the entries whose box
 // covers that row, in list order. The per-pixel loops then only test the column range.
 void build_rows(const std::vector<Ent>& ents, int y0, int nrows, std::vector<int>& rows, int* row_start) {
@@ -120,7 +112,7 @@ void forward_tile(const RasterArgs& a, int tile, Scratch& sc) {
       PixLever pl;
       if (ndfd) {
         memset(F, 0, sizeof(float) * D);
-        pl = make_pixlever(a, px, py, pix);
+        pl = pixel_lever(a, px, py, pix);
       }
       if (Dr > 0) memset(FV, 0, sizeof(float) * Dr);
       float* rec = nullptr;  // this pixel's contributor records
@@ -158,28 +150,8 @@ void forward_tile(const RasterArgs& a, int tile, Scratch& sc) {
         }
         if (Dr > 0) feature_blend_pass_host(FV, a.fvalues + (int64_t)en.sid * Dr, Dr, w);
       }
-      for (int c = 0; c < 3; ++c) {
-        a.out_rgb[c * npix + pix] = st.rgb[c] + st.T * a.bg[c];
-        a.out_normal[c * npix + pix] = st.normal[c];
-      }
-      a.out_alpha[pix] = 1.0f - st.T;
-      a.out_depth[pix] = st.depth;
-      a.out_median[pix] = st.med_z;
-      a.out_dist[pix] = (float)st.dist;
-      a.out_ncontrib[pix] = st.n_contrib;
-      a.pix_state[pix] = st.T;
-      a.pix_state[npix + pix] = st.m0;
-      a.pix_state[2 * npix + pix] = st.W;
-      a.pix_state[3 * npix + pix] = st.M1;
-      a.pix_state[4 * npix + pix] = st.M2;
-      a.pix_idx[pix] = st.last;
-      a.pix_idx[npix + pix] = st.med_idx;
-      a.pix_idx[2 * npix + pix] = st.n_contrib;
+      store_pixel(a, st, pix, npix);
       coff += st.n_contrib;
-      if (ndfd) {
-        a.out_ext[pix] = st.ext;
-        a.out_int[pix] = st.intl;
-      }
       if (Dr > 0)
         for (int d = 0; d < Dr; ++d) a.out_feat[d * npix + pix] = FV[d];
     }

@@ -170,14 +170,6 @@ __device__ void load_entry(const RasterArgs& a, SharedBatch& sb, int slot, int64
   sb.loff[slot] = a.lever_off ? a.lever_off[sid] : 0;
 }
 
-__device__ PixLever pix_lever(const RasterArgs& a, int x, int y, int64_t pix) {
-  PixLever pl;
-  pl.c0x = a.col_c0[x]; pl.dx1 = a.col_dx1[x]; pl.fx = a.col_f[x];
-  pl.c0y = a.row_c0[y]; pl.dy1 = a.row_dy1[y]; pl.fy = a.row_f[y];
-  pl.invn = a.invn[pix];
-  return pl;
-}
-
 __global__ void __launch_bounds__(BLOCK) k_forward(RasterArgs a) {
   __shared__ SharedBatch sb;
   const int W = a.cam.width, H = a.cam.height;
@@ -200,7 +192,7 @@ __global__ void __launch_bounds__(BLOCK) k_forward(RasterArgs a) {
   float* FV = Dr > 0 ? a.out_feat + pix : nullptr;
   if (inside) {
     if (D > 0) {
-      pl = pix_lever(a, px, py, pix);
+      pl = pixel_lever(a, px, py, pix);
       for (int d = 0; d < D; ++d) F[d * npix] = 0.f;
     }
     for (int d = 0; d < Dr; ++d) FV[d * npix] = 0.f;
@@ -233,27 +225,7 @@ __global__ void __launch_bounds__(BLOCK) k_forward(RasterArgs a) {
     }
   }
   if (!inside) return;
-  for (int c = 0; c < 3; ++c) {
-    a.out_rgb[c * npix + pix] = st.rgb[c] + st.T * a.bg[c];
-    a.out_normal[c * npix + pix] = st.normal[c];
-  }
-  a.out_alpha[pix] = 1.0f - st.T;
-  a.out_depth[pix] = st.depth;
-  a.out_median[pix] = st.med_z;
-  a.out_dist[pix] = (float)st.dist;
-  a.out_ncontrib[pix] = st.n_contrib;
-  a.pix_state[pix] = st.T;
-  a.pix_state[npix + pix] = st.m0;
-  a.pix_state[2 * npix + pix] = st.W;
-  a.pix_state[3 * npix + pix] = st.M1;
-  a.pix_state[4 * npix + pix] = st.M2;
-  a.pix_idx[pix] = st.last;
-  a.pix_idx[npix + pix] = st.med_idx;
-  a.pix_idx[2 * npix + pix] = st.n_contrib;
-  if (D > 0) {
-    a.out_ext[pix] = st.ext;
-    a.out_int[pix] = st.intl;
-  }
+  store_pixel(a, st, pix, npix);
 }
 
 __device__ __forceinline__ float warp_sum(float v) {
@@ -306,7 +278,7 @@ __global__ void __launch_bounds__(BLOCK) k_backward(RasterArgs a) {
     nd_pass = D > 0 && g.intl != 0.f;
     pixel_back_init(b, g, a.bg, (float)a.pix_state[pix], a.pix_state[npix + pix], a.pix_state[2 * npix + pix],
                     a.pix_state[3 * npix + pix], a.pix_state[4 * npix + pix]);
-    if (nd_phi) pl = pix_lever(a, px, py, pix);
+    if (nd_phi) pl = pixel_lever(a, px, py, pix);
     if (nd_pass) {
       V = a.scratch + pix;
       S = a.scratch + (int64_t)D * npix + pix;
