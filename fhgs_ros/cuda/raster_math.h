@@ -624,30 +624,9 @@ inline void ndfd_backward_pass_host(float* V, float* S, const float* f, int D, f
 }
 
 // CPU backward pass when F_{k-1} . f_k is known from the forward record: returns
-// b = S^F_k . f_k and updates S += sw f_k.
+// b = S^F_k . f_k and updates S += sw f_k (the forward pass's dot-then-accumulate, on S).
 inline float ndfd_backward_pass_s_host(float* S, const float* f, int D, float sw) {
-  fv16 b0 = {}, b1 = {};
-  int d = 0;
-  for (; d + 32 <= D; d += 32) {
-    fv16 f0 = fv_load(f + d), f1 = fv_load(f + d + 16);
-    fv16 s0 = fv_load(S + d), s1 = fv_load(S + d + 16);
-    b0 += s0 * f0;
-    b1 += s1 * f1;
-    fv_store(S + d, s0 + sw * f0);
-    fv_store(S + d + 16, s1 + sw * f1);
-  }
-  for (; d + 16 <= D; d += 16) {
-    fv16 f0 = fv_load(f + d), s0 = fv_load(S + d);
-    b0 += s0 * f0;
-    fv_store(S + d, s0 + sw * f0);
-  }
-  float b = fv_sum(b0 + b1);
-  for (; d < D; ++d) {
-    float sv = S[d];
-    b += sv * f[d];
-    S[d] = sv + sw * f[d];
-  }
-  return b;
+  return ndfd_forward_pass_host(S, f, D, sw);
 }
 
 inline void feature_blend_pass_host(float* out, const float* f, int D, float w) {
