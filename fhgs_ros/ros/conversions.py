@@ -21,15 +21,13 @@ from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker
 
 from fhgs_ros.core.camera import Camera
-from fhgs_ros.ros.imageproc import (InputError, Intrinsics, decode_color, decode_compressed, decode_depth,
-                                    make_intrinsics, matrix_to_quat, pose_matrix)
+# stamp_to_sec, pose_to_matrix, transform_to_matrix live in imageproc (ROS-free); re-exported here.
+from fhgs_ros.ros.imageproc import (InputError, Intrinsics, decode_color, decode_compressed, decode_depth,  # noqa: F401
+                                    make_intrinsics, matrix_to_quat, pose_to_matrix, stamp_to_sec,
+                                    transform_to_matrix)
 
 
 # ----------------------------------------------------------------------------- time
-def stamp_to_sec(stamp) -> float:
-    return float(stamp.sec) + float(stamp.nanosec) * 1e-9
-
-
 def sec_to_stamp(t: float) -> Time:
     t = max(0.0, float(t))
     sec = int(math.floor(t))
@@ -169,16 +167,6 @@ def feature_image_to_array(msg) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- geometry
-def pose_to_matrix(pose: Pose, tolerance: float = 1e-2, what: str = "pose") -> np.ndarray:
-    p, q = pose.position, pose.orientation
-    return pose_matrix((p.x, p.y, p.z), (q.x, q.y, q.z, q.w), tolerance, what)
-
-
-def transform_to_matrix(tr: Transform, tolerance: float = 1e-2, what: str = "transform") -> np.ndarray:
-    t, q = tr.translation, tr.rotation
-    return pose_matrix((t.x, t.y, t.z), (q.x, q.y, q.z, q.w), tolerance, what)
-
-
 def matrix_to_pose(m: np.ndarray) -> Pose:
     q = matrix_to_quat(np.asarray(m)[:3, :3])
     t = np.asarray(m)[:3, 3]

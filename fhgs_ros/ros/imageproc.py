@@ -348,6 +348,23 @@ def matrix_to_quat(r: np.ndarray) -> np.ndarray:
     return -q if q[3] < 0 else q
 
 
+def stamp_to_sec(stamp) -> float:
+    """builtin_interfaces/Time (rclpy or rosbags message) -> seconds."""
+    return float(stamp.sec) + float(stamp.nanosec) * 1e-9
+
+
+def pose_to_matrix(pose, tolerance: float = 1e-2, what: str = "pose") -> np.ndarray:
+    """geometry_msgs/Pose (rclpy or rosbags message) -> 4x4, validated like :func:`pose_matrix`."""
+    p, q = pose.position, pose.orientation
+    return pose_matrix((p.x, p.y, p.z), (q.x, q.y, q.z, q.w), tolerance, what)
+
+
+def transform_to_matrix(tr, tolerance: float = 1e-2, what: str = "transform") -> np.ndarray:
+    """geometry_msgs/Transform (rclpy or rosbags message) -> 4x4 (T_parent_child), validated."""
+    t, q = tr.translation, tr.rotation
+    return pose_matrix((t.x, t.y, t.z), (q.x, q.y, q.z, q.w), tolerance, what)
+
+
 def pose_matrix(t, q, tolerance: float = 1e-2, what: str = "pose") -> np.ndarray:
     """Translation (3,) + quaternion (x, y, z, w) -> 4x4, validated (NaN, norm)."""
     t = np.asarray(t, dtype=np.float64).reshape(3)

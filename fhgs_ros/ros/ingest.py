@@ -21,23 +21,9 @@ import numpy as np
 
 from fhgs_ros.ros.engine import Counters, InputFrame, MappingEngine, Problems
 from fhgs_ros.ros.imageproc import (InputError, Intrinsics, decode_color, decode_compressed, decode_depth,
-                                    decode_labels, make_intrinsics, pose_matrix)
+                                    decode_labels, make_intrinsics, pose_matrix, pose_to_matrix, stamp_to_sec)
 from fhgs_ros.ros.params import NodeConfig
 from fhgs_ros.ros.sync import FrameAssembler, PoseBuffer
-
-PoseLookup = Callable[[str, str, float], tuple[np.ndarray | None, str, bool]]  # (target, source, stamp)
-
-
-def stamp_of(header) -> float:
-    """Header stamp in seconds (float)."""
-    return int(header.stamp.sec) + int(header.stamp.nanosec) * 1e-9
-
-
-def pose_to_matrix(pose, tolerance: float, what: str) -> np.ndarray:
-    """geometry_msgs/Pose (duck-typed) -> 4x4 (validated quaternion)."""
-    p, q = pose.position, pose.orientation
-    return pose_matrix([p.x, p.y, p.z], [q.x, q.y, q.z, q.w], tolerance, what)
-
 
 class Ingest:
     """Decode, validate and synchronize inputs; submit frames to ``engine`` (module docstring).
@@ -90,9 +76,6 @@ class Ingest:
         self.counters.inc(f"frames_{outcome}")
         self._finish(1, stamp)
 
-    def report(self, err: InputError | str, reason: str | None = None) -> None:
-        self.problems.report(err, reason)
-
     def _reject_image(self, err: InputError, stamp: float | None = None) -> None:
         self.problems.report(err)
         self._finish(1, stamp)
@@ -103,7 +86,7 @@ class Ingest:
         with self.lock:
             self.images_received += 1
         self.counters.tick("image", now)
-        stamp = stamp_of(msg.header)
+        stamp = stamp_to_sec(msg.header.stamp)
         n = int(msg.width) * int(msg.height)
         if n > self.ncfg.max_input_pixels:
             return self._reject_image(InputError("image_too_large", f"image {msg.width}x{msg.height} "
@@ -121,7 +104,7 @@ class Ingest:
         with self.lock:
             self.images_received += 1
         self.counters.tick("image", now)
-        stamp = stamp_of(msg.header)
+        stamp = stamp_to_sec(msg.header.stamp)
         try:
             if size is not None and size[0] * size[1] > self.ncfg.max_input_pixels:
                 raise InputError("image_too_large", f"compressed image {size[0]}x{size[1]} "
@@ -133,7 +116,7 @@ class Ingest:
         self._queue_image(msg.header, rgb, now)
 
     def _queue_image(self, header, rgb: np.ndarray, now: float) -> None:
-        stamp = stamp_of(header)
+        stamp = stamp_to_sec(header.stamp)
         if header.frame_id:
             self.last_frame_id = header.frame_id
         if self.fixed_intrinsics is not None:
@@ -157,7 +140,7 @@ class Ingest:
             intr = make_intrinsics(msg.width, msg.height, list(msg.k), list(msg.d), msg.distortion_model)
         except InputError as exc:
             return self.problems.report(exc)
-        self.assembler.add_info(stamp_of(msg.header), intr)
+        self.assembler.add_info(stamp_to_sec(msg.header.stamp), intr)
 
     def _aux_image(self, msg, now: float, kind: str, decode) -> Any:
         """Decoded depth / label image, or None (rejection reported)."""
@@ -177,13 +160,13 @@ class Ingest:
         """sensor_msgs/Image depth (16UC1 mm / 32FC1 m), registered to the colour image."""
         d = self._aux_image(msg, now, "depth", decode_depth)
         if d is not None:
-            self.assembler.add_depth(stamp_of(msg.header), d, now)
+            self.assembler.add_depth(stamp_to_sec(msg.header.stamp), d, now)
 
     def labels(self, msg, now: float) -> None:
         """sensor_msgs/Image of integer label ids (16UC1 / mono16 / 8UC1 / mono8), registered to the image."""
         lab = self._aux_image(msg, now, "labels", decode_labels)
         if lab is not None:
-            self.assembler.add_labels(stamp_of(msg.header), lab)
+            self.assembler.add_labels(stamp_to_sec(msg.header.stamp), lab)
 
     def body_pose(self, pose, header, what: str) -> None:
         """A pose of the tracked body in map_frame (PoseStamped / Odometry); camera = body * extrinsic."""
@@ -194,7 +177,7 @@ class Ingest:
         if header.frame_id and header.frame_id.lstrip("/") != self.ncfg.map_frame:
             self.problems.report(InputError("pose_frame", f"{what} is in frame '{header.frame_id}', not map_frame "
                                                           f"'{self.ncfg.map_frame}'; used as if it were map_frame"))
-        self.poses.add(stamp_of(header), m @ self.extrinsic)
+        self.poses.add(stamp_to_sec(header.stamp), m @ self.extrinsic)
 
     def pose(self, msg) -> None:
         self.counters.tick("pose")

@@ -56,7 +56,7 @@ from fhgs_ros.config import ConfigError, default_config_path
 from fhgs_ros.core.camera import Camera
 from fhgs_ros.ros import conversions as conv
 from fhgs_ros.ros.engine import (Counters, MappingEngine, MapState, Problems, build_extractor,
-                                 cleanup_stale_temp_files, memory_mb)
+                                 cleanup_stale_temp_files)
 from fhgs_ros.ros.calibration import calibration_from_params
 from fhgs_ros.ros.imageproc import InputError, fit_size
 from fhgs_ros.ros.ingest import Ingest

@@ -154,19 +154,14 @@ class TransformBuffer:
 def apply_tf_message(buffer: TransformBuffer, msg: Any, static: bool, tolerance: float = 1e-2,
                      on_error=None) -> int:
     """Insert the transforms of a tf2_msgs/TFMessage (rclpy or rosbags message) into ``buffer``."""
-    from fhgs_ros.ros.imageproc import quat_to_matrix
+    from fhgs_ros.ros.imageproc import stamp_to_sec, transform_to_matrix
 
     n = 0
     for t in msg.transforms:
         n += 1
         try:
-            tr, q = t.transform.translation, t.transform.rotation
-            m = np.eye(4)
-            m[:3, :3] = quat_to_matrix([q.x, q.y, q.z, q.w], tolerance,
-                                       f"transform {t.header.frame_id} -> {t.child_frame_id}")
-            m[:3, 3] = [tr.x, tr.y, tr.z]
-            stamp = int(t.header.stamp.sec) + int(t.header.stamp.nanosec) * 1e-9
-            buffer.set_transform(t.header.frame_id, t.child_frame_id, stamp, m, static)
+            m = transform_to_matrix(t.transform, tolerance, f"transform {t.header.frame_id} -> {t.child_frame_id}")
+            buffer.set_transform(t.header.frame_id, t.child_frame_id, stamp_to_sec(t.header.stamp), m, static)
         except InputError as exc:
             if on_error is not None:
                 on_error(exc)
