@@ -290,10 +290,16 @@ class MappingEngine:
         return self.state
 
     # ------------------------------------------------------------------ public API (any thread)
-    def start(self) -> None:
+    def start(self, supervisor=None) -> None:
+        """Start the worker threads; with a ``fhgs_ros.online.guard.Supervisor`` a loop that raises is
+        restarted (and reported), instead of dying silently."""
         self._stop.clear()
+        self.supervisor = supervisor
         for name, fn in (("fhgs-frontend", self._frontend_loop), ("fhgs-optimizer", self._optimizer_loop),
                          ("fhgs-saver", self._saver_loop)):
+            if supervisor is not None:
+                self._threads.append(supervisor.spawn(name, fn))
+                continue
             t = threading.Thread(target=fn, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -316,6 +322,8 @@ class MappingEngine:
             self.info(f"final save on shutdown: {msg}")
 
     def alive(self) -> bool:
+        if getattr(self, "supervisor", None) is not None and self._threads:
+            return self.supervisor.all_ok()
         return all(t.is_alive() for t in self._threads) if self._threads else False
 
     def submit(self, frame: InputFrame) -> bool:
@@ -360,7 +368,7 @@ class MappingEngine:
         from fhgs_ros.core.storage import MapFileError, load_map
 
         try:
-            surfels, meta, extra = load_map(path)
+            surfels, meta, extra = load_map(path, max_bytes=int(getattr(self.ncfg, "max_map_file_mb", 2048) * 2 ** 20))
         except MapFileError as exc:
             return False, str(exc)
         except (OSError, ValueError) as exc:  # defensive: anything else unreadable
@@ -446,25 +454,37 @@ class MappingEngine:
             self._done(p.keyframe.stamp, "dropped")
 
     def _install_map(self, surfels: SurfelMap, meta: dict, extra: dict) -> None:
-        self._new_mapper()
-        m = self.mapper
+        """Build the loaded map completely aside, then swap it in (a failure leaves the live map untouched)."""
+        import math
+
+        from fhgs_ros.online.motion import robust_extent
+
+        m = Mapper(self._mapper_config(), self.dim, extent=1.0)
         node_meta = meta.get("node") or {}
         m.replace_map(surfels, int(node_meta.get("iteration", 0)))
-        self.cameras = list(meta.get("keyframes") or [])
-        self.keyframes_total = int(node_meta.get("keyframes_total", len(self.cameras)))
-        self.last_stamp = float(node_meta.get("stamp", 0.0))
-        self.kf_start_iter = m.iteration
-        if self.cameras:
-            self._update_extent()
+        cameras = list(meta.get("keyframes") or [])
+        if not all(isinstance(c, Camera) for c in cameras):
+            raise ValueError("the map's keyframes are not cameras")
+        keyframes_total = int(node_meta.get("keyframes_total", len(cameras)))
+        last_stamp = float(node_meta.get("stamp", 0.0))
+        if not math.isfinite(last_stamp):
+            raise ValueError("the map's stamp is not finite")
+        if cameras:
+            m.set_extent(robust_extent(torch.stack([c.center for c in cameras[-200:]]).numpy()))
         try:
             from fhgs_ros.features.pca import FeaturePCA
-            self.pca = FeaturePCA.from_state(extra) if FeaturePCA.has_state(extra) else None
+            pca = FeaturePCA.from_state(extra) if FeaturePCA.has_state(extra) else None
         except (ImportError, KeyError, ValueError):
-            self.pca = None
+            pca = None
         c = extra.get("cluster_centroids")
-        self.centroids = c.float() if c is not None and c.ndim == 2 and c.shape[1] == self.dim else None
-        if self.pca is None:
-            self._fit_visuals()
+        centroids = c.float() if c is not None and c.ndim == 2 and c.shape[1] == self.dim else None
+        if pca is None:
+            pca, centroids = self._visuals(m.surfels, centroids)
+        # everything built and checked: swap (nothing below can fail on file content)
+        self._new_mapper()
+        self.mapper, self.cameras, self.keyframes_total, self.last_stamp = m, cameras, keyframes_total, last_stamp
+        self.kf_start_iter = m.iteration
+        self.pca, self.centroids = pca, centroids
         self.selector.reset()
 
     # ------------------------------------------------------------------ frontend
@@ -704,9 +724,11 @@ class MappingEngine:
 
     # ------------------------------------------------------------------ optimizer
     def _update_extent(self) -> None:
+        """Scene extent (scales the position learning rate) robust to outlier keyframes (online/motion.py)."""
+        from fhgs_ros.online.motion import robust_extent
+
         c = torch.stack([cam.center for cam in self.cameras[-200:]])
-        r = float((c - c.mean(0)).norm(dim=1).max()) if len(c) > 1 else 0.0
-        self.mapper.set_extent(max(r * 1.1, 1.0))
+        self.mapper.set_extent(robust_extent(c.double().numpy()))
 
     def _apply_schedule(self) -> None:
         """Per-keyframe schedule (FHGS_SPEC.md 8.9) inside the newest keyframe's step budget."""
@@ -742,16 +764,20 @@ class MappingEngine:
 
     def _fit_visuals(self) -> None:
         """Fit the map's fixed feature PCA and cluster centres once (kept for the map's lifetime)."""
-        s = self.mapper.surfels
+        if len(self.mapper.surfels) >= 16:
+            self.pca, self.centroids = self._visuals(self.mapper.surfels, self.centroids)
+
+    def _visuals(self, s: SurfelMap, centroids=None):
+        """(feature PCA or None, cluster centres) of a map (unchanged ``centroids`` when it is too small)."""
         if len(s) < 16:
-            return
+            return None, centroids
+        pca = None
         try:
             from fhgs_ros.features.pca import FeaturePCA
-            self.pca = FeaturePCA.fit(s.features_raw.float())
+            pca = FeaturePCA.fit(s.features_raw.float())
         except (ImportError, ValueError) as exc:
             log.warning("feature PCA not fitted: %s", exc)
-            self.pca = None
-        self.centroids = kmeans_centroids(s.features_unit, self.ncfg.cloud_clusters, seed=self.cfg.mapper.seed)
+        return pca, kmeans_centroids(s.features_unit, self.ncfg.cloud_clusters, seed=self.cfg.mapper.seed)
 
     def _optimizer_loop(self) -> None:
         if self.ncfg.torch_threads > 0:
@@ -759,6 +785,8 @@ class MappingEngine:
         last_pub = time.monotonic()
         changed = False
         carry: PreparedKeyframe | None = None
+        if getattr(self, "supervisor", None) is not None:
+            self.optimizer_error = None  # (re)started by the supervisor
         try:
             while not self._stop.is_set():
                 self._run_commands()
@@ -804,6 +832,8 @@ class MappingEngine:
                     changed = False
         except Exception as exc:  # noqa: BLE001
             self.optimizer_error = f"{type(exc).__name__}: {exc}"
+            if getattr(self, "supervisor", None) is not None:
+                raise  # the supervisor restarts the loop and reports it
             log.exception("optimizer thread died")
 
     def _budget_tick(self) -> None:

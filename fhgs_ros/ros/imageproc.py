@@ -112,6 +112,8 @@ def decode_compressed(fmt: str, data, what: str = "compressed image") -> np.ndar
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise InputError("decode_error", f"{what}: cannot decode ('{fmt}'): {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - PIL's DecompressionBombError and anything else a payload triggers
+        raise InputError("decode_error", f"{what}: cannot decode ('{fmt}'): {type(exc).__name__}") from None
 
 
 def encode_compressed(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> bytes:
@@ -439,6 +441,8 @@ class KeyframeSelector:
             return True, "first frame"
         t0, m0 = self.last
         dt = stamp - t0
+        if dt < 0:  # the input timeline was re-anchored (clock glitch, restarted bag): start over
+            return True, "time jumped back"
         if dt < self.min_interval:
             return False, "min_interval"
         dist = float(np.linalg.norm(c2w[:3, 3] - m0[:3, 3]))

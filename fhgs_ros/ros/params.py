@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import re
 import typing
 from dataclasses import dataclass, field
@@ -91,22 +92,44 @@ class NodeConfig:
     query_max_results: int = 100_000        # cap of returned / published matches
     segment_long_side: int = 256            # [px] render size of the feature grid for segment_view
     max_request_pixels: int = 4_194_304     # render_view / query / segment views larger than this are refused
+    # security and limits (README "Security")
+    map_dir: str = ""                       # the only folder save_map / load_map / export_mesh may use ("" = the
+    #                                         folder of map_path, else $ROS_HOME/fhgs_maps)
+    map_dir_allow: str = ""                 # further files requests may name outside map_dir (absolute, ':'-separated)
+    max_map_file_mb: float = 2048.0         # [MB] larger map files are refused before they are read
+    request_memory_mb: float = 1024.0       # [MB] estimated peak memory of one service request; costlier are refused
+    max_concurrent_requests: int = 2        # heavy service requests at once (others are answered "busy")
+    max_prompts: int = 64                   # segment_view point prompts per request
+    motion_max_speed: float = 50.0          # [m/s] frames whose camera moved faster are rejected (implausible_motion)
+    motion_max_jump: float = 2.0            # [m] allowed on top of motion_max_speed x dt
+    motion_max_angular_speed_deg: float = 1440.0  # [deg/s] frames whose camera turned faster are rejected
+    motion_max_turn_deg: float = 45.0       # [deg] allowed on top of motion_max_angular_speed_deg x dt
+    motion_max_dt: float = 2.0              # [s] longer gaps between frames count as this
+    motion_recover_frames: int = 3          # consecutive consistent rejected frames (motion or stamps) that
+    #                                         re-anchor the gate / the timeline (0 = never)
+    max_stamp_jump: float = 600.0           # [s] an image stamp this far ahead of the previous one is a time jump
 
 
+# Every number has an upper bound too (durations and periods at most an hour or a day: ``Event.wait``
+# overflows on 1e10 s; sizes at most what one machine can hold).
+HOUR, DAY = 3600.0, 86400.0
 _NODE_RANGES = {
-    "tf_cache_time": (0.1, None), "quat_tolerance": (1e-6, 0.5), "sync_slop": (0.0, None),
-    "sync_timeout": (0.01, None), "queue_size": (1, 1000), "max_image_long_side": (0, 16384),
-    "max_input_pixels": (1, None), "depth_min": (0.0, None), "depth_max": (0.0, None),
-    "kf_min_translation": (0.0, None), "kf_min_rotation_deg": (0.0, 360.0), "kf_max_interval": (0.0, None),
-    "kf_min_interval": (0.0, None), "max_keyframes": (1, None), "steps_per_keyframe": (1, None),
-    "max_new_surfels_per_keyframe": (0, None), "mono_init_depth": (1e-3, None), "mono_init_jitter": (0.0, None),
-    "torch_threads": (0, 256), "idle_sleep": (0.0, 10.0), "publish_period": (0.0, None),
-    "render_long_side": (0, 8192), "cloud_period": (0.0, None), "cloud_max_points": (1, None),
-    "cloud_clusters": (1, 256), "mesh_period": (0.0, None), "mesh_long_side": (16, 4096),
-    "mesh_max_keyframes": (1, None), "mesh_voxel_size": (0.0, None), "mesh_max_triangles": (1, None),
-    "diagnostics_period": (0.05, None), "autosave_every_keyframes": (0, None), "autosave_period": (0.0, None),
-    "query_threshold": (-1.0, 1.0), "query_max_results": (1, None), "segment_long_side": (16, 4096),
-    "max_request_pixels": (1, None),
+    "tf_cache_time": (0.1, HOUR), "quat_tolerance": (1e-6, 0.5), "sync_slop": (0.0, 10.0),
+    "sync_timeout": (0.01, 60.0), "queue_size": (1, 1000), "max_image_long_side": (0, 16384),
+    "max_input_pixels": (1, 2 ** 28), "depth_min": (0.0, 1e4), "depth_max": (0.0, 1e4),
+    "kf_min_translation": (0.0, 1e6), "kf_min_rotation_deg": (0.0, 360.0), "kf_max_interval": (0.0, DAY),
+    "kf_min_interval": (0.0, HOUR), "max_keyframes": (1, 100_000), "steps_per_keyframe": (1, 1_000_000),
+    "max_new_surfels_per_keyframe": (0, 10_000_000), "mono_init_depth": (1e-3, 1e4), "mono_init_jitter": (0.0, 1e4),
+    "torch_threads": (0, 256), "idle_sleep": (0.0, 10.0), "publish_period": (0.0, HOUR),
+    "render_long_side": (0, 8192), "cloud_period": (0.0, HOUR), "cloud_max_points": (1, 100_000_000),
+    "cloud_clusters": (1, 256), "mesh_period": (0.0, DAY), "mesh_long_side": (16, 4096),
+    "mesh_max_keyframes": (1, 100_000), "mesh_voxel_size": (0.0, 1e3), "mesh_max_triangles": (1, 100_000_000),
+    "diagnostics_period": (0.05, HOUR), "autosave_every_keyframes": (0, 1_000_000), "autosave_period": (0.0, DAY),
+    "query_threshold": (-1.0, 1.0), "query_max_results": (1, 10_000_000), "segment_long_side": (16, 4096),
+    "max_request_pixels": (1, 2 ** 28), "max_map_file_mb": (1.0, 1 << 20), "request_memory_mb": (16.0, 1 << 20),
+    "max_concurrent_requests": (1, 64), "max_prompts": (1, 4096), "motion_max_speed": (0.0, 1e5),
+    "motion_max_jump": (0.0, 1e6), "motion_max_angular_speed_deg": (0.0, 1e6), "motion_max_turn_deg": (0.0, 360.0),
+    "motion_max_dt": (0.0, HOUR), "motion_recover_frames": (0, 1000), "max_stamp_jump": (0.001, 10 * 365 * DAY),
 }
 _NODE_CHOICES = {"pose_source": ("tf", "pose", "odom"), "tf_backend": ("auto", "tf2_ros", "fhgs"),
                  "feature_dtype": ("float16", "float32"), "sensor_qos": ("best_effort", "reliable"),
@@ -117,8 +140,8 @@ def validate_node(cfg: NodeConfig, prefix: str = "node") -> NodeConfig:
     for f in dataclasses.fields(cfg):
         v = getattr(cfg, f.name)
         key = f"{prefix}.{f.name}"
-        if isinstance(v, float) and not math.isfinite(v):
-            raise ConfigError(f"{key}: {v} is not a finite number")
+        if isinstance(v, float) and not (math.isfinite(v) and abs(v) <= 3.4028234663852886e38):
+            raise ConfigError(f"{key}: {v} is not a finite number (in float32)")
         if f.name in _NODE_RANGES and isinstance(v, (int, float)) and not isinstance(v, bool):
             lo, hi = _NODE_RANGES[f.name]
             if (lo is not None and v < lo) or (hi is not None and v > hi):
@@ -130,6 +153,8 @@ def validate_node(cfg: NodeConfig, prefix: str = "node") -> NodeConfig:
         raise ConfigError(f"{prefix}.camera_extrinsic: expected 7 finite numbers [x y z qx qy qz qw], got {ext!r}")
     if abs(math.sqrt(sum(float(x) ** 2 for x in ext[3:])) - 1.0) > 1e-3:
         raise ConfigError(f"{prefix}.camera_extrinsic: the quaternion (last 4 values) is not normalized")
+    if cfg.map_dir_allow and not all(os.path.isabs(os.path.expanduser(p)) for p in cfg.map_dir_allow.split(":") if p):
+        raise ConfigError(f"{prefix}.map_dir_allow: every entry must be an absolute path")
     if cfg.depth_max <= cfg.depth_min:
         raise ConfigError(f"{prefix}.depth_max: must be larger than depth_min ({cfg.depth_min})")
     return cfg
