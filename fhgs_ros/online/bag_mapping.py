@@ -24,11 +24,13 @@ from typing import Any
 import yaml
 
 from fhgs_ros.config import ConfigError
-from fhgs_ros.ros.calibration import calibration_from_params
-from fhgs_ros.ros.engine import Counters, MappingEngine, Problems, build_extractor, drop_lines
-from fhgs_ros.ros.ingest import Ingest
-from fhgs_ros.ros.params import build_config, default_parameters
-from fhgs_ros.ros.tf import TransformBuffer, apply_tf_message
+from fhgs_ros.online.calibration import calibration_from_params
+from fhgs_ros.online.telemetry import Counters, Problems, drop_lines
+from fhgs_ros.online.engine import MappingEngine
+from fhgs_ros.features.registry import build_extractor
+from fhgs_ros.online.ingest import Ingest
+from fhgs_ros.config import build_config, default_parameters
+from fhgs_ros.online.transforms import TransformBuffer, apply_tf_message
 
 log = logging.getLogger(__name__)
 
