@@ -172,8 +172,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if res.replay_exit == 0 else 1
 
     from fhgs_ros.offline import evaluate_map_file
-    from fhgs_ros.ros.bag_mapping import load_params, map_bag
-    from fhgs_ros.ros.params import build_config
+    from fhgs_ros.online.bag_mapping import load_params, map_bag
+    from fhgs_ros.config import build_config
     flat = load_params(out / "node" / "node_params.yaml")
     cfg, _ = build_config(flat)
     results = {"node": evaluate_map_file(res.map_path, ds, cfg, test, out=out / "node", mesh_path=res.mesh_path,

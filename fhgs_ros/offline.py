@@ -62,7 +62,8 @@ def compute_features(ds: Dataset, cfg: FHGSConfig, out: Path) -> FeatureSource:
             grid = label_feature_grid(f.labels, vecs, grid_long_side=fc.grid_long_side)
             targets.append(FeatureTarget.for_image(grid, f.camera.width, f.camera.height))
         return FeatureSource(targets, f"label-d{fc.dim}", fc.dim, vecs)
-    from fhgs_ros.features.base import extract_frames, make_extractor
+    from fhgs_ros.features.base import extract_frames
+    from fhgs_ros.features.registry import make_extractor
     cache = fc.cache_dir or str(default_cache_dir())
     ext = make_extractor("sam", model=fc.sam_model, checkpoint=fc.sam_checkpoint, input_size=fc.sam_input_size,
                          device=fc.device, cache_dir=cache)

@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fhgs_ros.ros.calibration import SUPPORTED_MODELS, CalibrationError, load_calibration
-from fhgs_ros.ros.imageproc import Intrinsics, Undistorter, distort_normalized
+from fhgs_ros.online.calibration import SUPPORTED_MODELS, CalibrationError, load_calibration
+from fhgs_ros.core.camera import Intrinsics, Undistorter, distort_normalized
 
 ROOT = Path(__file__).resolve().parents[1]
 T265 = ROOT.parent / "shared" / "data" / "kapture_t265_rosbag"
@@ -147,7 +147,7 @@ def test_t265_bag_image_undistorts():
     highlevel = pytest.importorskip("rosbags.highlevel")
     from rosbags.typesys import Stores, get_typestore
 
-    from fhgs_ros.ros.imageproc import decode_color
+    from fhgs_ros.online.imageproc import decode_color
 
     with highlevel.AnyReader([bag], default_typestore=get_typestore(Stores.ROS2_HUMBLE)) as r:
         conns = [c for c in r.connections if c.topic == "/camera/fisheye1/image_raw"]

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from fhgs_ros.features.base import FeatureGrid, make_extractor
+from fhgs_ros.features.base import FeatureGrid
+from fhgs_ros.features.registry import make_extractor
 from fhgs_ros.features.cache import CachedExtractor, FeatureCache, cache_key, image_digest
 from fhgs_ros.features.sam import save_random_checkpoint
 

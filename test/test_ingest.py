@@ -10,16 +10,17 @@ import time
 import numpy as np
 import pytest
 from geometry_msgs.msg import PoseStamped
-from sensor_msgs.msg import CameraInfo, Image
+from sensor_msgs.msg import Image
 
 from fhgs_ros.config import FHGSConfig
 from fhgs_ros.datasets.synthetic import synthetic_dataset
-from fhgs_ros.features.base import make_extractor
+from fhgs_ros.features.registry import make_extractor
 from fhgs_ros.ros import conversions as conv
-from fhgs_ros.ros.engine import Counters, MappingEngine, Problems
-from fhgs_ros.ros.imageproc import InputError, decode_labels
-from fhgs_ros.ros.ingest import Ingest
-from fhgs_ros.ros.params import NodeConfig
+from fhgs_ros.online.telemetry import Counters, Problems
+from fhgs_ros.online.engine import MappingEngine
+from fhgs_ros.online.imageproc import InputError, decode_labels
+from fhgs_ros.online.ingest import Ingest
+from fhgs_ros.config import NodeConfig
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +97,7 @@ def test_budget_mode_gives_each_keyframe_exactly_its_steps_and_saves_on_shutdown
     eng = MappingEngine(FHGSConfig(), nc, ext, Problems(), Counters())
     done = []
     ing = Ingest(nc, eng, eng.problems, eng.counters, need_labels=True)
-    eng.on_frame_done = lambda stamp, outcome: done.append(outcome)  # after Ingest's own hook: count here
+    eng.add_frame_done_listener(lambda stamp, outcome: done.append(outcome))  # beside Ingest's own listener
     eng.start()
     try:
         for i, fr in enumerate(ds.frames[:3]):

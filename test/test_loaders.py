@@ -16,7 +16,8 @@ from PIL import Image
 from fhgs_ros.datasets import (DatasetError, detect_format, load_colmap, load_dataset, load_nerf, load_opensfm,
                                write_colmap_text, write_nerf)
 from fhgs_ros.datasets.colmap import MODELS
-from fhgs_ros.datasets.common import Distortion, quat_to_rot, rot_to_quat
+from fhgs_ros.core.camera import Intrinsics
+from fhgs_ros.core.geometry import matrix_to_quat_wxyz, quat_wxyz_to_matrix
 from fhgs_ros.datasets.ply import read_ply, write_mesh_ply, write_point_ply
 from fhgs_ros.datasets.synthetic import synthetic_dataset
 
@@ -183,20 +184,21 @@ def test_colmap_distorted_models_are_undistorted(tmp_path, model, params):
     if model == "SIMPLE_RADIAL":
         fx = fy = params[0]
         cx, cy = params[1] - 0.5, params[2] - 0.5
-        dist = Distortion(k1=params[3])
+        dist = Intrinsics.brown(w, h, fx, fy, cx, cy, k1=params[3])
     else:
         fx, fy = params[0], params[1]
         cx, cy = params[2] - 0.5, params[3] - 0.5
-        dist = Distortion(k1=params[4], k2=params[5], p1=params[6], p2=params[7])
+        dist = Intrinsics.brown(w, h, fx, fy, cx, cy, k1=params[4], k2=params[5], p1=params[6], p2=params[7])
     # distorted image: each distorted pixel shows the pattern at its undistorted ray
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
-    xu, yu = dist.undistort((xs - cx) / fx, (ys - cy) / fy)
+    uv = dist.undistort_pixels(np.stack([xs.ravel(), ys.ravel()], 1))
+    xu, yu = ((uv[:, 0] - cx) / fx).reshape(h, w), ((uv[:, 1] - cy) / fy).reshape(h, w)
     img = np.round(_smooth(xu, yu) * 255).astype(np.uint8)
     (tmp_path / "images").mkdir()
     Image.fromarray(img).save(tmp_path / "images" / "a.png")
     # one 3-D point seen at its distorted pixel
     X = np.array([0.3, -0.2, 2.0])
-    xd, yd = dist.distort(np.array([X[0] / X[2]]), np.array([X[1] / X[2]]))
+    xd, yd = dist.distort_normalized(np.array([X[0] / X[2]]), np.array([X[1] / X[2]]))
     px, py = xd[0] * fx + cx + 0.5, yd[0] * fy + cy + 0.5  # COLMAP pixel convention
     (tmp_path / "cameras.txt").write_text(f"1 {model} {w} {h} " + " ".join(map(str, params)) + "\n")
     (tmp_path / "images.txt").write_text(f"# c\n1 1 0 0 0 0 0 0 1 a.png\n{px} {py} 7\n")
@@ -480,7 +482,7 @@ def test_quaternion_round_trip():
         q = rng.normal(size=4)
         q /= np.linalg.norm(q)
         q = q if q[0] >= 0 else -q
-        assert np.allclose(rot_to_quat(quat_to_rot(q)), q, atol=1e-9)
+        assert np.allclose(matrix_to_quat_wxyz(quat_wxyz_to_matrix(q)), q, atol=1e-9)
 
 
 @pytest.mark.parametrize("binary", [True, False])

@@ -33,7 +33,7 @@ from fhgs_ros.core import native
 from fhgs_ros.core import reference as R
 from fhgs_ros.core.camera import Camera, look_at
 from fhgs_ros.core.raster_types import ALPHA_MAX, ALPHA_MIN, T_MIN, FeatureTarget, NDFDParams
-from fhgs_ros.core.surfels import quat_to_rotmat
+from fhgs_ros.core.geometry import quat_wxyz_to_matrix
 
 FWD_TOL = 1e-5
 GRAD_TOL = 1e-4
@@ -296,7 +296,7 @@ def near_threshold_surfels(s, stats: dict | None = None) -> torch.Tensor:
             bad[idx[1:][tie]] = True
             bad[idx[:-1][tie]] = True
             # normal flip sign
-            nrm = quat_to_rotmat(quats)[:, :, 2]
+            nrm = quat_wxyz_to_matrix(quats)[:, :, 2]
             to = means - cam.center.double()
             dot = (nrm * to).sum(-1)
             bad |= contributing & (dot.abs() < 1e-4 * to.norm(dim=-1))
@@ -485,7 +485,7 @@ def test_edge_on_surfels():
     ref, nat = check_equivalent(s, seed, f"edge-on removed={removed}")
     cam = s["camera"]
     view = F.normalize(s["means"] - cam.center, dim=-1)
-    normal = quat_to_rotmat(s["quats"])[:, :, 2]
+    normal = quat_wxyz_to_matrix(s["quats"])[:, :, 2]
     angle = torch.rad2deg(torch.acos((normal * view).sum(-1).abs().clamp(max=1)))
     assert (angle[nat.radii > 0] > 80).sum() >= 3, "steep (> 80 degree) surfels must survive and be visible"
     assert int(ref.n_contrib.sum()) > 50, "edge-on surfels must still contribute"

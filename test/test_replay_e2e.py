@@ -12,8 +12,8 @@ import pytest
 from fhgs_ros.bag.writer import write_frames_bag
 from fhgs_ros.datasets.synthetic import synthetic_dataset
 from fhgs_ros.offline import evaluate_map_file
-from fhgs_ros.ros.bag_mapping import load_params, map_bag
-from fhgs_ros.ros.params import build_config
+from fhgs_ros.online.bag_mapping import load_params, map_bag
+from fhgs_ros.config import build_config
 
 REMAP = ["/camera/image_raw:=/image", "/camera/camera_info:=/camera_info", "/camera/depth/image:=/depth",
          "/camera/labels:=/labels"]

@@ -135,7 +135,7 @@ def test_launch_description_arguments_and_node(monkeypatch):
     assert nodes[1].kw["arguments"][-1].endswith("share/fhgs_ros/config/fhgs.rviz")
     assert nodes[1].kw["namespace"] == "robot1"
     # every override is a declared node parameter
-    from fhgs_ros.ros.params import default_parameters
+    from fhgs_ros.config import default_parameters
     assert set(kw["parameters"][1]) - {"use_sim_time"} <= set(default_parameters())
 
 
@@ -199,7 +199,7 @@ def test_bag_mapping_launch_starts_node_on_sim_time_and_the_replayer(monkeypatch
     ov = kw["parameters"][2]
     assert ov["use_sim_time"] is True and ov["node.step_mode"] == "budget" and ov["node.sensor_qos"] == "reliable"
     assert ov["node.map_path"] == "/data/run1_map.safetensors" and ov["features.extractor"] == "sam"
-    from fhgs_ros.ros.params import default_parameters
+    from fhgs_ros.config import default_parameters
     assert set(ov) - {"use_sim_time"} <= set(default_parameters())
     cmd = replay.kw["cmd"]
     assert cmd[0] == "/opt/ws/install/fhgs_ros/lib/fhgs_ros/fhgs-replay" and cmd[1] == "/data/run1"

@@ -28,7 +28,7 @@ from fhgs_interfaces.msg import FeatureImage  # noqa: E402
 from fhgs_interfaces.srv import ExportMesh, LoadMap, QueryFeature, RenderView, SaveMap, SegmentView  # noqa: E402
 from fhgs_ros.ros import conversions as conv  # noqa: E402
 from fhgs_ros.ros.harness import NodeProcess, Spinner, free_domain_id, write_params  # noqa: E402
-from fhgs_ros.ros.imageproc import encode_compressed  # noqa: E402
+from fhgs_ros.online.imageproc import encode_compressed  # noqa: E402
 from fhgs_ros.ros.streamer import LATCHED, Capture, SceneStreamer, call, synthetic_frames  # noqa: E402
 
 W, H = 64, 48
@@ -303,7 +303,7 @@ def test_bad_inputs_logged_once_counted_and_mapping_goes_on(live):
         assert reason in lines[0], (k, lines[0])
     assert d["optimizer_alive"] == "True"
     # mapping goes on with good frames, in every accepted encoding, compressed, 32FC1 depth, distorted
-    from fhgs_ros.ros.imageproc import Intrinsics
+    from fhgs_ros.core.camera import Intrinsics
     variants = [dict(encoding="bgr8"), dict(encoding="rgba8", depth_encoding="32FC1"), dict(encoding="bgra8"),
                 dict(encoding="mono8"), dict(encoding="mono16"), dict(compressed="jpeg"), dict(compressed="png")]
     for i, kw in enumerate(variants):

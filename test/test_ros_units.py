@@ -10,12 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from fhgs_ros.ros.imageproc import (InputError, Intrinsics, KeyframeSelector, Undistorter, decode_color,
-                                    decode_compressed, decode_depth, distort_normalized, encode_compressed,
-                                    interpolate_pose, invert, make_intrinsics, matrix_to_quat, pose_matrix,
-                                    quat_to_matrix)
-from fhgs_ros.ros.sync import FrameAssembler, PoseBuffer, StampedBuffer
-from fhgs_ros.ros.tf import TransformBuffer
+from fhgs_ros.core.camera import Intrinsics, Undistorter, distort_normalized
+from fhgs_ros.core.geometry import interpolate_pose, invert_pose, matrix_to_quat_xyzw, quat_xyzw_to_matrix
+from fhgs_ros.online.imageproc import (InputError, check_quat_xyzw, decode_color, decode_compressed, decode_depth,
+                                       encode_compressed, make_intrinsics, pose_matrix)
+from fhgs_ros.online.keyframes import KeyframeSelector
+from fhgs_ros.online.sync import FrameAssembler, PoseBuffer, StampedBuffer
+from fhgs_ros.online.transforms import TransformBuffer
+
+
+def _checked_matrix(q):
+    return quat_xyzw_to_matrix(check_quat_xyzw(q))
 
 
 def _rgb(h=6, w=5, seed=0):
@@ -25,7 +30,7 @@ def _rgb(h=6, w=5, seed=0):
 def _rot(axis, deg):
     a = np.asarray(axis, float) / np.linalg.norm(axis)
     q = np.r_[a * math.sin(math.radians(deg) / 2), math.cos(math.radians(deg) / 2)]
-    return quat_to_matrix(q)
+    return _checked_matrix(q)
 
 
 def _tf(r, t):
@@ -159,19 +164,19 @@ def test_equidistant_formula_matches_opencv_definition():
 # ----------------------------------------------------------------------------- poses
 def test_quaternion_validation_and_round_trip():
     r = _rot([1, 2, 3], 40)
-    q = matrix_to_quat(r)
-    assert np.allclose(quat_to_matrix(q), r) and abs(np.linalg.norm(q) - 1) < 1e-12
-    assert np.allclose(quat_to_matrix(q * 1.004), r, atol=1e-9)  # tiny deviations are normalized
+    q = matrix_to_quat_xyzw(r)
+    assert np.allclose(_checked_matrix(q), r) and abs(np.linalg.norm(q) - 1) < 1e-12
+    assert np.allclose(_checked_matrix(q * 1.004), r, atol=1e-9)  # tiny deviations are normalized
     for bad, kind in [([0, 0, 0, 0], "quaternion_not_normalized"), ([0, 0, 0, 2.0], "quaternion_not_normalized"),
                       ([float("nan"), 0, 0, 1], "pose_nan"), ([0, 0, float("inf"), 1], "pose_nan")]:
         with pytest.raises(InputError) as e:
-            quat_to_matrix(bad)
+            _checked_matrix(bad)
         assert e.value.kind == kind
     with pytest.raises(InputError) as e:
         pose_matrix([0, float("nan"), 0], [0, 0, 0, 1])
     assert e.value.kind == "pose_nan"
     m = pose_matrix([1, 2, 3], q)
-    assert np.allclose(invert(m) @ m, np.eye(4))
+    assert np.allclose(invert_pose(m) @ m, np.eye(4))
 
 
 def test_pose_interpolation_and_keyframe_selection():
@@ -261,7 +266,7 @@ def test_transform_buffer_chain_interpolation_and_errors():
                                                         _tf(_rot([0, 0, 1], 90), [2, 0, 0]), 2.0, 1.5) @ base_cam
     assert final and np.allclose(m, want)
     inv, _, _ = tb.lookup("camera", "map", 1.5)
-    assert np.allclose(inv, invert(want))
+    assert np.allclose(inv, invert_pose(want))
     m, why, final = tb.lookup("map", "camera", 3.0)
     assert m is None and not final and "future" in why
     m, why, final = tb.lookup("map", "camera", 0.5)
@@ -279,7 +284,7 @@ def test_transform_buffer_chain_interpolation_and_errors():
 # ----------------------------------------------------------------------------- params
 def test_node_parameters_validation_and_descriptions():
     from fhgs_ros.config import ConfigError
-    from fhgs_ros.ros.params import build_config, default_parameters, describe_parameters
+    from fhgs_ros.config import build_config, default_parameters, parameter_specs
 
     flat = default_parameters()
     assert "node.map_frame" in flat and "mapper.ndfd.lam" in flat and "features.sam_checkpoint" in flat
@@ -297,9 +302,14 @@ def test_node_parameters_validation_and_descriptions():
         with pytest.raises(ConfigError) as e:
             build_config(dict(flat, **bad))
         assert needle in str(e.value), (bad, str(e.value))
-    from fhgs_ros.config import default_config_path
-    desc = describe_parameters(default_config_path())
-    assert all(desc[k] and not desc[k].startswith("see ") for k in flat), [k for k in flat if desc[k].startswith("see")]
+    specs = parameter_specs()
+    assert set(specs) == set(flat) and all(specs[k].doc for k in flat), [k for k in flat if not specs[k].doc]
+    for bad, needle in [({"node.publish_period": 1e10}, "node.publish_period: 10000000000.0 is outside"),
+                        ({"mapper.lambda_ext": 1e39}, "not representable as float32"),
+                        ({"mapper.lambda_ext": float("nan")}, "not a finite number")]:
+        with pytest.raises(ConfigError) as e:
+            build_config(dict(flat, **bad))
+        assert needle in str(e.value), (bad, str(e.value))
 
 
 def test_node_rejects_bad_parameter_files_with_a_reason(tmp_path):
@@ -364,10 +374,11 @@ def test_message_conversions_round_trip():
 @pytest.mark.timeout(120)
 def test_engine_maps_frames_saves_loads_and_resets(tmp_path):
     from fhgs_ros.config import FHGSConfig
-    from fhgs_ros.features.base import make_extractor
+    from fhgs_ros.features.registry import make_extractor
     from fhgs_ros.features.sam import save_random_checkpoint
-    from fhgs_ros.ros.engine import InputFrame, MappingEngine
-    from fhgs_ros.ros.params import NodeConfig
+    from fhgs_ros.online.frames import InputFrame
+    from fhgs_ros.online.engine import MappingEngine
+    from fhgs_ros.config import NodeConfig
     from fhgs_ros.ros.streamer import synthetic_frames
 
     ckpt = save_random_checkpoint(tmp_path / "tiny.pth", "vit_tiny", input_size=256, seed=0)
@@ -421,7 +432,7 @@ def test_node_loads_the_documented_parameter_file(tmp_path):
     from fhgs_ros.features.sam import save_random_checkpoint
     from fhgs_ros.ros.harness import write_params
     from fhgs_ros.ros.mapper_node import FHGSNode
-    from fhgs_ros.ros.params import default_parameters
+    from fhgs_ros.config import default_parameters
 
     ckpt = save_random_checkpoint(tmp_path / "tiny.pth", "vit_tiny", input_size=256, seed=0)
     extra = write_params(tmp_path / "sam.yaml", {"features": {"extractor": "sam", "sam_model": "vit_tiny",
@@ -445,7 +456,7 @@ def test_node_loads_the_documented_parameter_file(tmp_path):
         assert not node.describe_parameter("node.kf_min_translation").read_only
         from rclpy.parameter import Parameter
         r = node.set_parameters([Parameter("node.kf_min_translation", value=0.3)])[0]
-        assert r.successful and node.engine.selector.min_translation == 0.3
+        assert r.successful and node.engine.frontend.selector.min_translation == 0.3
         r = node.set_parameters([Parameter("node.kf_min_translation", value=-0.3)])[0]
         assert not r.successful and "outside the valid range" in r.reason
     finally:
@@ -457,10 +468,11 @@ def test_node_loads_the_documented_parameter_file(tmp_path):
 
 def test_engine_seed_points_mono_init_and_online_schedule(tmp_path):
     from fhgs_ros.config import FHGSConfig
-    from fhgs_ros.features.base import make_extractor
+    from fhgs_ros.features.registry import make_extractor
     from fhgs_ros.features.sam import save_random_checkpoint
-    from fhgs_ros.ros.engine import InputFrame, MappingEngine
-    from fhgs_ros.ros.params import NodeConfig
+    from fhgs_ros.online.frames import InputFrame
+    from fhgs_ros.online.engine import MappingEngine
+    from fhgs_ros.config import NodeConfig
     from fhgs_ros.ros.streamer import synthetic_frames
 
     ckpt = save_random_checkpoint(tmp_path / "tiny.pth", "vit_tiny", input_size=256, seed=0)
@@ -491,14 +503,15 @@ def test_engine_seed_points_mono_init_and_online_schedule(tmp_path):
     p2 = eng2.prepare(InputFrame(1.0, rgb2, intr, cam2.cam_to_world.double().numpy(), None))
     zc = (p2.surfels.means.detach() @ cam2.world_to_cam[:3, :3].T + cam2.world_to_cam[:3, 3])[:, 2]
     assert len(p2.surfels) > 50 and float(zc.min()) >= 1.75 - 1e-4 and float(zc.max()) <= 2.25 + 1e-4
-    # online schedule (FHGS_SPEC.md 8.9) around each keyframe's budget
+    # online schedule (docs/METHOD.md §8.9) around each keyframe's budget: the mapper consults it
     eng._integrate(prep)
-    mc = eng.mapper.cfg
+    sc = eng.mapper.schedule
     s0 = eng.kf_start_iter
-    assert (mc.dist_from_iter, mc.normal_from_iter) == (s0 + 30, s0 + 70)
-    assert (mc.densify_from_iter, mc.densify_until_iter) == (s0, s0 + 70)
-    assert mc.opacity_reset_every > 10 ** 9  # no opacity reset online
+    assert [sc.dist_on(s0 + i) for i in (30, 31)] == [False, True]
+    assert [sc.normal_on(s0 + i) for i in (70, 71)] == [False, True]
+    assert [sc.collect_stats(s0 + i) for i in (1, 70, 71)] == [True, True, False]
+    assert not any(sc.reset_opacity_now(i) or sc.prune_big(i) for i in range(1, 20000, 7))  # none online
     for _ in range(3):
         eng.mapper.step()
     eng._integrate(eng.prepare(InputFrame(2.0, rgb2, intr, cam2.cam_to_world.double().numpy(), depth2)))
-    assert eng.kf_start_iter == 3 and eng.mapper.cfg.dist_from_iter == 33
+    assert eng.kf_start_iter == 3 and sc.dist_on(34) and not sc.dist_on(33)

@@ -4,7 +4,6 @@ segment_anything's own modules (no official weights are downloadable here)."""
 from __future__ import annotations
 
 import importlib
-import shutil
 import sys
 
 import numpy as np
@@ -15,8 +14,8 @@ import torch.nn.functional as F
 from fhgs_ros.core.raster_types import FeatureTarget
 from fhgs_ros.core.reference import sample_feature_target
 from fhgs_ros.features import tv_compat
-from fhgs_ros.features.base import (FeatureError, FeatureExtractor, FeatureGrid, available_extractors,
-                                    image_to_uint8_hwc, make_extractor, make_extractor_from_config)
+from fhgs_ros.features.base import FeatureError, FeatureExtractor, FeatureGrid, image_to_uint8_hwc
+from fhgs_ros.features.registry import available_extractors, make_extractor, make_extractor_from_config
 from fhgs_ros.features.sam import (SAM_ARCHS, CheckpointError, SamExtractor, find_default_checkpoint,
                                    missing_checkpoint_help, save_random_checkpoint)
 

@@ -30,7 +30,7 @@ from fhgs_ros.online.limits import RequestGate, RequestLimits, check_view, view_
 from fhgs_ros.online.motion import MotionGate, MotionLimits, Timeline, robust_extent
 from fhgs_ros.online.paths import MapDir, is_ours
 from fhgs_ros.online.payloads import check_compressed, pointcloud_layout, probe_image_size
-from fhgs_ros.ros.imageproc import (InputError, decode_color, decode_compressed, decode_depth, decode_labels,
+from fhgs_ros.online.imageproc import (InputError, decode_color, decode_compressed, decode_depth, decode_labels,
                                     encode_compressed, make_intrinsics)
 
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow,

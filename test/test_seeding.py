@@ -11,7 +11,7 @@ from fhgs_ros.core.camera import Camera, look_at
 from fhgs_ros.core.raster_types import FeatureTarget
 from fhgs_ros.core.seeding import (build_projection_index, knn_scales, points_from_depth, project,
                                    quats_from_normals, sample_grid, sample_point_features, surfels_from_points)
-from fhgs_ros.core.surfels import quat_to_rotmat
+from fhgs_ros.core.geometry import quat_wxyz_to_matrix
 
 
 def test_sample_grid_bilinear_convention():
@@ -59,7 +59,7 @@ def test_point_init_follows_2dgs():
     assert torch.allclose(s.scales[:, 0], knn_scales(xyz), rtol=1e-5)
     assert torch.allclose(s.features_unit.norm(dim=1), torch.ones(200), atol=1e-5)
     n = torch.nn.functional.normalize(torch.randn(50, 3, generator=g), dim=-1)
-    r = quat_to_rotmat(quats_from_normals(n, g))
+    r = quat_wxyz_to_matrix(quats_from_normals(n, g))
     assert torch.allclose(r[:, :, 2], n, atol=1e-5)
 
 

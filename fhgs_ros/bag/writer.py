@@ -150,10 +150,10 @@ def _stamp_ns(start_time_s: float, i: int, rate_hz: float) -> int:
 
 def _pose_of(frame: "Frame") -> tuple[np.ndarray, np.ndarray]:
     """(translation (3,), quaternion (w, x, y, z)) of the camera optical frame in the world/map frame."""
-    from fhgs_ros.datasets.common import rot_to_quat
+    from fhgs_ros.core.geometry import matrix_to_quat_wxyz, orthonormalize
 
     c2w = frame.camera.cam_to_world.detach().cpu().double().numpy()
-    return c2w[:3, 3].copy(), rot_to_quat(c2w[:3, :3])
+    return c2w[:3, 3].copy(), matrix_to_quat_wxyz(orthonormalize(c2w[:3, :3], tol=1e-2))
 
 
 def _labels_u16(labels: Any) -> np.ndarray:

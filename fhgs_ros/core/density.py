@@ -10,23 +10,25 @@ import logging
 from dataclasses import dataclass
 
 import torch
+from fhgs_ros.core.params import param
 
 from fhgs_ros.core.camera import Camera
 from fhgs_ros.core.optim import SurfelOptimizer
-from fhgs_ros.core.surfels import SurfelMap, quat_to_rotmat
+from fhgs_ros.core.geometry import quat_wxyz_to_matrix
+from fhgs_ros.core.surfels import SurfelMap
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class DensityConfig:
-    grad_threshold: float = 2e-4     # NDC-space projected-centre gradient norm
-    percent_dense: float = 0.01      # clone if max scale <= percent_dense * extent, else split
-    split_children: int = 2
-    min_opacity: float = 0.05
-    max_screen_size: float = 20.0    # pixels; applied after the first opacity reset
-    max_world_scale: float = 0.1     # times extent; applied with max_screen_size
-    max_surfels: int = 200_000       # hard cap on the map size
+    grad_threshold: float = param(0.0002, 'projected-centre gradient norm (NDC) that triggers clone/split', lo=0)
+    percent_dense: float = param(0.01, 'clone if max scale <= percent_dense * extent, else split')
+    split_children: int = param(2, 'children of a split surfel', lo=2)
+    min_opacity: float = param(0.05, 'prune below this opacity', lo=0, hi=1)
+    max_screen_size: float = param(20.0, 'prune larger surfels after the first opacity reset', unit='px')
+    max_world_scale: float = param(0.1, 'prune larger surfels after the first opacity reset', unit='x extent')
+    max_surfels: int = param(200000, 'hard cap on the number of surfels', lo=1)
 
 
 class DensityStats:
@@ -104,7 +106,7 @@ def densify_and_prune(surfels: SurfelMap, opt: SurfelOptimizer, stats: DensitySt
         rep = split_idx.repeat(k)
         sc = surfels.scales.detach()[rep]
         samples = torch.randn(rep.numel(), 2, generator=generator, device=sc.device) * sc
-        rot = quat_to_rotmat(surfels.quats.detach()[rep])
+        rot = quat_wxyz_to_matrix(surfels.quats.detach()[rep])
         offs = rot[:, :, 0] * samples[:, 0:1] + rot[:, :, 1] * samples[:, 1:2]
         child = surfels.clone_rows(rep, {
             "means": surfels.means.detach()[rep] + offs,

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+from fhgs_ros.core.params import param
 
 from fhgs_ros.core.camera import Camera
 from fhgs_ros.core.density import DensityConfig, DensityStats, densify_and_prune, reset_opacity
@@ -21,6 +22,7 @@ from fhgs_ros.core.losses import normal_consistency_loss, photometric_loss
 from fhgs_ros.core.optim import LearningRates, SurfelOptimizer
 from fhgs_ros.core.raster_types import FeatureTarget, NDFDParams
 from fhgs_ros.core.render import render
+from fhgs_ros.core.schedule import OfflineSchedule
 from fhgs_ros.core.surfels import SurfelMap
 
 log = logging.getLogger(__name__)
@@ -43,25 +45,29 @@ class Keyframe:
 class MapperConfig:
     """Training schedule and loss weights (defaults: FHGS = 2DGS defaults + NDFD, spec section 5)."""
 
-    ndfd_enabled: bool = True         # False gives the plain 2DGS baseline
-    lambda_ext: float = 1.0           # weight of the external-potential loss
-    lambda_int: float = 1.0           # weight of the internal-clustering loss
-    lambda_dssim: float = 0.2
-    lambda_dist: float = 0.0          # 2DGS depth distortion (1000 bounded, 100 unbounded)
-    dist_from_iter: int = 3000
-    lambda_normal: float = 0.05       # 2DGS normal consistency
-    normal_from_iter: int = 7000
-    depth_ratio: float = 1.0          # 1: median depth for the normal loss (bounded), 0: expected
-    lambda_depth: float = 0.0         # optional L1 on depth when keyframes carry depth (not in FHGS)
-    sh_degree_max: int = 3
-    sh_increase_every: int = 1000
-    densify_from_iter: int = 500
-    densify_until_iter: int = 15_000
-    densify_every: int = 100
-    opacity_reset_every: int = 3000
-    background: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    backend: str = "auto"             # auto | native | reference
-    seed: int = 0
+    ndfd_enabled: bool = param(True, 'FHGS NDFD losses on (false = plain 2DGS baseline)')
+    lambda_ext: float = param(1.0, 'weight of the external-potential loss L_ext (docs/METHOD.md §3)', lo=0)
+    lambda_int: float = param(1.0, 'weight of the internal-clustering loss L_int (docs/METHOD.md §3)', lo=0)
+    lambda_dssim: float = param(0.2, 'D-SSIM share of the colour loss', lo=0, hi=1)
+    lambda_dist: float = param(0.0, '2DGS depth distortion weight (1000 bounded scenes, 100 unbounded)', lo=0)
+    dist_from_iter: int = param(3000, 'distortion active after this iteration')
+    lambda_normal: float = param(0.05, '2DGS normal-consistency weight', lo=0)
+    normal_from_iter: int = param(7000, 'normal loss active after this iteration')
+    depth_ratio: float = param(1.0, '1 = median depth for the normal loss (bounded), 0 = expected depth')
+    lambda_depth: float = param(0.0, 'optional L1 depth loss when keyframes have depth (not part of FHGS)')
+    sh_degree_max: int = param(3, 'spherical-harmonics degree reached by the schedule', lo=0, hi=3)
+    sh_increase_every: int = param(1000, '+1 SH degree every N iterations')
+    densify_from_iter: int = param(500, 'adaptive density control window [from, until], every N iterations')
+    densify_until_iter: int = param(15000, 'last iteration of adaptive density control (offline schedule)')
+    densify_every: int = param(100, 'densify every N iterations', lo=1)
+    opacity_reset_every: int = param(3000,
+                                     'opacity <- min(opacity, 0.01) every N iterations inside the window; '
+                                     'big-surfel pruning starts after the first reset (0: no reset, prune from the '
+                                     'start)')
+    background: tuple[float, float, float] = param((0.0, 0.0, 0.0), 'background colour, RGB in [0, 1]')
+    backend: str = param('auto', 'rasterizer: auto (native if built) | native | reference (PyTorch)',
+                         choices=('auto', 'native', 'reference'))
+    seed: int = param(0, 'random seed (keyframe order, seeding, splits)')
     ndfd: NDFDParams = field(default_factory=NDFDParams)
     density: DensityConfig = field(default_factory=DensityConfig)
     lrs: LearningRates = field(default_factory=LearningRates)
@@ -69,8 +75,9 @@ class MapperConfig:
 
 class Mapper:
     def __init__(self, config: MapperConfig, feature_dim: int, extent: float = 1.0,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", schedule: OfflineSchedule | None = None) -> None:
         self.cfg = config
+        self.schedule = schedule or OfflineSchedule(config)
         self.device = torch.device(device)
         self.extent = extent
         self.surfels = SurfelMap.empty(feature_dim, self.device)
@@ -123,6 +130,7 @@ class Mapper:
         if not self.keyframes or len(self.surfels) == 0:
             return {}
         cfg = self.cfg
+        sched = self.schedule
         with self.lock:
             t0 = time.perf_counter()
             self.iteration += 1
@@ -138,11 +146,11 @@ class Mapper:
             loss_rgb = photometric_loss(res.rgb, kf.image, cfg.lambda_dssim)
             loss = loss_rgb
             terms = {"rgb": loss_rgb.item()}
-            if cfg.lambda_dist > 0 and it > cfg.dist_from_iter:
+            if cfg.lambda_dist > 0 and sched.dist_on(it):
                 ld = res.distortion.mean()
                 loss = loss + cfg.lambda_dist * ld
                 terms["dist"] = ld.item()
-            if cfg.lambda_normal > 0 and it > cfg.normal_from_iter:
+            if cfg.lambda_normal > 0 and sched.normal_on(it):
                 surf_depth = res.depth_median if cfg.depth_ratio >= 0.5 else res.expected_depth
                 ln = normal_consistency_loss(res.normal, surf_depth, res.alpha, kf.camera)
                 loss = loss + cfg.lambda_normal * ln
@@ -159,17 +167,16 @@ class Mapper:
                 terms["ext"], terms["int"] = le.item(), li.item()
             loss.backward()
             with torch.no_grad():
-                in_densify = it <= cfg.densify_until_iter
-                if in_densify and self.surfels.means.grad is not None:
+                if sched.collect_stats(it) and self.surfels.means.grad is not None:
                     self.stats.add(self.surfels.means.grad, self.surfels, kf.camera, res.radii)
                 self.opt.step()
                 self.opt.zero_grad()
-                if in_densify and it > cfg.densify_from_iter and it % cfg.densify_every == 0:
+                if sched.densify_now(it):
                     info = densify_and_prune(self.surfels, self.opt, self.stats, cfg.density, self.extent,
-                                             prune_big=it > cfg.opacity_reset_every, generator=self.gen)
+                                             prune_big=sched.prune_big(it), generator=self.gen)
                     info["iteration"], info["surfels"] = it, len(self.surfels)
                     self.densify_log.append(info)
-                if in_densify and cfg.opacity_reset_every > 0 and it % cfg.opacity_reset_every == 0:
+                if sched.reset_opacity_now(it):
                     reset_opacity(self.surfels, self.opt)
             terms["total"] = loss.item()
             terms["ms"] = (time.perf_counter() - t0) * 1000

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import math
 
 import torch
+from fhgs_ros.core.params import param
 
 from fhgs_ros.core.surfels import TRAINABLE, SurfelMap
 
@@ -21,14 +22,15 @@ class LearningRates:
     """2DGS defaults. position_* are multiplied by the scene extent; position decays
     exponentially (log-linear) from init to final over ``position_max_steps``."""
 
-    position_init: float = 1.6e-4
-    position_final: float = 1.6e-6
-    position_max_steps: int = 30_000
-    sh_dc: float = 2.5e-3
-    sh_rest: float = 2.5e-3 / 20.0
-    opacity: float = 0.05
-    scaling: float = 5e-3
-    rotation: float = 1e-3
+    position_init: float = param(0.00016, 'Adam lr of centres, decays exponentially to position_final',
+                                 unit='x extent')
+    position_final: float = param(1.6e-06, 'final Adam lr of the centres', unit='x extent')
+    position_max_steps: int = param(30000, 'iterations of the exponential decay of the position lr')
+    sh_dc: float = param(0.0025, 'Adam lr of the SH DC colour')
+    sh_rest: float = param(0.000125, 'Adam lr of the higher SH coefficients')
+    opacity: float = param(0.05, 'Adam lr of the opacity logit')
+    scaling: float = param(0.005, 'Adam lr of the log-scales')
+    rotation: float = param(0.001, 'Adam lr of the quaternions')
 
     def position(self, step: int, extent: float) -> float:
         t = min(max(step / max(self.position_max_steps, 1), 0.0), 1.0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from fhgs_ros.core.params import param
 
 # Constants of the 2DGS surfel rasterizer (FHGS_SPEC.md section 2); the native header repeats them.
 TILE = 16
@@ -25,10 +26,10 @@ class NDFDParams:
     ext_use_sigma: include sigma in the external term (spec 8.2).
     """
 
-    lam: float = 0.5
-    k: float = 20.0
-    sigma_increasing: bool = False
-    ext_use_sigma: bool = True
+    lam: float = param(0.5, 'similarity threshold lambda of the gate sigma (docs/METHOD.md §3)')
+    k: float = param(20.0, 'gate slope', lo=0)
+    sigma_increasing: bool = param(False, "ablation: flip the gate's sign (docs/METHOD.md §8.1)")
+    ext_use_sigma: bool = param(True, 'gate the external term by sigma (docs/METHOD.md §8.2)')
 
 
 @dataclass

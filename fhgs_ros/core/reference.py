@@ -31,14 +31,14 @@ import torch.nn.functional as F
 from fhgs_ros.core.camera import Camera
 from fhgs_ros.core.raster_types import (ALPHA_MAX, ALPHA_MIN, CUTOFF, FILTER_INV_SQUARE, FILTER_SIZE, T_MIN,
                                         FeatureTarget, NDFDParams, RenderResult)
-from fhgs_ros.core.surfels import quat_to_rotmat
+from fhgs_ros.core.geometry import quat_wxyz_to_matrix
 
 
 def splat_matrices(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, camera: Camera) -> torch.Tensor:
     """(N, 3, 3) matrices T with rows Tu, Tv, Tw: (x w, y w, w) = T (u, v, 1) for tangent coords (u, v)."""
     dt = means.dtype
     proj = camera.projection().to(device=means.device, dtype=dt)  # (3, 4)
-    rot = quat_to_rotmat(quats)
+    rot = quat_wxyz_to_matrix(quats)
     pm, pt = proj[:, :3], proj[:, 3]
     col_u = (scales[:, 0:1] * rot[:, :, 0]) @ pm.T
     col_v = (scales[:, 1:2] * rot[:, :, 1]) @ pm.T
@@ -245,7 +245,7 @@ def rasterize_reference(means: torch.Tensor, quats: torch.Tensor, scales: torch.
     rgb = seg_sum(w[:, None] * colors[sid]) + t_final[:, None] * bg
     depth = seg_sum(w * z)
 
-    rot = quat_to_rotmat(quats)
+    rot = quat_wxyz_to_matrix(quats)
     normal_w = rot[:, :, 2]
     to_surfel = means - camera.center.to(dev, dt)
     normal_w = torch.where(((normal_w * to_surfel).sum(-1, keepdim=True) > 0).detach(), -normal_w, normal_w)

@@ -1,4 +1,4 @@
-"""New surfels from 3-D points or depth images, with frozen features (FHGS_SPEC.md section 1).
+"""New surfels from 3-D points, depth images or a new keyframe, with frozen features (FHGS_SPEC.md section 1).
 
 The projection index ("spatial hash table" of the paper) maps each 3-D point to the views that
 see it and the pixel in each; COLMAP/SfM tracks are such an index, and
@@ -10,6 +10,7 @@ uniformly at random (seeded generator), and never changes afterwards.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -18,7 +19,9 @@ from scipy.spatial import cKDTree
 from fhgs_ros.core.camera import Camera
 from fhgs_ros.core.raster_types import FeatureTarget
 from fhgs_ros.core.reference import sample_grid  # noqa: F401  (re-exported: seeding samples features with it)
-from fhgs_ros.core.surfels import SurfelMap, random_quats
+from fhgs_ros.core.geometry import matrix_to_quat_wxyz, random_quats_wxyz
+from fhgs_ros.core.render import render
+from fhgs_ros.core.surfels import SurfelMap
 
 log = logging.getLogger(__name__)
 
@@ -107,7 +110,7 @@ def surfels_from_points(xyz: torch.Tensor, rgb: torch.Tensor, features: torch.Te
     """2DGS point init: isotropic scale from 3-NN distances, random rotation (or aligned to
     ``normals`` when given), opacity 0.1, SH DC from the point colour, frozen features."""
     scales = (knn_scales(xyz) * scale_multiplier)[:, None].expand(-1, 2).clone()
-    quats = random_quats(xyz.shape[0], generator) if normals is None else quats_from_normals(normals, generator)
+    quats = random_quats_wxyz(xyz.shape[0], generator) if normals is None else quats_from_normals(normals, generator)
     return SurfelMap.create(xyz.float(), rgb.float().clamp(0, 1), features.float(), scales, quats, opacity,
                             device=device)
 
@@ -121,25 +124,7 @@ def quats_from_normals(normals: torch.Tensor, generator: torch.Generator | None 
     ang = torch.rand(n.shape[0], 1, generator=generator) * 2 * torch.pi
     tu, tv = tu * torch.cos(ang) + tv * torch.sin(ang), -tu * torch.sin(ang) + tv * torch.cos(ang)
     rot = torch.stack([tu, tv, n], -1)
-    return rotmat_to_quat(rot)
-
-
-def rotmat_to_quat(r: torch.Tensor) -> torch.Tensor:
-    """(N, 3, 3) rotation matrices -> (N, 4) unit quaternions (w, x, y, z)."""
-    m = r.double()
-    tr = m[:, 0, 0] + m[:, 1, 1] + m[:, 2, 2]
-    cands = torch.stack([
-        torch.stack([1 + tr, m[:, 2, 1] - m[:, 1, 2], m[:, 0, 2] - m[:, 2, 0], m[:, 1, 0] - m[:, 0, 1]], -1),
-        torch.stack([m[:, 2, 1] - m[:, 1, 2], 1 + m[:, 0, 0] - m[:, 1, 1] - m[:, 2, 2], m[:, 0, 1] + m[:, 1, 0],
-                     m[:, 0, 2] + m[:, 2, 0]], -1),
-        torch.stack([m[:, 0, 2] - m[:, 2, 0], m[:, 0, 1] + m[:, 1, 0], 1 - m[:, 0, 0] + m[:, 1, 1] - m[:, 2, 2],
-                     m[:, 1, 2] + m[:, 2, 1]], -1),
-        torch.stack([m[:, 1, 0] - m[:, 0, 1], m[:, 0, 2] + m[:, 2, 0], m[:, 1, 2] + m[:, 2, 1],
-                     1 - m[:, 0, 0] - m[:, 1, 1] + m[:, 2, 2]], -1),
-    ], 1)  # (N, 4 candidates, 4)
-    best = torch.stack([tr, m[:, 0, 0], m[:, 1, 1], m[:, 2, 2]], -1).argmax(-1)
-    q = cands[torch.arange(m.shape[0]), best]
-    return F.normalize(q, dim=-1).float()
+    return matrix_to_quat_wxyz(rot).float()
 
 
 def points_from_depth(image: torch.Tensor, depth: torch.Tensor, camera: Camera, stride: int = 4,
@@ -158,3 +143,94 @@ def points_from_depth(image: torch.Tensor, depth: torch.Tensor, camera: Camera, 
     xyz = pc @ c2w[:3, :3].T + c2w[:3, 3]
     rgb = image[:, ys, xs].T
     return xyz, rgb, torch.stack([xs, ys], -1).float()
+
+
+@dataclass
+class KeyframeSeedParams:
+    """How a new online keyframe seeds surfels (node parameters; docs/METHOD.md §8.11)."""
+
+    max_new: int = 4000             # cap of new surfels per keyframe
+    depth_stride: int = 4           # [px] pixel stride of depth / nominal-depth seeding
+    depth_max: float = 20.0         # [m] depth beyond is ignored
+    mono_depth: float = 2.0         # [m] no depth and no seed points: nominal depth along the rays ...
+    mono_jitter: float = 0.5        # [m] ... +- this (uniform)
+    opacity: float = 0.1
+    scale_multiplier: float = 1.0
+    backend: str = "auto"           # rasterizer backend of the coverage render
+
+
+def seed_keyframe(image: torch.Tensor, depth: torch.Tensor | None, cam: Camera, target: FeatureTarget,
+                  surfels: SurfelMap, seed_xyz: torch.Tensor, seed_rgb: torch.Tensor, p: KeyframeSeedParams,
+                  gen: torch.Generator) -> tuple[SurfelMap | None, torch.Tensor]:
+    """New surfels for the pixels of a keyframe that the current map does not explain yet.
+
+    Sources, in order: pending seed points (world frame, (P, 3)) that the keyframe sees (and its
+    depth does not contradict); the keyframe's depth (metres, 0 = unknown) back-projected where
+    the map's render is not opaque or disagrees by more than 10 %; without either, a nominal
+    depth along the rays of uncovered pixels. Each surfel's frozen feature is sampled from the
+    keyframe's feature ``target``. Returns (surfels or None, indices of the seed points used).
+    """
+    used = torch.zeros(0, dtype=torch.long)
+    if p.max_new <= 0:
+        return None, used
+    covered = None
+    rdepth = None
+    if len(surfels):
+        with torch.no_grad():
+            r = render(surfels, cam, backend=p.backend)
+        covered = r.alpha > 0.5
+        rdepth = r.depth_median
+    xyzs, rgbs, feats = [], [], []
+    # 1. pending seed points that this keyframe sees
+    if seed_xyz.shape[0]:
+        xy, z = project(seed_xyz, cam)
+        ok = (z > cam.near) & (xy[:, 0] >= -0.5) & (xy[:, 0] < cam.width - 0.5) & (xy[:, 1] >= -0.5) \
+            & (xy[:, 1] < cam.height - 0.5)
+        if depth is not None and ok.any():
+            px = xy[:, 0].round().long().clamp(0, cam.width - 1)
+            py = xy[:, 1].round().long().clamp(0, cam.height - 1)
+            dz = depth[py, px]
+            ok &= (dz <= 0) | ((dz - z).abs() <= 0.1 * z.abs())
+        if ok.any():
+            used = torch.nonzero(ok).squeeze(1)
+            xyzs.append(seed_xyz[used])
+            rgbs.append(seed_rgb[used])
+            feats.append(sample_grid(target, xy[used]))
+    # 2. depth: back-project pixels the map does not explain yet
+    stride = max(1, p.depth_stride)
+    if depth is not None:
+        xyz, rgb, xy = points_from_depth(image, depth, cam, stride=stride, max_depth=p.depth_max)
+        if covered is not None and xyz.shape[0]:
+            px, py = xy[:, 0].long(), xy[:, 1].long()
+            z = depth[py, px]
+            explained = covered[py, px] & ((rdepth[py, px] - z).abs() <= 0.1 * z)
+            xyz, rgb, xy = xyz[~explained], rgb[~explained], xy[~explained]
+        if xyz.shape[0]:
+            xyzs.append(xyz)
+            rgbs.append(rgb)
+            feats.append(sample_grid(target, xy))
+    elif not xyzs:
+        # 3. no depth, no seed points: nominal depth along the rays of uncovered pixels
+        ys, xs = torch.meshgrid(torch.arange(0, cam.height, stride), torch.arange(0, cam.width, stride),
+                                indexing="ij")
+        xs, ys = xs.reshape(-1), ys.reshape(-1)
+        if covered is not None:
+            m = ~covered[ys, xs]
+            xs, ys = xs[m], ys[m]
+        if xs.numel():
+            d = p.mono_depth + (torch.rand(xs.numel(), generator=gen) * 2 - 1) * p.mono_jitter
+            d = d.clamp_min(cam.near * 1.5)
+            pc = torch.stack([(xs.float() - cam.cx) / cam.fx * d, (ys.float() - cam.cy) / cam.fy * d, d], -1)
+            c2w = cam.cam_to_world
+            xyzs.append(pc @ c2w[:3, :3].T + c2w[:3, 3])
+            rgbs.append(image[:, ys, xs].T)
+            feats.append(sample_grid(target, torch.stack([xs, ys], -1).float()))
+    if not xyzs:
+        return None, used
+    xyz, rgb, f = torch.cat(xyzs), torch.cat(rgbs), torch.cat(feats)
+    if xyz.shape[0] > p.max_new:
+        sel = torch.randperm(xyz.shape[0], generator=gen)[:p.max_new]
+        xyz, rgb, f = xyz[sel], rgb[sel], f[sel]
+    if xyz.shape[0] < 2:
+        return None, used
+    return surfels_from_points(xyz, rgb, f, p.opacity, p.scale_multiplier, generator=gen), used

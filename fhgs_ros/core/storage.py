@@ -32,9 +32,10 @@ import torch
 
 from fhgs_ros.core.camera import Camera, CameraError
 from fhgs_ros.core.fileio import atomic_write_bytes, atomic_writer, to_jsonable
+from fhgs_ros.core.geometry import quat_wxyz_to_matrix
 from fhgs_ros.core.mapfile_schema import (HEADER_SCHEMA, MAX_MAP_BYTES, META_SCHEMA, bounded_json,
                                           read_regular_file, validate)
-from fhgs_ros.core.surfels import SH_COEFFS, TRAINABLE, SurfelMap, quat_to_rotmat
+from fhgs_ros.core.surfels import SH_COEFFS, TRAINABLE, SurfelMap
 
 FORMAT_NAME = "fhgs_map"
 FORMAT_VERSION = 1
@@ -326,7 +327,7 @@ def export_ply(path: str | os.PathLike, surfels: SurfelMap, include_features: bo
     n = len(surfels)
     with torch.no_grad():
         cols = [("x", surfels.means[:, 0]), ("y", surfels.means[:, 1]), ("z", surfels.means[:, 2])]
-        normals = quat_to_rotmat(surfels.quats)[:, :, 2] if n else surfels.means.new_zeros(0, 3)
+        normals = quat_wxyz_to_matrix(surfels.quats)[:, :, 2] if n else surfels.means.new_zeros(0, 3)
         cols += [(f"n{a}", normals[:, i]) for i, a in enumerate("xyz")]
         dc = surfels.sh_dc.reshape(n, 3)
         cols += [(f"f_dc_{i}", dc[:, i]) for i in range(3)]

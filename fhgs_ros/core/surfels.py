@@ -13,27 +13,12 @@ from dataclasses import dataclass, field
 import torch
 import torch.nn.functional as F
 
+from fhgs_ros.core.geometry import quat_wxyz_to_matrix, random_quats_wxyz
 from fhgs_ros.core.sh import rgb_to_sh0
 
 SH_COEFFS = 16  # degree 3
 
 TRAINABLE = ("means", "quats", "log_scales", "opacity_logit", "sh_dc", "sh_rest")
-
-
-def quat_to_rotmat(q: torch.Tensor) -> torch.Tensor:
-    """(N, 4) quaternions (w, x, y, z), any norm -> (N, 3, 3) rotation matrices."""
-    q = F.normalize(q, dim=-1)
-    w, x, y, z = q.unbind(-1)
-    return torch.stack([
-        1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y),
-        2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x),
-        2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y),
-    ], -1).reshape(q.shape[:-1] + (3, 3))
-
-
-def random_quats(n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Uniformly random unit quaternions (N, 4)."""
-    return F.normalize(torch.randn(n, 4, generator=generator), dim=-1)
 
 
 @dataclass
@@ -76,7 +61,7 @@ class SurfelMap:
         """Build a map from activated values: scales (N, 2) metres, opacity in (0, 1), rgb in [0, 1]."""
         n = means.shape[0]
         if quats is None:
-            quats = random_quats(n)
+            quats = random_quats_wxyz(n)
         op = torch.as_tensor(opacity, dtype=torch.float32).expand(n).clamp(1e-4, 1 - 1e-4)
         sh_dc = rgb_to_sh0(rgb.float()).reshape(n, 1, 3)
         p = lambda t: torch.nn.Parameter(t.float().contiguous().to(device))  # noqa: E731
@@ -115,7 +100,7 @@ class SurfelMap:
 
     def normals(self) -> torch.Tensor:
         """(N, 3) world-frame surfel normals t_w (not flipped towards any camera)."""
-        return quat_to_rotmat(self.quats)[:, :, 2]
+        return quat_wxyz_to_matrix(self.quats)[:, :, 2]
 
     def parameters(self) -> dict[str, torch.nn.Parameter]:
         return {k: getattr(self, k) for k in TRAINABLE}

@@ -29,9 +29,11 @@ import numpy as np
 import torch
 
 from fhgs_ros.datasets.base import Dataset, DatasetError, Frame, PointCloud
-from fhgs_ros.datasets.common import (make_side_dirs, Distortion, depth_to_u16, err, find_side_file, load_depth, load_extras,
-                                      load_labels, load_rgb, make_camera, quat_to_rot, resize_image, rot_to_quat,
-                                      scale_factor, to_uint8_hwc, labels_to_u8, undistort_image, undistort_pixels, write_extras)
+from fhgs_ros.core.camera import Intrinsics
+from fhgs_ros.core.geometry import matrix_to_quat_wxyz, orthonormalize, quat_wxyz_to_matrix
+from fhgs_ros.datasets.common import (depth_to_u16, err, find_side_file, labels_to_u8, load_depth, load_extras,
+                                      load_labels, load_rgb, make_camera, make_side_dirs, resize_image, scale_factor,
+                                      to_uint8_hwc, undistort_frame, write_extras)
 
 # model name -> (id, number of params)
 MODELS = {"SIMPLE_PINHOLE": (0, 3), "PINHOLE": (1, 4), "SIMPLE_RADIAL": (2, 4), "RADIAL": (3, 5), "OPENCV": (4, 8),
@@ -50,7 +52,7 @@ class _Cam:
     fy: float
     cx: float  # OpenCV convention (already -0.5)
     cy: float
-    dist: Distortion
+    dist: Intrinsics  # the sensor: K at its full size plus its lens distortion
 
 
 @dataclass
@@ -90,15 +92,17 @@ def _cam_from_params(model: str, w: int, h: int, p: list[float], file, field) ->
         fx = fy = p[0]
         cx, cy = p[1], p[2]
         k = p[3:]
-        dist = Distortion(*(k + [0.0] * (2 - len(k))))
+        k = k + [0.0] * (2 - len(k))
+        dist = Intrinsics.brown(w, h, fx, fy, cx - 0.5, cy - 0.5, k1=k[0], k2=k[1])
     else:
         fx, fy, cx, cy = p[:4]
         if model == "PINHOLE":
-            dist = Distortion()
+            dist = Intrinsics.brown(w, h, fx, fy, cx - 0.5, cy - 0.5)
         elif model == "OPENCV":
-            dist = Distortion(k1=p[4], k2=p[5], p1=p[6], p2=p[7])
+            dist = Intrinsics.brown(w, h, fx, fy, cx - 0.5, cy - 0.5, k1=p[4], k2=p[5], p1=p[6], p2=p[7])
         else:  # FULL_OPENCV
-            dist = Distortion(k1=p[4], k2=p[5], p1=p[6], p2=p[7], k3=p[8], k4=p[9], k5=p[10], k6=p[11])
+            dist = Intrinsics.brown(w, h, fx, fy, cx - 0.5, cy - 0.5, k1=p[4], k2=p[5], p1=p[6], p2=p[7], k3=p[8],
+                                    k4=p[9], k5=p[10], k6=p[11])
     if fx <= 0 or fy <= 0:
         raise err(file, field, f"focal length must be > 0, got fx={fx}, fy={fy}")
     if w <= 0 or h <= 0:
@@ -304,7 +308,7 @@ def load_colmap(path: str | Path, downscale: float = 1.0, load_images: bool = Tr
         if qn < 1e-8:
             raise err(f_img, field + " QW..QZ", "is a zero quaternion")
         w2c = np.eye(4)
-        w2c[:3, :3] = quat_to_rot(im.qvec)
+        w2c[:3, :3] = quat_wxyz_to_matrix(im.qvec)
         w2c[:3, 3] = im.tvec
         cam = make_camera(f_img, field + " QW..QZ", width=c.width, height=c.height, fx=c.fx, fy=c.fy, cx=c.cx, cy=c.cy,
                           world_to_cam=torch.from_numpy(w2c).float(), name=Path(im.name).stem)
@@ -329,15 +333,14 @@ def load_colmap(path: str | Path, downscale: float = 1.0, load_images: bool = Tr
             lp = find_side_file(root, "labels", stem, exts=(".png",))
             if lp is not None:
                 labels = load_labels(lp, lp, "labels", size=size)
-            if not c.dist.is_identity():
-                k = (cam.fx, cam.fy, cam.cx, cam.cy)
-                image, valid = undistort_image(image, c.dist, k, k)
+            if c.dist.has_distortion:
+                image, valid = undistort_frame(image, c.dist, cam)
                 mask = valid if mask is None else mask & valid
         frames.append(Frame(cam, image, path=str(ipath.relative_to(root)), depth=depth, labels=labels, mask=mask))
     ds = Dataset(frames, root)
     ds.meta.update(format="colmap", model=str(model_dir),
-                   distortion={str(cid): {"model": c.model, **c.dist.to_dict()} for cid, c in cams.items()
-                               if not c.dist.is_identity()})
+                   distortion={str(cid): {**c.dist.distortion_dict(), "model": c.model} for cid, c in cams.items()
+                               if c.dist.has_distortion})
     if f_pts.is_file():
         ds.points = _points(f_pts, ext, order, cams, frames)
     load_extras(ds, root, load_points=False)
@@ -375,12 +378,11 @@ def _points(f_pts: Path, ext: str, order: list[_Img], cams: dict[int, _Cam], fra
             continue
         c = cams[im.camera_id]
         cam = frames[fi].camera
-        src = (c.fx, c.fy, c.cx, c.cy)
-        if c.dist.is_identity():
+        if not c.dist.has_distortion:
             sx, sy = cam.width / c.width, cam.height / c.height
             oxy_a[m] = (oxy_a[m] + 0.5) * [sx, sy] - 0.5
         else:
-            oxy_a[m] = undistort_pixels(oxy_a[m], c.dist, src, (cam.fx, cam.fy, cam.cx, cam.cy))
+            oxy_a[m] = c.dist.undistort_pixels(oxy_a[m], cam.intrinsics)
     order_idx = np.lexsort((of_a, op_a))
     pc = PointCloud(torch.from_numpy(xyz.astype(np.float32)), torch.from_numpy((rgb / 255.0).astype(np.float32)),
                     obs_point=torch.from_numpy(op_a[order_idx]), obs_frame=torch.from_numpy(of_a[order_idx]),
@@ -429,7 +431,7 @@ def write_colmap_text(dataset: Dataset, out_dir: str | Path, write_extras_files:
     for i, f in enumerate(frames):
         name = f"{i:04d}"
         w2c = f.camera.world_to_cam.double().numpy()
-        q = rot_to_quat(w2c[:3, :3])
+        q = matrix_to_quat_wxyz(orthonormalize(w2c[:3, :3], tol=1e-2))
         t = w2c[:3, 3]
         img_lines.append(" ".join([str(i + 1)] + [repr(float(v)) for v in q] + [repr(float(v)) for v in t]
                                   + [str(frame_cam[i]), f"{name}.png"]))

@@ -7,6 +7,7 @@ and names the field, e.g. ``".../transforms.json: frames[3].transform_matrix con
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -17,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fhgs_ros.core.camera import Camera, CameraError
+from fhgs_ros.core.camera import Camera, CameraError, Intrinsics, Undistorter
 from fhgs_ros.datasets.base import Dataset, DatasetError, PointCloud
 
 log = logging.getLogger(__name__)
@@ -132,162 +133,15 @@ def scale_factor(downscale: float) -> float:
     return d if d <= 1.0 else 1.0 / d
 
 
-# --------------------------------------------------------------------------- poses
-
-def c2w_gl_to_w2c_cv(c2w_gl: np.ndarray) -> np.ndarray:
-    """NeRF/OpenGL camera-to-world (x right, y up, z back) -> OpenCV world-to-camera (float64).
-
-    The rotation is re-orthonormalised (SVD) so small numerical drift in files is tolerated; a
-    scaled or reflected rotation is left for Camera.validate to reject.
-    """
-    c2w = np.asarray(c2w_gl, dtype=np.float64).copy()
-    c2w[:3, 1:3] *= -1.0  # flip y and z camera axes
-    r, t = c2w[:3, :3], c2w[:3, 3]
-    r = orthonormalize(r)
-    w2c = np.eye(4)
-    w2c[:3, :3] = r.T
-    w2c[:3, 3] = -r.T @ t
-    return w2c
-
-
-def w2c_cv_to_c2w_gl(w2c: np.ndarray) -> np.ndarray:
-    w2c = np.asarray(w2c, dtype=np.float64)
-    r, t = w2c[:3, :3], w2c[:3, 3]
-    c2w = np.eye(4)
-    c2w[:3, :3] = r.T
-    c2w[:3, 3] = -r.T @ t
-    c2w[:3, 1:3] *= -1.0
-    return c2w
-
-
-def orthonormalize(r: np.ndarray, tol: float = 1e-3) -> np.ndarray:
-    """Nearest rotation to ``r`` when it is already within ``tol`` of one; ``r`` unchanged otherwise."""
-    r = np.asarray(r, dtype=np.float64)
-    if np.abs(r @ r.T - np.eye(3)).max() > tol or abs(np.linalg.det(r) - 1.0) > tol:
-        return r
-    u, _, vt = np.linalg.svd(r)
-    q = u @ vt
-    if np.linalg.det(q) < 0:
-        return r
-    return q
-
-
-def quat_to_rot(q) -> np.ndarray:
-    """(qw, qx, qy, qz) -> 3x3 rotation (normalised first)."""
-    w, x, y, z = np.asarray(q, dtype=np.float64) / np.linalg.norm(q)
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
-
-
-def rot_to_quat(r) -> np.ndarray:
-    """3x3 rotation -> (qw, qx, qy, qz) with qw >= 0."""
-    r = orthonormalize(np.asarray(r, dtype=np.float64), tol=1e-2)
-    tr = np.trace(r)
-    if tr > 0:
-        s = math.sqrt(tr + 1.0) * 2
-        q = [0.25 * s, (r[2, 1] - r[1, 2]) / s, (r[0, 2] - r[2, 0]) / s, (r[1, 0] - r[0, 1]) / s]
-    elif r[0, 0] > r[1, 1] and r[0, 0] > r[2, 2]:
-        s = math.sqrt(1.0 + r[0, 0] - r[1, 1] - r[2, 2]) * 2
-        q = [(r[2, 1] - r[1, 2]) / s, 0.25 * s, (r[0, 1] + r[1, 0]) / s, (r[0, 2] + r[2, 0]) / s]
-    elif r[1, 1] > r[2, 2]:
-        s = math.sqrt(1.0 + r[1, 1] - r[0, 0] - r[2, 2]) * 2
-        q = [(r[0, 2] - r[2, 0]) / s, (r[0, 1] + r[1, 0]) / s, 0.25 * s, (r[1, 2] + r[2, 1]) / s]
-    else:
-        s = math.sqrt(1.0 + r[2, 2] - r[0, 0] - r[1, 1]) * 2
-        q = [(r[1, 0] - r[0, 1]) / s, (r[0, 2] + r[2, 0]) / s, (r[1, 2] + r[2, 1]) / s, 0.25 * s]
-    q = np.asarray(q)
-    q /= np.linalg.norm(q)
-    return -q if q[0] < 0 else q
-
-
-def rodrigues(v) -> np.ndarray:
-    """Angle-axis vector -> 3x3 rotation."""
-    v = np.asarray(v, dtype=np.float64)
-    th = float(np.linalg.norm(v))
-    if th < 1e-12:
-        return np.eye(3)
-    k = v / th
-    kx = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
-    return np.eye(3) + math.sin(th) * kx + (1 - math.cos(th)) * (kx @ kx)
-
-
 # --------------------------------------------------------------------------- lens distortion
 
-class Distortion:
-    """Radial-tangential (OpenCV / COLMAP / OpenSfM 'brown') distortion in normalised coordinates.
-
-    x_d = x * (1 + k1 r^2 + k2 r^4 + k3 r^6) / (1 + k4 r^2 + k5 r^4 + k6 r^6)
-          + 2 p1 x y + p2 (r^2 + 2 x^2)      (and symmetrically for y)
-    """
-
-    def __init__(self, k1=0.0, k2=0.0, p1=0.0, p2=0.0, k3=0.0, k4=0.0, k5=0.0, k6=0.0):
-        self.k = [float(k1), float(k2), float(k3), float(k4), float(k5), float(k6)]
-        self.p = [float(p1), float(p2)]
-
-    def is_identity(self) -> bool:
-        return all(v == 0.0 for v in self.k + self.p)
-
-    def to_dict(self) -> dict:
-        k1, k2, k3, k4, k5, k6 = self.k
-        return {"k1": k1, "k2": k2, "k3": k3, "k4": k4, "k5": k5, "k6": k6, "p1": self.p[0], "p2": self.p[1]}
-
-    def distort(self, x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        k1, k2, k3, k4, k5, k6 = self.k
-        p1, p2 = self.p
-        r2 = x * x + y * y
-        radial = (1 + r2 * (k1 + r2 * (k2 + r2 * k3))) / (1 + r2 * (k4 + r2 * (k5 + r2 * k6)))
-        xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
-        yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
-        return xd, yd
-
-    def undistort(self, xd: np.ndarray, yd: np.ndarray, iters: int = 30) -> tuple[np.ndarray, np.ndarray]:
-        """Inverse of :meth:`distort` by fixed-point iteration (as OpenCV's undistortPoints)."""
-        k1, k2, k3, k4, k5, k6 = self.k
-        p1, p2 = self.p
-        x, y = np.array(xd, dtype=np.float64), np.array(yd, dtype=np.float64)
-        for _ in range(iters):
-            r2 = x * x + y * y
-            radial = (1 + r2 * (k1 + r2 * (k2 + r2 * k3))) / (1 + r2 * (k4 + r2 * (k5 + r2 * k6)))
-            dx = 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
-            dy = p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
-            x = (xd - dx) / radial
-            y = (yd - dy) / radial
-        return x, y
-
-
-def undistort_pixels(xy: np.ndarray, dist: Distortion, src: tuple[float, float, float, float],
-                     dst: tuple[float, float, float, float]) -> np.ndarray:
-    """Distorted pixel coords (intrinsics ``src`` = fx, fy, cx, cy) -> pinhole pixel coords (``dst``)."""
-    xy = np.asarray(xy, dtype=np.float64).reshape(-1, 2)
-    fx, fy, cx, cy = src
-    xu, yu = dist.undistort((xy[:, 0] - cx) / fx, (xy[:, 1] - cy) / fy)
-    return np.stack([xu * dst[0] + dst[2], yu * dst[1] + dst[3]], axis=1)
-
-
-def undistort_image(img: torch.Tensor, dist: Distortion, src: tuple[float, float, float, float],
-                    dst: tuple[float, float, float, float], mode: str = "bilinear") -> tuple[torch.Tensor, torch.Tensor]:
-    """Resample a distorted (C, H, W) image into the pinhole camera ``dst`` (same size).
-
-    For each output pixel: pinhole ray -> distort -> source pixel, sampled bilinearly (``mode``).
-    Returns (image, valid mask): pixels whose source lies outside the input take the nearest
-    border value and are False in the mask.
-    """
-    c, h, w = img.shape
-    fx, fy, cx, cy = dst
-    ys, xs = np.meshgrid(np.arange(h, dtype=np.float64), np.arange(w, dtype=np.float64), indexing="ij")
-    xd, yd = dist.distort((xs - cx) / fx, (ys - cy) / fy)
-    u = xd * src[0] + src[2]
-    v = yd * src[1] + src[3]
-    valid = (u >= -0.5) & (u <= w - 0.5) & (v >= -0.5) & (v <= h - 0.5)
-    gx = (u + 0.5) / w * 2 - 1  # align_corners=False: pixel centres at (i + 0.5) / w
-    gy = (v + 0.5) / h * 2 - 1
-    grid = torch.from_numpy(np.stack([gx, gy], -1)).float()[None]
-    src_img = img[None].float()
-    out = torch.nn.functional.grid_sample(src_img, grid, mode=mode, padding_mode="border", align_corners=False)[0]
-    return out.to(img.dtype), torch.from_numpy(valid)
+def undistort_frame(image: torch.Tensor, sensor: Intrinsics, cam: Camera,
+                    nearest: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resample a (C, H, W) image of the distorted ``sensor`` (at any scale) into ``cam``'s pinhole
+    with the same K: (image, (H, W) valid mask). Colour bilinear, depth/labels ``nearest``."""
+    und = Undistorter(dataclasses.replace(sensor.scaled(cam.width, cam.height), fx=cam.fx, fy=cam.fy,
+                                          cx=cam.cx, cy=cam.cy))
+    return und.undistort_tensor(image, nearest)
 
 
 # --------------------------------------------------------------------------- images

@@ -32,10 +32,12 @@ import numpy as np
 import torch
 
 from fhgs_ros.datasets.base import Dataset, DatasetError, Frame
-from fhgs_ros.datasets.common import (make_side_dirs, DEPTH_SCALE_MM, Distortion, c2w_gl_to_w2c_cv, check_size, depth_to_u16,
+from fhgs_ros.core.camera import Intrinsics
+from fhgs_ros.core.geometry import opencv_w2c_to_opengl_c2w, opengl_c2w_to_opencv_w2c
+from fhgs_ros.datasets.common import (make_side_dirs, DEPTH_SCALE_MM, check_size, depth_to_u16,
                                       err, find_file, find_side_file, get_matrix, get_number, load_depth,
                                       load_extras, load_labels, load_rgb, make_camera, read_json, resize_image, scale_tracks,
-                                      scale_factor, to_uint8_hwc, labels_to_u8, undistort_image, w2c_cv_to_c2w_gl, write_extras)
+                                      scale_factor, to_uint8_hwc, labels_to_u8, undistort_frame, write_extras)
 
 _INTR_KEYS = ("fl_x", "fl_y", "cx", "cy", "w", "h", "camera_angle_x", "camera_angle_y",
               "k1", "k2", "k3", "k4", "p1", "p2")
@@ -165,11 +167,11 @@ def _load_file(tf: Path, factor: float, background: float, load_images: bool):
             fy = fx
         cx = num("cx", default=w0 / 2.0) - 0.5
         cy = num("cy", default=h0 / 2.0) - 0.5
-        dist = Distortion(k1=num("k1", 0.0), k2=num("k2", 0.0), k3=num("k3", 0.0), k4=num("k4", 0.0),
-                          p1=num("p1", 0.0), p2=num("p2", 0.0))
-        if dist.k[3] != 0.0:  # instant-ngp's k4 belongs to its fisheye model
+        if num("k4", 0.0) != 0.0:  # instant-ngp's k4 belongs to its fisheye model
             raise err(tf, f"{where}.k4", "is only used by fisheye models, which are not supported")
-        w2c = c2w_gl_to_w2c_cv(c2w)
+        dist = Intrinsics.brown(w0, h0, fx, fy, cx, cy, k1=num("k1", 0.0), k2=num("k2", 0.0), k3=num("k3", 0.0),
+                                p1=num("p1", 0.0), p2=num("p2", 0.0))
+        w2c = opengl_c2w_to_opencv_w2c(c2w)
         cam = make_camera(tf, f"{where} camera", pose_field=f"{where}.transform_matrix",
                           intr_field=f"{where} intrinsics (fl_x, fl_y, cx, cy, w, h)", width=w0, height=h0, fx=fx, fy=fy, cx=cx, cy=cy,
                           world_to_cam=torch.from_numpy(w2c).float(), name=stem)
@@ -203,14 +205,13 @@ def _load_file(tf: Path, factor: float, background: float, load_images: bool):
         lpath = lpath or find_side_file(root, "labels", stem, exts=(".png",))
         if lpath is not None and load_images:
             labels = load_labels(lpath, tf, f"{where}.label_file_path", size=size)
-        if not dist.is_identity() and load_images:
-            k = (cam.fx, cam.fy, cam.cx, cam.cy)  # same pinhole intrinsics before and after
-            image, valid = undistort_image(image, dist, k, k)
+        if dist.has_distortion and load_images:  # same pinhole intrinsics before and after
+            image, valid = undistort_frame(image, dist, cam)
             mask = valid if mask is None else (mask & valid)
             if depth is not None:
-                depth = undistort_image(depth[None], dist, k, k, mode="nearest")[0][0]
+                depth = undistort_frame(depth[None], dist, cam, nearest=True)[0][0]
             if labels is not None:
-                labels = undistort_image(labels[None].double(), dist, k, k, mode="nearest")[0][0].long()
+                labels = undistort_frame(labels[None].double(), dist, cam, nearest=True)[0][0].long()
         frames.append(Frame(cam, image, path=str(img_path.relative_to(root) if img_path.is_relative_to(root)
                                                  else img_path), depth=depth, labels=labels, mask=mask))
         sizes.append((w0, h0))
@@ -263,7 +264,7 @@ def write_nerf(dataset: Dataset, out_dir: str | Path, write_extras_files: bool =
         entry = {"file_path": f"images/{name}.png"}
         if not shared:
             entry.update(intr_dict(f.camera))
-        entry["transform_matrix"] = w2c_cv_to_c2w_gl(f.camera.world_to_cam.double().numpy()).tolist()
+        entry["transform_matrix"] = opencv_w2c_to_opengl_c2w(f.camera.world_to_cam.double().numpy()).tolist()
         save_png(out / "images" / f"{name}.png", to_uint8_hwc(f.image))
         if f.depth is not None:
             save_png(out / "depth" / f"{name}.png", depth_to_u16(f.depth))

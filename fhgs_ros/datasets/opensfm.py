@@ -31,8 +31,10 @@ import numpy as np
 import torch
 
 from fhgs_ros.datasets.base import Dataset, DatasetError, Frame, PointCloud
-from fhgs_ros.datasets.common import (Distortion, err, get_matrix, get_number, load_extras, load_rgb, make_camera, read_json,
-                                      resize_image, rodrigues, scale_factor, undistort_image)
+from fhgs_ros.core.camera import Intrinsics
+from fhgs_ros.core.geometry import angle_axis_to_matrix
+from fhgs_ros.datasets.common import (err, get_matrix, get_number, load_extras, load_rgb, make_camera, read_json,
+                                      resize_image, scale_factor, undistort_frame)
 
 
 def find_reconstruction(path: Path) -> Path:
@@ -59,7 +61,7 @@ def _tracks_file(rec: Path) -> Path | None:
 
 
 def _camera(cam: dict, file: Path, where: str):
-    """(width, height, fx, fy, cx, cy, Distortion) in OpenCV pixels for an OpenSfM camera dict."""
+    """(width, height, fx, fy, cx, cy, sensor Intrinsics with distortion) in OpenCV pixels for an OpenSfM camera dict."""
     if not isinstance(cam, dict):
         raise err(file, where, "must be an object")
     ptype = cam.get("projection_type", "perspective")
@@ -70,15 +72,16 @@ def _camera(cam: dict, file: Path, where: str):
         f = get_number(cam, "focal", file, where, positive=True)
         fx = fy = f * size
         cx, cy = w / 2 - 0.5, h / 2 - 0.5
-        dist = Distortion(k1=get_number(cam, "k1", file, where, 0.0), k2=get_number(cam, "k2", file, where, 0.0))
+        dist = Intrinsics.brown(w, h, fx, fy, cx, cy, k1=get_number(cam, "k1", file, where, 0.0),
+                                k2=get_number(cam, "k2", file, where, 0.0))
     elif ptype == "brown":
         fx = get_number(cam, "focal_x", file, where, positive=True) * size
         fy = get_number(cam, "focal_y", file, where, positive=True) * size
         cx = w / 2 - 0.5 + get_number(cam, "c_x", file, where, 0.0) * size
         cy = h / 2 - 0.5 + get_number(cam, "c_y", file, where, 0.0) * size
-        dist = Distortion(k1=get_number(cam, "k1", file, where, 0.0), k2=get_number(cam, "k2", file, where, 0.0),
-                          k3=get_number(cam, "k3", file, where, 0.0), p1=get_number(cam, "p1", file, where, 0.0),
-                          p2=get_number(cam, "p2", file, where, 0.0))
+        dist = Intrinsics.brown(w, h, fx, fy, cx, cy, k1=get_number(cam, "k1", file, where, 0.0),
+                                k2=get_number(cam, "k2", file, where, 0.0), k3=get_number(cam, "k3", file, where, 0.0),
+                                p1=get_number(cam, "p1", file, where, 0.0), p2=get_number(cam, "p2", file, where, 0.0))
     else:
         raise err(file, f"{where}.projection_type", f"'{ptype}' is not supported (perspective or brown only)")
     return w, h, fx, fy, cx, cy, dist
@@ -122,7 +125,7 @@ def load_opensfm(path: str | Path, downscale: float = 1.0, load_images: bool = T
         rv = get_matrix(sh.get("rotation"), (3,), rec_path, f"{where}.rotation")
         tv = get_matrix(sh.get("translation"), (3,), rec_path, f"{where}.translation")
         w2c = np.eye(4)
-        w2c[:3, :3] = rodrigues(rv)
+        w2c[:3, :3] = angle_axis_to_matrix(rv)
         w2c[:3, 3] = tv
         cam = make_camera(rec_path, where, width=w, height=h, fx=fx, fy=fy, cx=cx, cy=cy,
                           world_to_cam=torch.from_numpy(w2c).float(), name=sid, far=1000.0)
@@ -140,16 +143,15 @@ def load_opensfm(path: str | Path, downscale: float = 1.0, load_images: bool = T
                 raise err(rec_path, f"{where}.camera", f"image '{ipath}' is {got[0]}x{got[1]} but camera "
                           f"'{cid}' is {w}x{h}")
             image, mask = resize_image(image, mask, size)
-            if not dist.is_identity():
-                k = (cam.fx, cam.fy, cam.cx, cam.cy)
-                image, valid = undistort_image(image, dist, k, k)
+            if dist.has_distortion:
+                image, valid = undistort_frame(image, dist, cam)
                 mask = valid if mask is None else mask & valid
         frames.append(Frame(cam, image, path=f"images/{sid}", mask=mask))
         intr.append((w, h, dist))
     ds = Dataset(frames, root)
     ds.meta.update(format="opensfm", source=str(rec_path),
                    reference_lla=rec.get("reference_lla"),
-                   distortion={cid: c[6].to_dict() for cid, c in cams.items() if not c[6].is_identity()})
+                   distortion={cid: c[6].distortion_dict() for cid, c in cams.items() if c[6].has_distortion})
     ds.points = _points(rec, rec_path, names, frames, intr)
     load_extras(ds, root, load_points=False)
     return ds
@@ -211,21 +213,10 @@ def _points(rec: dict, rec_path: Path, names: list[str], frames: list[Frame], in
         size = max(w, h)
         cam = fr.camera  # pinhole, possibly downscaled
         # normalised image coords -> full-res distorted pixels -> distorted ray coords -> undistorted
-        cam_full = _full_camera(rec_path, fr, w, h)
         px = nxy[m] * size + [w / 2 - 0.5, h / 2 - 0.5]
-        xd = (px[:, 0] - cam_full[2]) / cam_full[0]
-        yd = (px[:, 1] - cam_full[3]) / cam_full[1]
-        xu, yu = dist.undistort(xd, yd)
-        out[m] = np.stack([xu * cam.fx + cam.cx, yu * cam.fy + cam.cy], 1)
+        out[m] = dist.undistort_pixels(px, cam.intrinsics)
     order = np.lexsort((of_a, op_a))
     pc.obs_point = torch.from_numpy(op_a[order])
     pc.obs_frame = torch.from_numpy(of_a[order])
     pc.obs_xy = torch.from_numpy(out[order].astype(np.float32))
     return pc
-
-
-def _full_camera(rec_path: Path, fr: Frame, w: int, h: int) -> tuple[float, float, float, float]:
-    """(fx, fy, cx, cy) of the frame's camera at the reconstruction's full resolution."""
-    c = fr.camera
-    sx, sy = w / c.width, h / c.height
-    return c.fx * sx, c.fy * sy, (c.cx + 0.5) * sx - 0.5, (c.cy + 0.5) * sy - 0.5

@@ -1,16 +1,20 @@
 """Feature extractors (SAM image encoder, label embeddings) and feature visualisation; no ROS.
 
-- ``base``: ``FeatureExtractor`` protocol, ``FeatureGrid``, registry (``make_extractor``,
-  ``make_extractor_from_config``, ``register_extractor``);
+- ``base``: ``FeatureExtractor`` protocol, ``FeatureGrid``;
+- ``registry``: extractors by name (``make_extractor``, ``make_extractor_from_config``,
+  ``register_extractor``) and the one configuration -> extractor mapping (``build_extractor``);
 - ``sam``: ``segment_anything`` image encoder (``SamExtractor``, ``CheckpointError``,
   ``missing_checkpoint_help``, ``SamPromptModel``); imports segment_anything lazily, through the
   torchvision shim in ``tv_compat``;
 - ``label`` / ``label_extractor``: label-embedding features (``LabelExtractor``);
 - ``cache``: on-disk embedding cache (``CachedExtractor``);
-- ``pca``: fixed feature PCA colouring (``FeaturePCA``) and the paper's ``channel_pick``.
+- ``pca``: fixed feature PCA colouring (``FeaturePCA``), the paper's ``channel_pick``, and the
+  spherical k-means cluster centres of a map (``kmeans_centroids``);
+- ``segment``: SAM prompt decoding on rendered feature maps (``segment_view``).
 
 Importing this package does not import segment_anything.
 """
 
-from fhgs_ros.features.base import (FeatureError, FeatureExtractor, FeatureGrid, available_extractors,  # noqa: F401
-                                    make_extractor, make_extractor_from_config, register_extractor)
+from fhgs_ros.features.base import FeatureError, FeatureExtractor, FeatureGrid  # noqa: F401
+from fhgs_ros.features.registry import (available_extractors, make_extractor, make_extractor_from_config,  # noqa: F401
+                                        register_extractor)

@@ -204,3 +204,20 @@ def channel_pick(feature_image: torch.Tensor, channels: tuple[int, ...] = PAPER_
         lo, hi = _percentiles(v, percentiles)
     lo, hi = torch.as_tensor(lo, dtype=torch.float32), torch.as_tensor(hi, dtype=torch.float32)
     return ((v - lo) / (hi - lo).clamp_min(1e-12)).clamp(0, 1).T.reshape(3, h, w).contiguous()
+
+
+def kmeans_centroids(x: torch.Tensor, k: int, iters: int = 15, seed: int = 0, max_samples: int = 20000) -> torch.Tensor:
+    """Spherical k-means on unit features (N, D) -> (k', D) unit centres (deterministic)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.nn.functional.normalize(x.float(), dim=-1)
+    if x.shape[0] > max_samples:
+        x = x[torch.randperm(x.shape[0], generator=g)[:max_samples]]
+    k = max(1, min(k, x.shape[0]))
+    c = x[torch.randperm(x.shape[0], generator=g)[:k]].clone()
+    for _ in range(iters):
+        a = (x @ c.T).argmax(1)
+        for j in range(k):
+            m = a == j
+            if m.any():
+                c[j] = torch.nn.functional.normalize(x[m].mean(0), dim=0)
+    return c

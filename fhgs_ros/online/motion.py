@@ -44,8 +44,10 @@ class MotionLimits:
 
 
 def rotation_deg(r_a: np.ndarray, r_b: np.ndarray) -> float:
-    c = (float(np.trace(r_a.T @ r_b)) - 1.0) / 2.0
-    return math.degrees(math.acos(max(-1.0, min(1.0, c)))) if math.isfinite(c) else 180.0
+    """Angle of the relative rotation in degrees (180 when the matrices are not finite)."""
+    from fhgs_ros.core.geometry import rotation_angle_deg
+
+    return rotation_angle_deg(r_a, r_b) if np.isfinite(r_a).all() and np.isfinite(r_b).all() else 180.0
 
 
 def check_pose_range(pose: np.ndarray, what: str = "pose") -> None:

@@ -22,13 +22,12 @@ BAD = "bad_service_argument"
 
 
 def _quat_matrix(q: np.ndarray, what: str, tolerance: float = 1e-2) -> np.ndarray:
+    from fhgs_ros.core.geometry import quat_xyzw_to_matrix
+
     n = float(np.linalg.norm(q.astype(np.float64)))
     if n < 1e-9 or abs(n - 1.0) > tolerance:
         raise Rejected(BAD, f"{what}: quaternion is not normalized (norm {n:.4g})")
-    x, y, z, w = (q.astype(np.float64) / n).tolist()
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+    return np.asarray(quat_xyzw_to_matrix(q.astype(np.float64) / n), dtype=np.float64)
 
 
 def request_pose(position: Sequence[float], orientation: Sequence[float], what: str = "request pose") -> np.ndarray:

@@ -20,11 +20,11 @@ from sensor_msgs.msg import CameraInfo, Image, PointCloud2, PointField
 from std_msgs.msg import ColorRGBA, Header
 from visualization_msgs.msg import Marker
 
-from fhgs_ros.core.camera import Camera
-# stamp_to_sec, pose_to_matrix, transform_to_matrix live in imageproc (ROS-free); re-exported here.
-from fhgs_ros.ros.imageproc import (InputError, Intrinsics, decode_color, decode_compressed, decode_depth,  # noqa: F401
-                                    make_intrinsics, matrix_to_quat, pose_to_matrix, stamp_to_sec,
-                                    transform_to_matrix)
+from fhgs_ros.core.camera import Camera, Intrinsics
+from fhgs_ros.core.geometry import matrix_to_quat_xyzw
+# stamp_to_sec, pose_to_matrix, transform_to_matrix live in online.imageproc (ROS-free); re-exported here.
+from fhgs_ros.online.imageproc import (InputError, decode_color, decode_compressed, decode_depth,  # noqa: F401
+                                       make_intrinsics, pose_to_matrix, stamp_to_sec, transform_to_matrix)
 
 
 # ----------------------------------------------------------------------------- time
@@ -168,14 +168,14 @@ def feature_image_to_array(msg) -> np.ndarray:
 
 # ----------------------------------------------------------------------------- geometry
 def matrix_to_pose(m: np.ndarray) -> Pose:
-    q = matrix_to_quat(np.asarray(m)[:3, :3])
+    q = matrix_to_quat_xyzw(np.asarray(m)[:3, :3])
     t = np.asarray(m)[:3, 3]
     return Pose(position=Point(x=float(t[0]), y=float(t[1]), z=float(t[2])),
                 orientation=Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])))
 
 
 def matrix_to_transform(m: np.ndarray) -> Transform:
-    q = matrix_to_quat(np.asarray(m)[:3, :3])
+    q = matrix_to_quat_xyzw(np.asarray(m)[:3, :3])
     t = np.asarray(m)[:3, 3]
     return Transform(translation=Vector3(x=float(t[0]), y=float(t[1]), z=float(t[2])),
                      rotation=Quaternion(x=float(q[0]), y=float(q[1]), z=float(q[2]), w=float(q[3])))

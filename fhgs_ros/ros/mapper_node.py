@@ -3,7 +3,7 @@
 Run:  fhgs-node --ros-args --params-file config/fhgs.yaml [-p features.sam_checkpoint:=...]
       python -m fhgs_ros.ros.mapper_node --ros-args ...   (same thing)
 
-Interface (names relative to the node, all remappable; DESIGN.md "ROS interface"):
+Interface (names relative to the node, all remappable; docs/ARCHITECTURE.md §4):
 - in: ``image`` (sensor_msgs/Image: rgb8 bgr8 rgba8 bgra8 mono8 mono16) or ``image/compressed``
   (jpeg/png), ``camera_info`` (plumb_bob / rational_polynomial / equidistant distortion:
   undistorted before mapping), optional ``depth`` (16UC1 mm, 32FC1 m), the pose from TF
@@ -19,7 +19,7 @@ Interface (names relative to the node, all remappable; DESIGN.md "ROS interface"
   ``query_feature``, ``segment_view``, ``export_mesh`` (fhgs_interfaces/srv).
 
 Threads: subscription callbacks only decode, validate and enqueue (bounded; drops counted);
-the MappingEngine's frontend / optimizer / saver threads do the work (fhgs_ros.ros.engine); a
+the MappingEngine's frontend / optimizer / saver threads do the work (fhgs_ros.online.engine); a
 render thread publishes the live views; services and timers read immutable map snapshots.
 Every rejected input is logged once per kind with its reason and counted in /diagnostics.
 """
@@ -51,36 +51,52 @@ from visualization_msgs.msg import Marker, MarkerArray
 
 from fhgs_interfaces.msg import FeatureImage, MapperStatus
 from fhgs_interfaces.srv import ExportMesh, LoadMap, QueryFeature, RenderView, SaveMap, SegmentView
-from fhgs_ros.config import ConfigError, default_config_path
+from fhgs_ros.config import (ConfigError, build_config, default_parameters, live_parameters,  # noqa: F401
+                             parameter_specs)
 from fhgs_ros.core.camera import Camera
 from fhgs_ros.ros import conversions as conv
-from fhgs_ros.ros.engine import (Counters, MappingEngine, MapState, Problems, build_extractor,
-                                 cleanup_stale_temp_files)
-from fhgs_ros.ros.calibration import calibration_from_params
-from fhgs_ros.ros.imageproc import InputError, fit_size
-from fhgs_ros.ros.ingest import Ingest
-from fhgs_ros.ros.params import build_config, default_parameters, describe_parameters
+from fhgs_ros.online.telemetry import Counters, Problems
+from fhgs_ros.online.engine import MappingEngine, cleanup_stale_temp_files
+from fhgs_ros.online.frames import MapState
+from fhgs_ros.features.registry import build_extractor
+from fhgs_ros.online.calibration import calibration_from_params
+from fhgs_ros.online.imageproc import InputError, fit_size
+from fhgs_ros.online.ingest import Ingest
 from fhgs_ros.online import requests as rq
 from fhgs_ros.online.guard import Guard, Rejected, Supervisor, bounded_wait
 from fhgs_ros.online.limits import SEGMENT_BYTES_PER_PIXEL, RequestGate, RequestLimits
 from fhgs_ros.online.paths import MAP_SUFFIXES, MESH_SUFFIXES, MapDir, default_map_dir
 
-# node.* parameters that may change while the node runs (validated like at start-up).
-LIVE_PARAMETERS = {
-    "node.pose_source", "node.kf_min_translation", "node.kf_min_rotation_deg", "node.kf_max_interval",
-    "node.kf_min_interval", "node.publish_period", "node.render_long_side", "node.publish_features",
-    "node.cloud_period", "node.cloud_max_points", "node.cloud_features", "node.mesh_period", "node.query_threshold",
-    "node.query_max_results", "node.sync_slop", "node.sync_timeout", "node.autosave_every_keyframes",
-    "node.autosave_period", "node.feature_dtype",
-}
 STANDARD_PARAMETERS = {"use_sim_time", "start_type_description_service"}
 
 
 class FHGSNode(Node):
+    """The mapping node (module docstring); the constructor reads as the steps it takes."""
+
     def __init__(self, node_name: str = "fhgs_node", **kwargs):
         super().__init__(node_name, **kwargs)
         self.log = self.get_logger()
-        self._declare()
+        self._declare_parameters()
+        self._build_engine()
+        self._build_guards()
+        self._resume()
+        self._subscribe()
+        self._advertise()
+        self._create_services()
+        self._create_timers()
+        self._start()
+
+    # ------------------------------------------------------------------ construction steps
+    def _declare_parameters(self) -> None:
+        """Declare every parameter of the table (fhgs_ros.config) with its description, range and
+        live flag; read and validate the values (ConfigError stops the node with the key's name)."""
+        specs = parameter_specs()
+        for name, default in default_parameters().items():
+            spec = specs[name]
+            d = ParameterDescriptor(description=spec.describe(), dynamic_typing=True, read_only=not spec.live)
+            if isinstance(default, list):
+                default = [float(v) for v in default]
+            self.declare_parameter(name, default, d)
         flat = {k: self.get_parameter(k).value for k in default_parameters()}
         unknown = sorted(k for k in self._parameter_overrides if k not in flat and k not in STANDARD_PARAMETERS)
         if unknown:
@@ -88,26 +104,22 @@ class FHGSNode(Node):
                                                                     if len(unknown) > 1 else ""))
         self.cfg, self.ncfg = build_config(flat)
         self.flat = flat
-        if self.ncfg.torch_threads > 0:
-            torch.set_num_threads(self.ncfg.torch_threads)
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+
+    def _build_engine(self) -> None:
+        """Feature extractor, mapping engine and input pipeline (all ROS-free)."""
+        nc = self.ncfg
+        if nc.torch_threads > 0:
+            torch.set_num_threads(nc.torch_threads)
         self.extractor = build_extractor(self.cfg)
         self.sam_parts = None
         self.problems = Problems(logger=self.log.warning)
         self.counters = Counters()
         self._render_event = threading.Event()
         self._stop = threading.Event()
-        # fault containment and request bounds (fhgs_ros/online: guard, limits, paths; README "Security")
-        self.guard = Guard(lambda kind, why: self.problems.report(InputError(kind, why)), self.counters.inc,
-                           self.log.error)
-        self.supervisor = Supervisor(self._stop, lambda kind, why: self.problems.report(InputError(kind, why)))
-        self.limits = RequestLimits.from_node(self.ncfg)
-        self.gate = RequestGate(self.ncfg.max_concurrent_requests)
-        self.map_dir = MapDir(self.ncfg.map_dir or default_map_dir(self.ncfg.map_path),
-                              [p for p in self.ncfg.map_dir_allow.split(":") if p] + self._operator_files())
-        self.engine = MappingEngine(self.cfg, self.ncfg, self.extractor, self.problems, self.counters,
+        self.engine = MappingEngine(self.cfg, nc, self.extractor, self.problems, self.counters,
                                     on_keyframe=lambda st: self._render_event.set(), on_save=self._on_autosave,
                                     info=self.log.info)
-        nc = self.ncfg
         fixed = calibration_from_params(nc)
         if fixed is not None:
             self.log.info(f"camera from {nc.camera_info_file}: {fixed.width}x{fixed.height} {fixed.model or 'pinhole'}"
@@ -124,9 +136,21 @@ class FHGSNode(Node):
         self.cloud_version = -1
         self.render_version = -1
         self._last_render_pub = 0.0
-        self._resume()
+        self._last_status = 0.0
 
-        # ---------------------------------------------------------- ROS plumbing
+    def _build_guards(self) -> None:
+        """Fault containment and request bounds (fhgs_ros/online: guard, limits, paths; README "Security")."""
+        report = lambda kind, why: self.problems.report(InputError(kind, why))  # noqa: E731
+        self.guard = Guard(report, self.counters.inc, self.log.error)
+        self.supervisor = Supervisor(self._stop, report)
+        self.limits = RequestLimits.from_node(self.ncfg)
+        self.gate = RequestGate(self.ncfg.max_concurrent_requests)
+        self.map_dir = MapDir(self.ncfg.map_dir or default_map_dir(self.ncfg.map_path),
+                              [p for p in self.ncfg.map_dir_allow.split(":") if p] + self._operator_files())
+
+    def _subscribe(self) -> None:
+        """Inputs (best effort sensors or reliable per node.sensor_qos; reliable poses) and TF."""
+        nc = self.ncfg
         self.cb_input = ReentrantCallbackGroup()
         self.cb_services = ReentrantCallbackGroup()
         self.cb_cloud = MutuallyExclusiveCallbackGroup()
@@ -136,8 +160,6 @@ class FHGSNode(Node):
                             reliability=ReliabilityPolicy.RELIABLE if nc.sensor_qos == "reliable"
                             else ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
         g = self.cb_input
         cb = self.guard.callback  # an exception in a callback is a counted rejection, never the executor's
         self.create_subscription(Image, "image", cb("image", self._on_image), sensor, callback_group=g)
@@ -159,6 +181,10 @@ class FHGSNode(Node):
         self.log.info(f"TF backend: {self.tf.backend}")
         self.ingest.tf_lookup = self.tf
 
+    def _advertise(self) -> None:
+        """Outputs: reliable + transient local (a late RViz gets the last image, cloud and mesh)."""
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.pub_rgb = self.create_publisher(Image, "render/rgb", latched)
         self.pub_depth = self.create_publisher(Image, "render/depth", latched)
         self.pub_normal = self.create_publisher(Image, "render/normal", latched)
@@ -173,6 +199,7 @@ class FHGSNode(Node):
                                                 QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE,
                                                            history=HistoryPolicy.KEEP_LAST))
 
+    def _create_services(self) -> None:
         s = self.cb_services
         sv, gt = self.guard.service, self.gate  # exceptions -> success=false; heavy requests admitted by the gate
         self.create_service(SaveMap, "save_map", sv("save_map", self._srv_save, gt), callback_group=s)
@@ -183,19 +210,22 @@ class FHGSNode(Node):
         self.create_service(SegmentView, "segment_view", sv("segment_view", self._srv_segment, gt), callback_group=s)
         self.create_service(ExportMesh, "export_mesh", sv("export_mesh", self._srv_export_mesh, gt), callback_group=s)
 
-        # Internal timers run on the steady clock: with use_sim_time a paused /clock (bag replay waiting
-        # for the mapper) must not stop synchronization, status, diagnostics or the cloud/mesh refresh.
+    def _create_timers(self) -> None:
+        """Internal timers run on the steady clock: with use_sim_time a paused /clock (bag replay waiting
+        for the mapper) must not stop synchronization, status, diagnostics or the cloud/mesh refresh."""
         steady = Clock(clock_type=ClockType.STEADY_TIME)
-        self.create_timer(0.05, cb("poll", self._poll), callback_group=g, clock=steady)
+        cb = self.guard.callback
+        self.create_timer(0.05, cb("poll", self._poll), callback_group=self.cb_input, clock=steady)
         self.create_timer(0.02, cb("status", self._status_tick), callback_group=self.cb_diag, clock=steady)
-        self.diag_timer = self.create_timer(nc.diagnostics_period, cb("diagnostics", self._publish_diagnostics),
+        self.diag_timer = self.create_timer(self.ncfg.diagnostics_period, cb("diagnostics", self._publish_diagnostics),
                                             callback_group=self.cb_diag, clock=steady)
         self.create_timer(0.5, cb("cloud", self._cloud_tick), callback_group=self.cb_cloud, clock=steady)
         self.create_timer(1.0, cb("mesh", self._mesh_tick), callback_group=self.cb_mesh, clock=steady)
-        self._last_status = 0.0
-        self.add_on_set_parameters_callback(self._on_set_parameters)
         self._watch_time_jumps()
 
+    def _start(self) -> None:
+        """Engine threads and the render thread; the ready line."""
+        nc = self.ncfg
         self.engine.start(self.supervisor)  # worker loops restarted when they raise; health in /diagnostics
         self._render_thread = self.supervisor.spawn("fhgs-render", self._render_loop)
         from fhgs_ros.core.render import native_rasterizer
@@ -207,15 +237,6 @@ class FHGSNode(Node):
                       f"{torch.get_num_threads()}")
 
     # ------------------------------------------------------------------ parameters
-    def _declare(self) -> None:
-        descs = describe_parameters(default_config_path())
-        for name, default in default_parameters().items():
-            d = ParameterDescriptor(description=descs.get(name, ""), dynamic_typing=True,
-                                    read_only=name.split(".")[0] != "node" or name not in LIVE_PARAMETERS)
-            if isinstance(default, list):
-                default = [float(v) for v in default]
-            self.declare_parameter(name, default, d)
-
     def _on_set_parameters(self, params) -> SetParametersResult:
         try:
             return self._set_parameters(params)
@@ -224,13 +245,15 @@ class FHGSNode(Node):
             return SetParametersResult(successful=False, reason=f"refused ({type(exc).__name__})")
 
     def _set_parameters(self, params) -> SetParametersResult:
+        """Validate the whole new parameter set with the one validator, then let each owner apply its part."""
         new = dict(self.flat)
+        live = live_parameters()
         for p in params:
             if p.name in STANDARD_PARAMETERS:
                 continue
             if p.name not in new:
                 return SetParametersResult(successful=False, reason=f"{p.name}: unknown parameter")
-            if p.name not in LIVE_PARAMETERS:
+            if p.name not in live:
                 return SetParametersResult(successful=False,
                                            reason=f"{p.name}: cannot change while the node runs (restart it)")
             new[p.name] = p.value
@@ -239,14 +262,10 @@ class FHGSNode(Node):
         except ConfigError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         self.flat = new
-        self.ncfg.__dict__.update(ncfg.__dict__)
-        e = self.engine.selector
-        e.min_translation, e.min_rotation_deg = ncfg.kf_min_translation, ncfg.kf_min_rotation_deg
-        e.max_interval, e.min_interval = ncfg.kf_max_interval, ncfg.kf_min_interval
-        self.ingest.assembler.slop, self.ingest.assembler.timeout = ncfg.sync_slop, ncfg.sync_timeout
-        self.ingest.poses.slop = max(ncfg.sync_slop, 1e-3)
-        self.ingest.ncfg = ncfg
-        self.limits = RequestLimits.from_node(self.ncfg)
+        self.ncfg = ncfg
+        self.engine.apply_live(ncfg)
+        self.ingest.apply_live(ncfg)
+        self.limits = RequestLimits.from_node(ncfg)
         return SetParametersResult(successful=True)
 
     def _operator_files(self) -> list[str]:

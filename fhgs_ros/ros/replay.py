@@ -94,7 +94,7 @@ class ReplaySummary:
         if self.images_lost:
             out.append(f"{self.images_lost} images never reached the node (lost in transport or node too slow)")
         if any(self.drops.values()):
-            from fhgs_ros.ros.engine import drop_lines
+            from fhgs_ros.online.telemetry import drop_lines
             out += ["node rejected inputs / skipped frames:"] + drop_lines(self.drops, self.reasons)
         return out
 
@@ -327,7 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         remap = parse_remaps(args.remap)
         if args.offline:
-            from fhgs_ros.ros.bag_mapping import load_params, map_bag
+            from fhgs_ros.online.bag_mapping import load_params, map_bag
             flat = load_params(args.params_file or default_config_path(), args.param)
             out = args.out or Path(str(Path(args.bag).resolve()).rstrip("/") + "_map.safetensors")
             report, _ = map_bag(args.bag, flat, out, remap=remap, start=args.start, duration=args.duration,

@@ -23,9 +23,10 @@ from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from sensor_msgs.msg import CameraInfo, CompressedImage, Image
 
-from fhgs_ros.core.camera import Camera
+from fhgs_ros.core.camera import Camera, Intrinsics
+from fhgs_ros.core.geometry import invert_pose
+from fhgs_ros.online.imageproc import encode_compressed
 from fhgs_ros.ros import conversions as conv
-from fhgs_ros.ros.imageproc import Intrinsics, encode_compressed, invert
 
 RELIABLE = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
 LATCHED = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
@@ -138,7 +139,7 @@ class SceneStreamer(Node):
             t = TransformStamped()
             t.header = conv.make_header(self.map_frame, stamp)
             t.child_frame_id = self.base_frame
-            t.transform = conv.matrix_to_transform(c2w @ invert(BASE_TO_CAMERA))
+            t.transform = conv.matrix_to_transform(c2w @ invert_pose(BASE_TO_CAMERA))
             self.pub_tf.publish(self._tfmsg(transforms=[t]))
         if info:
             intr = intrinsics or Intrinsics(camera.width, camera.height, camera.fx, camera.fy, camera.cx, camera.cy)

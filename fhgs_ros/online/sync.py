@@ -23,7 +23,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from fhgs_ros.ros.imageproc import InputError, interpolate_pose
+from fhgs_ros.online.imageproc import InputError
+from fhgs_ros.core.geometry import interpolate_pose
 from fhgs_ros.online.guard import Rejected
 
 

@@ -1,4 +1,4 @@
-"""ROS-free input processing for the mapping node: image decoding, depth, undistortion, poses.
+"""ROS-free input processing of the online pipeline: image decoding, resizing, validated poses.
 
 Nothing here imports rclpy or message types, so it runs in tests, notebooks and batch jobs.
 ``fhgs_ros.ros.conversions`` wraps these functions for ROS messages.
@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
 
 import numpy as np
+
+from fhgs_ros.core.camera import DISTORTION_MODELS, Intrinsics
+from fhgs_ros.core.geometry import pose_from_translation_quat_xyzw
 
 # Encodings accepted for colour images and for depth (sensor_msgs/image_encodings.hpp names).
 COLOR_ENCODINGS = ("rgb8", "bgr8", "rgba8", "bgra8", "mono8", "mono16")
@@ -26,7 +28,6 @@ DEPTH_ENCODINGS = ("16UC1", "32FC1", "mono16")
 LABEL_ENCODINGS = ("16UC1", "mono16", "8UC1", "mono8")
 _CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "mono16": 1, "16UC1": 1, "32FC1": 1, "8UC1": 1}
 _ITEMSIZE = {"rgb8": 1, "bgr8": 1, "rgba8": 1, "bgra8": 1, "mono8": 1, "mono16": 2, "16UC1": 2, "32FC1": 4, "8UC1": 1}
-DISTORTION_MODELS = ("plumb_bob", "rational_polynomial", "equidistant")
 
 
 class InputError(ValueError):
@@ -154,33 +155,6 @@ def decode_labels(encoding: str, height: int, width: int, step: int, data, is_bi
 
 
 # ----------------------------------------------------------------------------- intrinsics
-@dataclass
-class Intrinsics:
-    """Pinhole intrinsics plus distortion of a camera_info (OpenCV pixel convention)."""
-
-    width: int
-    height: int
-    fx: float
-    fy: float
-    cx: float
-    cy: float
-    model: str = "plumb_bob"
-    d: tuple[float, ...] = ()
-
-    @property
-    def has_distortion(self) -> bool:
-        return any(abs(v) > 0 for v in self.d)
-
-    def scaled(self, w: int, h: int) -> "Intrinsics":
-        """Intrinsics of the image resized to w x h (pixel centres kept aligned, like Camera.scaled)."""
-        sx, sy = w / self.width, h / self.height
-        return Intrinsics(w, h, self.fx * sx, self.fy * sy, (self.cx + 0.5) * sx - 0.5, (self.cy + 0.5) * sy - 0.5,
-                          self.model, self.d)
-
-    def key(self) -> tuple:
-        return (self.width, self.height, self.fx, self.fy, self.cx, self.cy, self.model, tuple(self.d))
-
-
 def make_intrinsics(width: int, height: int, k, d, model: str, what: str = "camera_info") -> Intrinsics:
     """Validate camera_info fields (k row-major 3x3) -> Intrinsics."""
     w, h = int(width), int(height)
@@ -205,77 +179,6 @@ def make_intrinsics(width: int, height: int, k, d, model: str, what: str = "came
             raise InputError("bad_camera_info", f"{what}: distortion model '{model}' needs {need} coefficients, "
                                                 f"got {len(d)}")
     return Intrinsics(w, h, fx, fy, cx, cy, model or "plumb_bob", d)
-
-
-# ----------------------------------------------------------------------------- undistortion
-def distort_normalized(x: np.ndarray, y: np.ndarray, model: str, d) -> tuple[np.ndarray, np.ndarray]:
-    """Apply a distortion model to normalized pinhole coordinates (x, y) (OpenCV formulas)."""
-    d = list(d) + [0.0] * 8
-    if model == "equidistant":
-        k1, k2, k3, k4 = d[:4]
-        r = np.sqrt(x * x + y * y)
-        th = np.arctan(r)
-        th2 = th * th
-        thd = th * (1 + th2 * (k1 + th2 * (k2 + th2 * (k3 + th2 * k4))))
-        s = np.where(r > 1e-12, thd / np.maximum(r, 1e-12), 1.0)
-        return x * s, y * s
-    k1, k2, p1, p2, k3, k4, k5, k6 = d[:8]
-    r2 = x * x + y * y
-    radial = (1 + r2 * (k1 + r2 * (k2 + r2 * k3))) / (1 + r2 * (k4 + r2 * (k5 + r2 * k6)))
-    xd = x * radial + 2 * p1 * x * y + p2 * (r2 + 2 * x * x)
-    yd = y * radial + p1 * (r2 + 2 * y * y) + 2 * p2 * x * y
-    return xd, yd
-
-
-class Undistorter:
-    """Remaps images of one camera_info to the undistorted pinhole camera with the same K and size.
-
-    For each output pixel (u, v): normalized (x, y) = ((u - cx) / fx, (v - cy) / fy), distorted
-    with the model, and looked up in the input image (bilinear for colour, nearest for depth).
-    Output pixels whose source falls outside the input get 0 (black, unknown depth).
-    The maps are computed once per camera_info (cached by ``key``).
-    """
-
-    def __init__(self, intr: Intrinsics):
-        self.intr = intr
-        w, h = intr.width, intr.height
-        u, v = np.meshgrid(np.arange(w, dtype=np.float64), np.arange(h, dtype=np.float64))
-        x, y = (u - intr.cx) / intr.fx, (v - intr.cy) / intr.fy
-        xd, yd = distort_normalized(x, y, intr.model, intr.d)
-        self.map_x = (xd * intr.fx + intr.cx).astype(np.float32)
-        self.map_y = (yd * intr.fy + intr.cy).astype(np.float32)
-        self.valid = (self.map_x >= -0.5) & (self.map_x <= w - 0.5) & (self.map_y >= -0.5) & (self.map_y <= h - 0.5)
-
-    def undistort_rgb(self, rgb: np.ndarray) -> np.ndarray:
-        import torch
-        import torch.nn.functional as F
-
-        h, w = rgb.shape[:2]
-        t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float()
-        gx = torch.from_numpy(2 * (self.map_x + 0.5) / w - 1)
-        gy = torch.from_numpy(2 * (self.map_y + 0.5) / h - 1)
-        out = F.grid_sample(t, torch.stack([gx, gy], -1)[None], mode="bilinear", padding_mode="zeros",
-                            align_corners=False)
-        out = out[0].permute(1, 2, 0).round().clamp(0, 255).to(torch.uint8).numpy()
-        out[~self.valid] = 0
-        return np.ascontiguousarray(out)
-
-    def undistort_depth(self, depth: np.ndarray) -> np.ndarray:
-        h, w = depth.shape
-        xi = np.clip(np.rint(self.map_x).astype(np.int64), 0, w - 1)
-        yi = np.clip(np.rint(self.map_y).astype(np.int64), 0, h - 1)
-        out = depth[yi, xi]
-        out[~self.valid] = 0
-        return out.astype(np.float32)
-
-    def undistort_labels(self, labels: np.ndarray, unknown: int = 65535) -> np.ndarray:
-        """Nearest lookup of a label image (integer ids); pixels outside the input get ``unknown``."""
-        h, w = labels.shape
-        xi = np.clip(np.rint(self.map_x).astype(np.int64), 0, w - 1)
-        yi = np.clip(np.rint(self.map_y).astype(np.int64), 0, h - 1)
-        out = labels[yi, xi].copy()
-        out[~self.valid] = unknown
-        return out
 
 
 # ----------------------------------------------------------------------------- resizing
@@ -306,11 +209,11 @@ def resize_depth(depth: np.ndarray, w: int, h: int) -> np.ndarray:
 
 
 # ----------------------------------------------------------------------------- poses
-def quat_to_matrix(q, tolerance: float = 1e-2, what: str = "quaternion") -> np.ndarray:
-    """(x, y, z, w) -> 3x3 rotation. Rejects NaN/Inf, zero and non-normalized quaternions.
+def check_quat_xyzw(q, tolerance: float = 1e-2, what: str = "quaternion") -> np.ndarray:
+    """Validate an untrusted (x, y, z, w) quaternion: rejects NaN/Inf, zero and non-normalized ones.
 
     A quaternion whose norm differs from 1 by more than ``tolerance`` is rejected (it usually
-    means a wrong field order or garbage); smaller deviations are normalized.
+    means a wrong field order or garbage); smaller deviations are normalized by the conversion.
     """
     q = np.asarray(q, dtype=np.float64).reshape(4)
     if not np.isfinite(q).all():
@@ -321,33 +224,7 @@ def quat_to_matrix(q, tolerance: float = 1e-2, what: str = "quaternion") -> np.n
     if abs(n - 1.0) > tolerance:
         raise InputError("quaternion_not_normalized", f"{what} is not normalized (norm {n:.4g}, tolerance "
                                                       f"{tolerance})")
-    x, y, z, w = q / n
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-        [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-        [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)],
-    ])
-
-
-def matrix_to_quat(r: np.ndarray) -> np.ndarray:
-    """3x3 rotation -> (x, y, z, w) unit quaternion with w >= 0."""
-    m = np.asarray(r, dtype=np.float64)
-    tr = m[0, 0] + m[1, 1] + m[2, 2]
-    if tr > 0:
-        s = math.sqrt(tr + 1.0) * 2
-        q = [(m[2, 1] - m[1, 2]) / s, (m[0, 2] - m[2, 0]) / s, (m[1, 0] - m[0, 1]) / s, 0.25 * s]
-    elif m[0, 0] > m[1, 1] and m[0, 0] > m[2, 2]:
-        s = math.sqrt(1.0 + m[0, 0] - m[1, 1] - m[2, 2]) * 2
-        q = [0.25 * s, (m[0, 1] + m[1, 0]) / s, (m[0, 2] + m[2, 0]) / s, (m[2, 1] - m[1, 2]) / s]
-    elif m[1, 1] > m[2, 2]:
-        s = math.sqrt(1.0 + m[1, 1] - m[0, 0] - m[2, 2]) * 2
-        q = [(m[0, 1] + m[1, 0]) / s, 0.25 * s, (m[1, 2] + m[2, 1]) / s, (m[0, 2] - m[2, 0]) / s]
-    else:
-        s = math.sqrt(1.0 + m[2, 2] - m[0, 0] - m[1, 1]) * 2
-        q = [(m[0, 2] + m[2, 0]) / s, (m[1, 2] + m[2, 1]) / s, 0.25 * s, (m[1, 0] - m[0, 1]) / s]
-    q = np.asarray(q)
-    q /= np.linalg.norm(q)
-    return -q if q[3] < 0 else q
+    return q
 
 
 def stamp_to_sec(stamp) -> float:
@@ -372,88 +249,4 @@ def pose_matrix(t, q, tolerance: float = 1e-2, what: str = "pose") -> np.ndarray
     t = np.asarray(t, dtype=np.float64).reshape(3)
     if not np.isfinite(t).all():
         raise InputError("pose_nan", f"{what}: translation contains NaN or Inf ({t.tolist()})")
-    m = np.eye(4)
-    m[:3, :3] = quat_to_matrix(q, tolerance, f"{what}: quaternion")
-    m[:3, 3] = t
-    return m
-
-
-def invert(m: np.ndarray) -> np.ndarray:
-    """Inverse of a rigid 4x4 transform."""
-    out = np.eye(4)
-    r = m[:3, :3]
-    out[:3, :3] = r.T
-    out[:3, 3] = -r.T @ m[:3, 3]
-    return out
-
-
-def slerp(q0: np.ndarray, q1: np.ndarray, a: float) -> np.ndarray:
-    q0, q1 = np.asarray(q0, float), np.asarray(q1, float)
-    dot = float(np.dot(q0, q1))
-    if dot < 0:
-        q1, dot = -q1, -dot
-    if dot > 0.9995:
-        q = q0 + a * (q1 - q0)
-        return q / np.linalg.norm(q)
-    th = math.acos(min(1.0, dot))
-    s = math.sin(th)
-    return (math.sin((1 - a) * th) * q0 + math.sin(a * th) * q1) / s
-
-
-def interpolate_pose(m0: np.ndarray, t0: float, m1: np.ndarray, t1: float, t: float) -> np.ndarray:
-    """Rigid transform at time t between (t0, m0) and (t1, m1): linear translation, slerp rotation."""
-    if t1 <= t0:
-        return m0.copy()
-    a = min(1.0, max(0.0, (t - t0) / (t1 - t0)))
-    out = np.eye(4)
-    out[:3, 3] = (1 - a) * m0[:3, 3] + a * m1[:3, 3]
-    q = slerp(matrix_to_quat(m0[:3, :3]), matrix_to_quat(m1[:3, :3]), a)
-    out[:3, :3] = quat_to_matrix(q, 1e-3)
-    return out
-
-
-def rotation_angle_deg(r_a: np.ndarray, r_b: np.ndarray) -> float:
-    """Angle of the relative rotation r_a^T r_b in degrees."""
-    c = (np.trace(r_a.T @ r_b) - 1) / 2
-    return math.degrees(math.acos(max(-1.0, min(1.0, c))))
-
-
-# ----------------------------------------------------------------------------- keyframes
-class KeyframeSelector:
-    """A frame becomes a keyframe when the camera moved ``min_translation`` metres or turned
-    ``min_rotation_deg`` degrees since the last keyframe, or ``max_interval`` seconds passed
-    (0 = never by time); never sooner than ``min_interval`` seconds. The first frame always is one."""
-
-    def __init__(self, min_translation: float = 0.1, min_rotation_deg: float = 10.0, max_interval: float = 5.0,
-                 min_interval: float = 0.0):
-        self.min_translation = min_translation
-        self.min_rotation_deg = min_rotation_deg
-        self.max_interval = max_interval
-        self.min_interval = min_interval
-        self.last: tuple[float, np.ndarray] | None = None
-
-    def reset(self) -> None:
-        self.last = None
-
-    def check(self, stamp: float, c2w: np.ndarray) -> tuple[bool, str]:
-        """(is keyframe, why) without committing."""
-        if self.last is None:
-            return True, "first frame"
-        t0, m0 = self.last
-        dt = stamp - t0
-        if dt < 0:  # the input timeline was re-anchored (clock glitch, restarted bag): start over
-            return True, "time jumped back"
-        if dt < self.min_interval:
-            return False, "min_interval"
-        dist = float(np.linalg.norm(c2w[:3, 3] - m0[:3, 3]))
-        if dist >= self.min_translation:
-            return True, f"moved {dist:.3f} m"
-        ang = rotation_angle_deg(m0[:3, :3], c2w[:3, :3])
-        if ang >= self.min_rotation_deg:
-            return True, f"turned {ang:.1f} deg"
-        if self.max_interval > 0 and dt >= self.max_interval:
-            return True, f"{dt:.1f} s since the last keyframe"
-        return False, "too close to the last keyframe"
-
-    def commit(self, stamp: float, c2w: np.ndarray) -> None:
-        self.last = (stamp, np.array(c2w, dtype=np.float64))
+    return pose_from_translation_quat_xyzw(t, check_quat_xyzw(q, tolerance, f"{what}: quaternion"))

@@ -19,12 +19,15 @@ from typing import Any, Callable
 
 import numpy as np
 
-from fhgs_ros.ros.engine import Counters, InputFrame, MappingEngine, Problems
-from fhgs_ros.ros.imageproc import (InputError, Intrinsics, decode_color, decode_compressed, decode_depth,
-                                    decode_labels, make_intrinsics, pose_matrix, pose_to_matrix, stamp_to_sec)
-from fhgs_ros.ros.params import NodeConfig
+from fhgs_ros.online.telemetry import Counters, Problems
+from fhgs_ros.online.frames import InputFrame
+from fhgs_ros.online.engine import MappingEngine
+from fhgs_ros.online.imageproc import (InputError, decode_color, decode_compressed, decode_depth, decode_labels,
+                                       make_intrinsics, pose_matrix, pose_to_matrix, stamp_to_sec)
+from fhgs_ros.core.camera import Intrinsics
+from fhgs_ros.config import NodeConfig
 from fhgs_ros.online.guard import Rejected
-from fhgs_ros.ros.sync import FrameAssembler, PoseBuffer
+from fhgs_ros.online.sync import FrameAssembler, PoseBuffer
 
 class Ingest:
     """Decode, validate and synchronize inputs; submit frames to ``engine`` (module docstring).
@@ -63,7 +66,14 @@ class Ingest:
         self.images_done = 0
         self.last_done_stamp = 0.0
         self._info_ignored_logged = False
-        engine.on_frame_done = self._engine_done
+        engine.add_frame_done_listener(self._engine_done)
+
+    def apply_live(self, ncfg: NodeConfig) -> None:
+        """Take the live-changeable node parameters of an already validated ``ncfg``."""
+        self.ncfg = ncfg
+        self.assembler.slop, self.assembler.timeout = ncfg.sync_slop, ncfg.sync_timeout
+        self.poses.slop = max(ncfg.sync_slop, 1e-3)
+        self.assembler.timeline.max_forward = ncfg.max_stamp_jump
 
     # ------------------------------------------------------------------ accounting
     def _finish(self, n: int = 1, stamp: float | None = None) -> None:

@@ -1,7 +1,7 @@
 """Batch mapping of a ROS 2 bag in-process, without DDS (``fhgs-replay BAG --offline``).
 
 The bag's messages (read and deserialized by ``rosbags``, no rclpy needed) go through the same
-input pipeline as the live node (:class:`fhgs_ros.ros.ingest.Ingest`: decoding, validation,
+input pipeline as the live node (:class:`fhgs_ros.online.ingest.Ingest`: decoding, validation,
 approximate-time sync with camera_info / depth / labels / pose, keyframe selection,
 undistortion, features) into the same :class:`MappingEngine`, driven synchronously: each
 keyframe gets exactly ``node.steps_per_keyframe`` optimizer iterations, like the node in
@@ -24,11 +24,13 @@ from typing import Any
 import yaml
 
 from fhgs_ros.config import ConfigError
-from fhgs_ros.ros.calibration import calibration_from_params
-from fhgs_ros.ros.engine import Counters, MappingEngine, Problems, build_extractor, drop_lines
-from fhgs_ros.ros.ingest import Ingest
-from fhgs_ros.ros.params import build_config, default_parameters
-from fhgs_ros.ros.tf import TransformBuffer, apply_tf_message
+from fhgs_ros.online.calibration import calibration_from_params
+from fhgs_ros.online.telemetry import Counters, Problems, drop_lines
+from fhgs_ros.online.engine import MappingEngine
+from fhgs_ros.features.registry import build_extractor
+from fhgs_ros.online.ingest import Ingest
+from fhgs_ros.config import build_config, default_parameters
+from fhgs_ros.online.transforms import TransformBuffer, apply_tf_message
 
 log = logging.getLogger(__name__)
 

@@ -30,7 +30,8 @@ import math
 import re
 from pathlib import Path
 
-from fhgs_ros.ros.imageproc import InputError, Intrinsics, make_intrinsics
+from fhgs_ros.online.imageproc import InputError, make_intrinsics
+from fhgs_ros.core.camera import Intrinsics
 
 __all__ = ["CalibrationError", "load_calibration", "calibration_from_params", "SUPPORTED_MODELS"]
 

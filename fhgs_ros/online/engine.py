@@ -1,14 +1,14 @@
 """The online mapping engine behind the ROS node (ROS-free: runs in tests and batch jobs too).
 
-Threads (DESIGN.md "Threads"):
+Threads (docs/ARCHITECTURE.md §2):
 - callers (the node's subscription callbacks) only ``submit()`` decoded, validated frames to a
   bounded queue (a full queue drops its oldest frame; drops are counted);
-- the **frontend** thread selects keyframes (translation / rotation / time), undistorts, downscales,
-  runs the feature extractor and prepares the new surfels of each keyframe (from its depth, from
-  pending seed points, or at a nominal depth along the rays where the map is empty), each with
-  the frozen feature sampled from that keyframe's feature grid (FHGS_SPEC.md 8.11);
+- the **frontend** thread runs :class:`~fhgs_ros.online.frontend.KeyframeFrontend`: keyframe
+  selection, undistortion, downscaling, features and the new surfels of each keyframe, each
+  with the frozen feature sampled from that keyframe's feature grid (docs/METHOD.md §8.11);
 - the **optimizer** thread owns the ``Mapper``: it integrates prepared keyframes, keeps calling
-  ``step()`` between keyframes with the per-keyframe schedule of FHGS_SPEC.md 8.9, executes
+  ``step()`` between keyframes with the per-keyframe schedule of docs/METHOD.md §8.9 (a
+  :class:`~fhgs_ros.core.schedule.KeyframeBudgetSchedule` the mapper consults), executes
   commands (reset, load) and publishes an immutable :class:`MapState` (a snapshot taken under
   its own lock, the frozen features shared, never copied) that readers use without waiting;
 - the **saver** thread writes autosaves (every N keyframes and/or T seconds) from those snapshots,
@@ -22,200 +22,29 @@ import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
 
-from fhgs_ros.config import ConfigError, FHGSConfig
-from fhgs_ros.core.camera import Camera, CameraError
-from fhgs_ros.core.mapper import Keyframe, Mapper
+from fhgs_ros.config import FHGSConfig, NodeConfig
+from fhgs_ros.core.camera import Camera
+from fhgs_ros.core.mapper import Mapper
 from fhgs_ros.core.render import render
-from fhgs_ros.core.seeding import points_from_depth, project, sample_grid, surfels_from_points
+from fhgs_ros.core.schedule import KeyframeBudgetSchedule
 from fhgs_ros.core.surfels import SurfelMap
-from fhgs_ros.ros.imageproc import (InputError, Intrinsics, KeyframeSelector, Undistorter, fit_size, invert,
-                                    resize_depth, resize_rgb)
-from fhgs_ros.ros.params import NodeConfig
+from fhgs_ros.features.pca import FeaturePCA, kmeans_centroids
+from fhgs_ros.online.frames import InputFrame, MapState, PreparedKeyframe, light_snapshot
+from fhgs_ros.online.frontend import KeyframeFrontend
+from fhgs_ros.online.imageproc import InputError
+from fhgs_ros.online.telemetry import Counters, Problems, memory_mb
 
 log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- problems / counters
-class Problems:
-    """Counts rejected inputs by kind and logs each kind once, with its reason."""
-
-    def __init__(self, logger: Callable[[str], None] | None = None):
-        self.counts: dict[str, int] = {}
-        self.last: dict[str, str] = {}
-        self.logger = logger or (lambda msg: log.warning(msg))
-        self.lock = threading.Lock()
-        self.total = 0
-
-    def report(self, err: InputError | str, reason: str | None = None) -> None:
-        kind, why = (err.kind, err.reason) if isinstance(err, InputError) else (str(err), reason or "")
-        with self.lock:
-            n = self.counts.get(kind, 0) + 1
-            self.counts[kind] = n
-            self.last[kind] = why
-            self.total += 1
-        if n == 1:
-            self.logger(f"[{kind}] {why} (logged once; further '{kind}' problems are counted in /diagnostics)")
-
-    def snapshot(self) -> dict[str, int]:
-        with self.lock:
-            return dict(self.counts)
-
-
-def drop_lines(counts: dict[str, int], reasons: dict[str, str], indent: str = "  ") -> list[str]:
-    """One line per rejection / drop kind, most frequent first: ``<kind>: <count>  (<last reason>)``."""
-    return [f"{indent}{k}: {n}  ({reasons.get(k, '')})" for k, n in sorted(counts.items(), key=lambda kv: -kv[1]) if n]
-
-
-class Counters:
-    """Thread-safe named counters and event-rate estimators."""
-
-    def __init__(self):
-        self.values: dict[str, float] = {}
-        self.times: dict[str, list[float]] = {}
-        self.lock = threading.Lock()
-
-    def inc(self, name: str, n: float = 1) -> None:
-        with self.lock:
-            self.values[name] = self.values.get(name, 0) + n
-
-    def set(self, name: str, v: float) -> None:
-        with self.lock:
-            self.values[name] = v
-
-    def tick(self, name: str, now: float | None = None, window: float = 5.0) -> None:
-        now = time.monotonic() if now is None else now
-        with self.lock:
-            ts = self.times.setdefault(name, [])
-            ts.append(now)
-            while ts and ts[0] < now - window:
-                ts.pop(0)
-            self.values[name + "_count"] = self.values.get(name + "_count", 0) + 1
-
-    def rate(self, name: str, now: float | None = None, window: float = 5.0) -> float:
-        now = time.monotonic() if now is None else now
-        with self.lock:
-            ts = [t for t in self.times.get(name, []) if t >= now - window]
-        if len(ts) < 2:
-            return 0.0
-        return (len(ts) - 1) / max(ts[-1] - ts[0], 1e-6)
-
-    def snapshot(self) -> dict[str, float]:
-        with self.lock:
-            return dict(self.values)
-
-
-def memory_mb() -> tuple[float, float]:
-    """(current RSS, peak RSS) of this process in MB (Linux /proc)."""
-    cur = peak = 0.0
-    try:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    cur = int(line.split()[1]) / 1024
-                elif line.startswith("VmHWM:"):
-                    peak = int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return cur, peak
-
-
-# ----------------------------------------------------------------------------- data
-@dataclass
-class InputFrame:
-    """A synchronized, decoded, validated input frame (what the node's callbacks submit)."""
-
-    stamp: float
-    rgb: np.ndarray                 # (H, W, 3) uint8 RGB, as received (distorted)
-    intr: Intrinsics                # of ``rgb``
-    c2w: np.ndarray                 # (4, 4) camera optical frame -> map
-    depth: np.ndarray | None = None  # (h, w) metres, 0 = unknown; registered to the colour camera
-    frame_id: str = ""
-    received: float = 0.0           # monotonic time the image arrived (latency measurement)
-    labels: np.ndarray | None = None  # (h, w) integer label ids registered to the image (``label`` extractor)
-
-
-@dataclass
-class PreparedKeyframe:
-    keyframe: Keyframe
-    surfels: SurfelMap | None
-    c2w: np.ndarray
-    received: float
-    reason: str
-
-
-@dataclass
-class MapState:
-    """Immutable view of the map for readers (never modified after publication)."""
-
-    surfels: SurfelMap
-    cameras: list[Camera]           # every keyframe camera, oldest first (including loaded ones)
-    version: int
-    iteration: int
-    model_id: str
-    feature_dim: int
-    pca: Any = None                 # FeaturePCA or None
-    centroids: torch.Tensor | None = None  # (K, D) unit cluster centres of the features
-    stamp: float = 0.0              # stamp of the latest keyframe
-    received: float = 0.0           # arrival time of the latest keyframe's image
-    keyframes_total: int = 0
-
-    @property
-    def last_camera(self) -> Camera | None:
-        return self.cameras[-1] if self.cameras else None
-
-
-def light_snapshot(m: SurfelMap) -> SurfelMap:
-    """Detached copy of the trainable tensors; frozen features and ids are shared. Call under the mapper lock."""
-    return m.snapshot(share_frozen=True)
-
-
-def kmeans_centroids(x: torch.Tensor, k: int, iters: int = 15, seed: int = 0, max_samples: int = 20000) -> torch.Tensor:
-    """Spherical k-means on unit features (N, D) -> (k', D) unit centres (deterministic)."""
-    g = torch.Generator().manual_seed(seed)
-    x = torch.nn.functional.normalize(x.float(), dim=-1)
-    if x.shape[0] > max_samples:
-        x = x[torch.randperm(x.shape[0], generator=g)[:max_samples]]
-    k = max(1, min(k, x.shape[0]))
-    c = x[torch.randperm(x.shape[0], generator=g)[:k]].clone()
-    for _ in range(iters):
-        a = (x @ c.T).argmax(1)
-        for j in range(k):
-            m = a == j
-            if m.any():
-                c[j] = torch.nn.functional.normalize(x[m].mean(0), dim=0)
-    return c
-
-
 # ----------------------------------------------------------------------------- engine
-def build_extractor(cfg: FHGSConfig):
-    """The feature extractor named by ``features.extractor`` (a robot stream has no labels: SAM)."""
-    fc = cfg.features
-    from fhgs_ros.features.base import make_extractor
-    if fc.extractor == "label":
-        if fc.num_labels <= 0:
-            raise ConfigError("features.extractor: 'label' needs label images on the 'labels' topic and "
-                              "features.num_labels > 0 (a labelled/synthetic stream, e.g. a bag written by "
-                              "fhgs-bag convert); for a camera stream use 'sam' with features.sam_checkpoint "
-                              "(see README / launch argument sam_checkpoint)")
-        return make_extractor("label", num_labels=fc.num_labels, dim=fc.dim, grid_long_side=fc.grid_long_side)
-    kw = dict(model=fc.sam_model, checkpoint=fc.sam_checkpoint or None, input_size=fc.sam_input_size,
-              device=fc.device)
-    if fc.extractor == "sam" and not fc.sam_checkpoint:
-        from fhgs_ros.features.sam import missing_checkpoint_help
-        raise ConfigError(f"features.sam_checkpoint: empty; the node needs a SAM checkpoint.\n"
-                          f"{missing_checkpoint_help(fc.sam_model)}")
-    if fc.cache_dir:
-        kw["cache_dir"] = fc.cache_dir
-    return make_extractor(fc.extractor, **kw)
-
-
 class MappingEngine:
     """Frontend + optimizer + saver threads around one ``Mapper`` (module docstring)."""
 
@@ -232,20 +61,15 @@ class MappingEngine:
         self.counters = counters or Counters()
         self.on_keyframe = on_keyframe
         self.on_save = on_save
-        self.on_frame_done = on_frame_done   # (stamp, outcome): keyframe | not_keyframe | rejected | dropped
+        # (stamp, outcome) listeners: keyframe | not_keyframe | rejected | dropped
+        self._frame_done_listeners: list[Callable[[float, str], None]] = [on_frame_done] if on_frame_done else []
         self._busy = 0                       # frames taken by the frontend and not yet done
         self._in_budget: PreparedKeyframe | None = None
         self.info = info or (lambda msg: log.info(msg))
-        self.gen = torch.Generator().manual_seed(cfg.mapper.seed)
+        self.frontend = KeyframeFrontend(cfg, ncfg, extractor, self.dim, self.problems, self.counters)
         self.frames: queue.Queue[InputFrame] = queue.Queue(maxsize=ncfg.queue_size)
         self.prepared: queue.Queue[PreparedKeyframe] = queue.Queue(maxsize=max(1, ncfg.queue_size))
         self.commands: queue.Queue = queue.Queue()
-        self.selector = KeyframeSelector(ncfg.kf_min_translation, ncfg.kf_min_rotation_deg, ncfg.kf_max_interval,
-                                         ncfg.kf_min_interval)
-        self._undistorters: dict[tuple, Undistorter] = {}
-        self._seed_lock = threading.Lock()
-        self._seed_xyz = torch.zeros(0, 3)
-        self._seed_rgb = torch.zeros(0, 3)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._epoch = 0                        # bumped by reset/load: stale prepared keyframes are dropped
@@ -260,14 +84,14 @@ class MappingEngine:
         self.state = self._make_state()
 
     # ------------------------------------------------------------------ mapper lifecycle (optimizer thread)
-    def _mapper_config(self):
+    def _build_mapper(self) -> tuple[KeyframeBudgetSchedule, Mapper]:
         mc = dataclasses.replace(self.cfg.mapper)
-        if not self.ncfg.opacity_reset:
-            mc.opacity_reset_every = 10 ** 12  # never (and no big-surfel pruning tied to it)
-        return mc
+        schedule = KeyframeBudgetSchedule(mc, budget=self.ncfg.steps_per_keyframe, densify=self.ncfg.densify,
+                                          opacity_reset=self.ncfg.opacity_reset)
+        return schedule, Mapper(mc, self.dim, extent=1.0, schedule=schedule)
 
     def _new_mapper(self) -> None:
-        self.mapper = Mapper(self._mapper_config(), self.dim, extent=1.0)
+        self.schedule, self.mapper = self._build_mapper()
         self.cameras: list[Camera] = []
         self.kf_start_iter = 0
         self.version = 0 if not hasattr(self, "version") else self.version + 1
@@ -321,6 +145,15 @@ class MappingEngine:
                 self._last_save_version = st.version
             self.info(f"final save on shutdown: {msg}")
 
+    def add_frame_done_listener(self, cb: Callable[[float, str], None]) -> None:
+        """Call ``cb(stamp, outcome)`` when a submitted frame is finished (flow control, accounting)."""
+        self._frame_done_listeners.append(cb)
+
+    def apply_live(self, ncfg: NodeConfig) -> None:
+        """Take the live-changeable node parameters of an already validated ``ncfg``."""
+        self.ncfg = ncfg
+        self.frontend.apply_live(ncfg)
+
     def alive(self) -> bool:
         if getattr(self, "supervisor", None) is not None and self._threads:
             return self.supervisor.all_ok()
@@ -348,17 +181,10 @@ class MappingEngine:
 
     def add_seed_points(self, xyz: np.ndarray, rgb: np.ndarray | None) -> int:
         """Seed points in the map frame; each becomes a surfel when a keyframe first sees it."""
-        x = torch.as_tensor(np.asarray(xyz, dtype=np.float32)).reshape(-1, 3)
-        c = torch.full_like(x, 0.5) if rgb is None else torch.as_tensor(np.asarray(rgb, dtype=np.float32)).reshape(-1, 3)
-        cap = max(1, self.cfg.seed.max_points)
-        with self._seed_lock:
-            self._seed_xyz = torch.cat([self._seed_xyz, x])[-cap:]
-            self._seed_rgb = torch.cat([self._seed_rgb, c])[-cap:]
-            return int(self._seed_xyz.shape[0])
+        return self.frontend.seed_points.add(xyz, rgb)
 
     def pending_seed_points(self) -> int:
-        with self._seed_lock:
-            return int(self._seed_xyz.shape[0])
+        return len(self.frontend.seed_points)
 
     def reset(self, timeout: float = 10.0) -> tuple[bool, str]:
         return self._command("reset", None, timeout)
@@ -409,9 +235,7 @@ class MappingEngine:
                 if name == "reset":
                     self._epoch += 1
                     self._new_mapper()
-                    self.selector.reset()
-                    with self._seed_lock:
-                        self._seed_xyz, self._seed_rgb = torch.zeros(0, 3), torch.zeros(0, 3)
+                    self.frontend.reset()
                     self._drain_prepared()
                     self._publish_state()
                     box.update(ok=True, msg="map reset: 0 surfels, 0 keyframes")
@@ -459,7 +283,7 @@ class MappingEngine:
 
         from fhgs_ros.online.motion import robust_extent
 
-        m = Mapper(self._mapper_config(), self.dim, extent=1.0)
+        schedule, m = self._build_mapper()
         node_meta = meta.get("node") or {}
         m.replace_map(surfels, int(node_meta.get("iteration", 0)))
         cameras = list(meta.get("keyframes") or [])
@@ -472,9 +296,8 @@ class MappingEngine:
         if cameras:
             m.set_extent(robust_extent(torch.stack([c.center for c in cameras[-200:]]).numpy()))
         try:
-            from fhgs_ros.features.pca import FeaturePCA
             pca = FeaturePCA.from_state(extra) if FeaturePCA.has_state(extra) else None
-        except (ImportError, KeyError, ValueError):
+        except (KeyError, ValueError):
             pca = None
         c = extra.get("cluster_centroids")
         centroids = c.float() if c is not None and c.ndim == 2 and c.shape[1] == self.dim else None
@@ -482,10 +305,11 @@ class MappingEngine:
             pca, centroids = self._visuals(m.surfels, centroids)
         # everything built and checked: swap (nothing below can fail on file content)
         self._new_mapper()
-        self.mapper, self.cameras, self.keyframes_total, self.last_stamp = m, cameras, keyframes_total, last_stamp
+        self.schedule, self.mapper = schedule, m
+        self.cameras, self.keyframes_total, self.last_stamp = cameras, keyframes_total, last_stamp
         self.kf_start_iter = m.iteration
         self.pca, self.centroids = pca, centroids
-        self.selector.reset()
+        self.frontend.selector.reset()
 
     # ------------------------------------------------------------------ frontend
     def _frontend_loop(self) -> None:
@@ -531,12 +355,16 @@ class MappingEngine:
             self._done(fr.stamp, "not_keyframe")
         return prep
 
+    def prepare(self, fr: InputFrame) -> PreparedKeyframe | None:
+        """The frontend's keyframe for ``fr`` against the current map (None: not a keyframe)."""
+        return self.frontend.prepare(fr, self.state.surfels)
+
     def _done(self, stamp: float, outcome: str) -> None:
-        if self.on_frame_done is not None:
+        for cb in self._frame_done_listeners:
             try:
-                self.on_frame_done(stamp, outcome)
+                cb(stamp, outcome)
             except Exception:  # noqa: BLE001
-                log.exception("on_frame_done callback failed")
+                log.exception("frame-done listener failed")
 
     @property
     def idle(self) -> bool:
@@ -569,159 +397,6 @@ class MappingEngine:
         if m.densify_log and m.densify_log[-1].get("iteration") == m.iteration:
             self.counters.inc("densifications")
 
-    def _undistorter(self, intr: Intrinsics) -> Undistorter:
-        u = self._undistorters.get(intr.key())
-        if u is None:
-            if len(self._undistorters) > 8:
-                self._undistorters.clear()
-            u = self._undistorters[intr.key()] = Undistorter(intr)
-        return u
-
-    def prepare(self, fr: InputFrame) -> PreparedKeyframe | None:
-        """Keyframe selection, undistortion, downscaling, features and new surfels for one frame."""
-        self.counters.inc("frames_processed")
-        is_kf, why = self.selector.check(fr.stamp, fr.c2w)
-        if not is_kf:
-            self.counters.inc("frames_not_keyframes")
-            return None
-        rgb, intr, depth, labels = fr.rgb, fr.intr, fr.depth, fr.labels
-        if labels is not None and labels.shape != rgb.shape[:2]:
-            if abs(labels.shape[1] / labels.shape[0] - intr.width / intr.height) > 0.01:
-                raise InputError("labels_size_mismatch", f"label image {labels.shape[1]}x{labels.shape[0]} does not "
-                                                         f"have the aspect ratio of the image {intr.width}x{intr.height}")
-            labels = resize_depth(labels, intr.width, intr.height)
-        if (rgb.shape[1], rgb.shape[0]) != (intr.width, intr.height):
-            raise InputError("size_mismatch", f"image {rgb.shape[1]}x{rgb.shape[0]} does not match its camera_info "
-                                              f"{intr.width}x{intr.height}")
-        if depth is not None and depth.shape != rgb.shape[:2]:
-            dh, dw = depth.shape
-            if abs(dw / dh - intr.width / intr.height) > 0.01:
-                self.problems.report(InputError("depth_size_mismatch",
-                                                f"depth {dw}x{dh} does not have the aspect ratio of the image "
-                                                f"{intr.width}x{intr.height}; frame mapped without depth"))
-                depth = None
-            else:
-                depth = resize_depth(depth, intr.width, intr.height)
-        if intr.has_distortion:
-            und = self._undistorter(intr)
-            rgb = und.undistort_rgb(rgb)
-            if depth is not None:
-                depth = und.undistort_depth(depth)
-            if labels is not None:
-                labels = und.undistort_labels(labels)
-            intr = dataclasses.replace(intr, d=())
-        w, h = fit_size(intr.width, intr.height, self.ncfg.max_image_long_side)
-        if (w, h) != (intr.width, intr.height):
-            rgb = resize_rgb(rgb, w, h)
-            if depth is not None:
-                depth = resize_depth(depth, w, h)
-            if labels is not None:
-                labels = resize_depth(labels, w, h)
-            intr = intr.scaled(w, h)
-        if depth is not None:
-            depth = np.where((depth >= self.ncfg.depth_min) & (depth <= self.ncfg.depth_max), depth, 0.0)
-            depth = depth.astype(np.float32)
-        near = max(1e-3, min(0.2, self.ncfg.depth_min)) if self.ncfg.depth_min > 0 else 0.01
-        try:
-            cam = Camera(w, h, intr.fx, intr.fy, intr.cx, intr.cy, torch.as_tensor(invert(fr.c2w), dtype=torch.float32),
-                         near=near, far=max(100.0, 2 * self.ncfg.depth_max), name=f"{fr.stamp:.6f}")
-        except CameraError as exc:
-            raise InputError("bad_pose", f"frame {fr.stamp:.3f}: {exc}") from None
-        if self.extractor is None:
-            raise InputError("no_extractor", "no feature extractor configured")
-        if getattr(self.extractor, "input_kind", "image") == "labels":
-            if labels is None:
-                raise InputError("missing_labels", f"frame {fr.stamp:.3f}: the 'label' feature extractor needs a "
-                                                   f"label image (topic 'labels')")
-            grid = self.extractor.extract(torch.from_numpy(labels.astype(np.int64)))
-        else:
-            grid = self.extractor.extract(rgb)
-        if grid.dim != self.dim:
-            raise InputError("feature_dim", f"extractor returned {grid.dim}-d features, the map has {self.dim}")
-        target = grid.to_target()
-        image = torch.from_numpy(np.array(rgb, dtype=np.uint8, order="C")).permute(2, 0, 1).float().div_(255.0)
-        depth_t = torch.from_numpy(depth) if depth is not None else None
-        new = self._new_surfels(image, depth_t, cam, target)
-        kf = Keyframe(cam, image, target, depth_t, None, fr.stamp)
-        self.selector.commit(fr.stamp, fr.c2w)
-        self.counters.inc("keyframes_prepared")
-        return PreparedKeyframe(kf, new, fr.c2w, fr.received, why)
-
-    def _new_surfels(self, image: torch.Tensor, depth: torch.Tensor | None, cam: Camera, target) -> SurfelMap | None:
-        sc = self.cfg.seed
-        st = self.state
-        cap = self.ncfg.max_new_surfels_per_keyframe
-        if cap <= 0:
-            return None
-        covered = None
-        rdepth = None
-        if len(st.surfels):
-            with torch.no_grad():
-                r = render(st.surfels, cam, backend=self.cfg.mapper.backend)
-            covered = r.alpha > 0.5
-            rdepth = r.depth_median
-        xyzs, rgbs, feats = [], [], []
-        # 1. pending seed points (PointCloud2) that this keyframe sees
-        with self._seed_lock:
-            sx, srgb = self._seed_xyz, self._seed_rgb
-        if sx.shape[0]:
-            xy, z = project(sx, cam)
-            ok = (z > cam.near) & (xy[:, 0] >= -0.5) & (xy[:, 0] < cam.width - 0.5) & (xy[:, 1] >= -0.5) \
-                & (xy[:, 1] < cam.height - 0.5)
-            if depth is not None and ok.any():
-                px = xy[:, 0].round().long().clamp(0, cam.width - 1)
-                py = xy[:, 1].round().long().clamp(0, cam.height - 1)
-                dz = depth[py, px]
-                ok &= (dz <= 0) | ((dz - z).abs() <= 0.1 * z.abs())
-            if ok.any():
-                idx = torch.nonzero(ok).squeeze(1)
-                xyzs.append(sx[idx])
-                rgbs.append(srgb[idx])
-                feats.append(sample_grid(target, xy[idx]))
-                with self._seed_lock:
-                    keep = torch.ones(self._seed_xyz.shape[0], dtype=torch.bool)
-                    keep[idx[idx < keep.numel()]] = False
-                    self._seed_xyz, self._seed_rgb = self._seed_xyz[keep], self._seed_rgb[keep]
-        # 2. depth: back-project pixels the map does not explain yet
-        stride = max(1, sc.depth_stride)
-        if depth is not None:
-            xyz, rgb, xy = points_from_depth(image, depth, cam, stride=stride, max_depth=self.ncfg.depth_max)
-            if covered is not None and xyz.shape[0]:
-                px, py = xy[:, 0].long(), xy[:, 1].long()
-                z = depth[py, px]
-                explained = covered[py, px] & ((rdepth[py, px] - z).abs() <= 0.1 * z)
-                xyz, rgb, xy = xyz[~explained], rgb[~explained], xy[~explained]
-            if xyz.shape[0]:
-                xyzs.append(xyz)
-                rgbs.append(rgb)
-                feats.append(sample_grid(target, xy))
-        elif not xyzs:
-            # 3. no depth, no seed points: nominal depth along the rays of uncovered pixels
-            ys, xs = torch.meshgrid(torch.arange(0, cam.height, stride), torch.arange(0, cam.width, stride),
-                                    indexing="ij")
-            xs, ys = xs.reshape(-1), ys.reshape(-1)
-            if covered is not None:
-                m = ~covered[ys, xs]
-                xs, ys = xs[m], ys[m]
-            if xs.numel():
-                d = self.ncfg.mono_init_depth + (torch.rand(xs.numel(), generator=self.gen) * 2 - 1) \
-                    * self.ncfg.mono_init_jitter
-                d = d.clamp_min(cam.near * 1.5)
-                pc = torch.stack([(xs.float() - cam.cx) / cam.fx * d, (ys.float() - cam.cy) / cam.fy * d, d], -1)
-                c2w = cam.cam_to_world
-                xyzs.append(pc @ c2w[:3, :3].T + c2w[:3, 3])
-                rgbs.append(image[:, ys, xs].T)
-                feats.append(sample_grid(target, torch.stack([xs, ys], -1).float()))
-        if not xyzs:
-            return None
-        xyz, rgb, f = torch.cat(xyzs), torch.cat(rgbs), torch.cat(feats)
-        if xyz.shape[0] > cap:
-            sel = torch.randperm(xyz.shape[0], generator=self.gen)[:cap]
-            xyz, rgb, f = xyz[sel], rgb[sel], f[sel]
-        if xyz.shape[0] < 2:
-            return None
-        return surfels_from_points(xyz, rgb, f, sc.opacity, sc.scale_multiplier, generator=self.gen)
-
     # ------------------------------------------------------------------ optimizer
     def _update_extent(self) -> None:
         """Scene extent (scales the position learning rate) robust to outlier keyframes (online/motion.py)."""
@@ -729,19 +404,6 @@ class MappingEngine:
 
         c = torch.stack([cam.center for cam in self.cameras[-200:]])
         self.mapper.set_extent(robust_extent(c.double().numpy()))
-
-    def _apply_schedule(self) -> None:
-        """Per-keyframe schedule (FHGS_SPEC.md 8.9) inside the newest keyframe's step budget."""
-        mc = self.mapper.cfg
-        b = self.ncfg.steps_per_keyframe
-        s0 = self.kf_start_iter
-        mc.dist_from_iter = s0 + int(0.3 * b)
-        mc.normal_from_iter = s0 + int(0.7 * b)
-        if self.ncfg.densify:
-            mc.densify_from_iter = s0
-            mc.densify_until_iter = s0 + int(0.7 * b)
-        else:
-            mc.densify_from_iter, mc.densify_until_iter = 0, 0
 
     def _integrate(self, p: PreparedKeyframe) -> None:
         m = self.mapper
@@ -756,8 +418,8 @@ class MappingEngine:
         self.last_stamp = p.keyframe.stamp
         self.last_received = p.received
         self.kf_start_iter = m.iteration
+        self.schedule.new_keyframe(m.iteration)
         self._update_extent()
-        self._apply_schedule()
         if self.pca is None:
             self._fit_visuals()
         self.counters.inc("keyframes")
@@ -773,9 +435,8 @@ class MappingEngine:
             return None, centroids
         pca = None
         try:
-            from fhgs_ros.features.pca import FeaturePCA
             pca = FeaturePCA.fit(s.features_raw.float())
-        except (ImportError, ValueError) as exc:
+        except ValueError as exc:
             log.warning("feature PCA not fitted: %s", exc)
         return pca, kmeans_centroids(s.features_unit, self.ncfg.cloud_clusters, seed=self.cfg.mapper.seed)
 
@@ -950,5 +611,4 @@ def cleanup_stale_temp_files(path: str) -> list[str]:
     return out
 
 
-__all__ = ["MappingEngine", "InputFrame", "MapState", "Problems", "Counters", "memory_mb", "light_snapshot",
-           "cleanup_stale_temp_files", "kmeans_centroids"]
+__all__ = ["MappingEngine", "cleanup_stale_temp_files"]
