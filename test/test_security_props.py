@@ -461,6 +461,7 @@ meta_key = st.sampled_from(["feature_dim", "sh_degree", "next_uid", "num_surfels
 def _rewrite(data: bytes, fn) -> bytes:
     n = struct.unpack("<Q", data[:8])[0]
     header = json.loads(data[8:8 + n])
+    header["__metadata__"].pop("fhgs_meta_crc32", None)  # reach the schema checks behind the metadata CRC
     fn(header)
     raw = json.dumps(header).encode()
     raw += b" " * ((8 - len(raw) % 8) % 8)
@@ -501,6 +502,11 @@ def test_map_reader_issue_examples(tmp_path, good_map):
         p.write_bytes(_rewrite(data, fn))
         with pytest.raises(MapFileError):
             load_map(p)
+    i = data.index(b'iteration\\": 3')  # one changed digit inside the metadata: caught by its CRC-32
+    flipped = tmp_path / "flipped.safetensors"
+    flipped.write_bytes(data[:i + 13] + b"4" + data[i + 14:])
+    with pytest.raises(MapFileError, match="metadata fails its CRC"):
+        load_map(flipped)
     deep_header = tmp_path / "deep_header.safetensors"
     raw = ("{" + '"a":{' * 100_000 + "}" * 100_001).encode()
     deep_header.write_bytes(struct.pack("<Q", len(raw)) + raw)
