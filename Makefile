@@ -33,6 +33,7 @@ $(STAMP): requirements.txt $(NATIVE_SRC)
 	@touch $(STAMP)
 
 test: setup
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q test
 
 demo: setup

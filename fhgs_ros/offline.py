@@ -283,11 +283,11 @@ def run_offline(cfg: FHGSConfig, data: Path, out: Path, iterations: int | None =
                                                 "ndfd": cfg.mapper.ndfd_enabled}, extra_tensors=extra)
     write_renders(surfels, ds, test, out, pca, mapper.background, cfg.mapper.backend)
     if ds.gt_mesh is not None:
-        from fhgs_ros.core.mesh import mesh_from_surfels, write_mesh_ply
+        from fhgs_ros.core.mesh import mesh_from_surfels, save_mesh_ply
         from fhgs_ros.core.metrics import chamfer_distance, sample_mesh_points
         mesh = mesh_from_surfels(surfels, [ds.frames[i].camera for i in train], backend=cfg.mapper.backend,
                                  max_voxels=cfg.offline.mesh_max_voxels)
-        write_mesh_ply(mesh, out / "mesh.ply")
+        save_mesh_ply(mesh, out / "mesh.ply")
         if len(mesh.faces):
             a = sample_mesh_points(mesh.vertices, mesh.faces, 20000, seed=0)
             b = visible_gt_points(ds, train, 20000)

@@ -15,6 +15,8 @@ A missing extension or backend is reported by one log line, never by an import e
 from __future__ import annotations
 
 import logging
+from collections import namedtuple
+from typing import NamedTuple
 
 import torch
 
@@ -103,6 +105,31 @@ class _Static:
                 self.ext_use_sigma, *self.lever)
 
 
+class ForwardOutputs(NamedTuple):
+    """The images of one native forward pass (order of the extension's return list)."""
+
+    rgb: torch.Tensor
+    alpha: torch.Tensor
+    depth: torch.Tensor
+    median: torch.Tensor
+    normal: torch.Tensor
+    dist: torch.Tensor
+    ext: torch.Tensor
+    intl: torch.Tensor
+    feat: torch.Tensor
+    radii: torch.Tensor
+    n_contrib: torch.Tensor
+
+
+def _state_type():
+    """NamedTuple of the tensors the forward pass saves for the backward pass (names from the extension)."""
+    names = tuple(_ext.state_names()) if _ext is not None else ()
+    return namedtuple("NativeState", names) if names else None
+
+
+_NativeState = _state_type()
+
+
 class NativeRasterize(torch.autograd.Function):
     """Differentiable native rasterization (forward and reverse-order backward in C++/CUDA)."""
 
@@ -111,12 +138,12 @@ class NativeRasterize(torch.autograd.Function):
         bg_cpu = background.detach().to("cpu", torch.float32).contiguous()
         outs = _ext.forward(means, quats, scales, opacity, colors, bg_cpu, *static.common(), static.fvalues,
                             static.need_backward, static.stream)
-        main, state = outs[:11], outs[11:]
+        n = len(ForwardOutputs._fields)
+        main = ForwardOutputs(*outs[:n])
         ctx.static = static
         ctx.bg_cpu = bg_cpu
-        ctx.save_for_backward(means, quats, scales, opacity, colors, *state)
-        feat, radii, ncontrib = main[8], main[9], main[10]
-        ctx.mark_non_differentiable(feat, radii, ncontrib)
+        ctx.save_for_backward(means, quats, scales, opacity, colors, *outs[n:])
+        ctx.mark_non_differentiable(main.feat, main.radii, main.n_contrib)
         return tuple(main)
 
     @staticmethod
@@ -125,14 +152,14 @@ class NativeRasterize(torch.autograd.Function):
         st: _Static = ctx.static
         saved = ctx.saved_tensors
         means, quats, scales, opacity, colors = saved[:5]
-        state = list(saved[5:])
+        state = _NativeState(*saved[5:])
         grads = [g_rgb, g_alpha, g_depth, g_median, g_normal, g_dist, g_ext, g_int]
         grads = [g if g is not None else torch.empty(0, device=means.device) for g in grads]
         d_means, d_quats, d_scales, d_op, d_colors = _ext.backward(
-            means, quats, scales, opacity, colors, ctx.bg_cpu, *st.common(), state, grads, st.stream)
+            means, quats, scales, opacity, colors, ctx.bg_cpu, *st.common(), list(state), grads, st.stream)
         d_bg = None
         if ctx.needs_input_grad[5] and g_rgb is not None:
-            t_final = state[9][0]  # pix_state[0] = T_final
+            t_final = state.pix_state[0]  # pix_state[0] = T_final
             d_bg = (g_rgb * t_final[None].to(g_rgb.dtype)).sum(dim=(1, 2))
         return d_means, d_quats, d_scales, d_op, d_colors, d_bg, None
 
@@ -177,14 +204,14 @@ def rasterize_native(means: torch.Tensor, quats: torch.Tensor, scales: torch.Ten
     stream = torch.cuda.current_stream(dev).cuda_stream if means.is_cuda else 0
     static = _Static(camera_vector(camera), width, height, feats.to(dev), grid.to(dev), lam, ksign, ext_use_sigma,
                      lever, fvalues.to(dev), need_backward, stream)
-    rgb, alpha, depth, median, normal, dist, ext, intl, feat, radii, ncontrib = NativeRasterize.apply(
-        f32(means), f32(quats), f32(scales), f32(opacity.reshape(-1)), f32(colors), bg, static)
+    out = ForwardOutputs(*NativeRasterize.apply(f32(means), f32(quats), f32(scales), f32(opacity.reshape(-1)),
+                                                f32(colors), bg, static))
 
     def back(t: torch.Tensor) -> torch.Tensor:
         return t if t.dtype == dt else t.to(dt)
 
     return RenderResult(
-        rgb=back(rgb), alpha=back(alpha), depth=back(depth), depth_median=back(median), normal=back(normal),
-        distortion=back(dist), ndfd_ext=back(ext) if ndfd is not None else None,
-        ndfd_int=back(intl) if ndfd is not None else None,
-        features=back(feat) if feature_values is not None else None, radii=radii, n_contrib=ncontrib)
+        rgb=back(out.rgb), alpha=back(out.alpha), depth=back(out.depth), depth_median=back(out.median),
+        normal=back(out.normal), distortion=back(out.dist), ndfd_ext=back(out.ext) if ndfd is not None else None,
+        ndfd_int=back(out.intl) if ndfd is not None else None,
+        features=back(out.feat) if feature_values is not None else None, radii=out.radii, n_contrib=out.n_contrib)

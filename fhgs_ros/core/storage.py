@@ -30,8 +30,9 @@ import numpy as np
 import torch
 
 from fhgs_ros.core.camera import Camera, CameraError
-from fhgs_ros.core.fileio import atomic_write_bytes, atomic_writer, to_jsonable
+from fhgs_ros.core.fileio import atomic_write_bytes, to_jsonable
 from fhgs_ros.core.geometry import quat_wxyz_to_matrix
+from fhgs_ros.core.ply import write_ply
 from fhgs_ros.core.surfels import SH_COEFFS, TRAINABLE, SurfelMap
 
 FORMAT_NAME = "fhgs_map"
@@ -338,14 +339,8 @@ def export_ply(path: str | os.PathLike, surfels: SurfelMap, include_features: bo
         cols += [(f"rot_{i}", surfels.quats[:, i]) for i in range(4)]
         if include_features:
             cols += [(f"feat_{i}", surfels.features_raw[:, i]) for i in range(surfels.feature_dim)]
-        arr = np.empty(n, dtype=[(name, "<f4") for name, _ in cols])
-        for name, v in cols:
-            arr[name] = v.detach().float().cpu().numpy()
-    head = ["ply", "format binary_little_endian 1.0", "comment fhgs_ros surfel map (2DGS layout + frozen features)",
-            f"element vertex {n}"] + [f"property float {name}" for name, _ in cols] + ["end_header"]
-    with atomic_writer(path) as f:
-        f.write(("\n".join(head) + "\n").encode("ascii"))
-        f.write(arr.tobytes())
+        vertex = {name: v.detach().float().cpu().numpy() for name, v in cols}
+    write_ply(path, {"vertex": vertex}, comments=["fhgs_ros surfel map (2DGS layout + frozen features)"])
 
 
 def file_size_mb(path: str | os.PathLike) -> float:

@@ -325,7 +325,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 class SamPromptModel:
     """SAM's prompt encoder and mask decoder plus the geometry of the embedding they expect.
 
-    Used by ``fhgs_ros.core.query.segment_view`` with a *rendered* feature map in place of the
+    Used by ``fhgs_ros.features.segment.segment_view`` with a *rendered* feature map in place of the
     image encoder's output: the embedding must be (256, grid_size, grid_size), top-left aligned,
     covering an image resized to ``input_size`` on its long side and padded.
     """
@@ -350,8 +350,19 @@ class SamPromptModel:
 
     def preprocess_shape(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) of an image of this size after SAM's longest-side resize."""
-        s = self.input_size / max(height, width)
-        return int(height * s + 0.5), int(width * s + 0.5)
+        return resized_shape(height, width, self.input_size)
+
+
+def resized_shape(height: int, width: int, input_size: int) -> tuple[int, int]:
+    """(h, w) of an image after SAM's longest-side resize to ``input_size`` (ResizeLongestSide)."""
+    s = input_size / max(height, width)
+    return int(height * s + 0.5), int(width * s + 0.5)
+
+
+def sam_valid_grid(height: int, width: int, input_size: int) -> tuple[int, int]:
+    """Embedding-grid rows/cols with image content after SAM's resize (the rest only sees padding)."""
+    h, w = resized_shape(height, width, input_size)
+    return math.ceil(h / PATCH), math.ceil(w / PATCH)
 
 
 # ----------------------------------------------------------------------------- extractor

@@ -730,7 +730,8 @@ class FHGSNode(Node):
         return self.sam_parts
 
     def _srv_segment(self, req, res):
-        from fhgs_ros.core.query import QueryError, segment_view
+        from fhgs_ros.core.query import QueryError
+        from fhgs_ros.features.segment import segment_view
 
         self.counters.inc("service_calls")
         st = self.engine.state
@@ -781,7 +782,7 @@ class FHGSNode(Node):
         return res
 
     def _srv_export_mesh(self, req, res):
-        from fhgs_ros.core.mesh import vertex_colors_from_surfels, write_mesh_obj, write_mesh_ply
+        from fhgs_ros.core.mesh import save_mesh_ply, vertex_colors_from_surfels, write_mesh_obj
 
         self.counters.inc("service_calls")
         st = self.engine.state
@@ -811,7 +812,7 @@ class FHGSNode(Node):
                 mesh.colors = None
             p = Path(path).expanduser()
             p.parent.mkdir(parents=True, exist_ok=True)
-            (write_mesh_ply if fmt == "ply" else write_mesh_obj)(mesh, p)
+            (save_mesh_ply if fmt == "ply" else write_mesh_obj)(mesh, p)
         except InputError as exc:
             res.success, res.message = False, self._srv_error(exc.kind, str(exc))
             return res
