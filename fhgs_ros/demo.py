@@ -27,7 +27,7 @@ log = logging.getLogger("fhgs_ros.demo")
 
 # Demo scene and schedule, sized for 2 CPU cores. Every training view becomes a keyframe with a
 # budget of STEPS_PER_KEYFRAME iterations (node.step_mode: budget, the deterministic replay mode).
-# Loss weights as in the offline demo sweep (FHGS_SPEC.md 8.4: lower the weights when PSNR drops by
+# Loss weights as in the offline demo sweep (docs/METHOD.md §8.4: lower the weights when PSNR drops by
 # more than 1 dB): lambda_ext 1, lambda_int 0.3. Both methods use identical settings; only
 # mapper.ndfd_enabled differs.
 DEMO_SCENE = dict(width=128, height=96, num_frames=40, seed=0, num_points=10000)

@@ -77,7 +77,7 @@ def compute_features(ds: Dataset, cfg: FHGSConfig, out: Path) -> FeatureSource:
 
 
 def seed_map(ds: Dataset, train: list[int], feats: FeatureSource, cfg: FHGSConfig, gen: torch.Generator):
-    """Initial surfels with frozen features (spec section 1)."""
+    """Initial surfels with frozen features (docs/METHOD.md §1.3-§1.4)."""
     sc = cfg.seed
     cams = [ds.frames[i].camera for i in train]
     targets = [feats.targets[i] for i in train]

@@ -1,5 +1,5 @@
 """Training losses: photometric (L1, D-SSIM), 2DGS regularizers, and the NDFD formulas in
-readable per-ray form (FHGS_SPEC.md sections 3 and 5).
+readable per-ray form (docs/METHOD.md §3 and §5).
 
 The per-ray NDFD functions here are the literal formulas (cumulative O(N D) and pairwise
 O(N^2 D)); the rasterizers compute the same sums inside their compositing loops.

@@ -43,7 +43,7 @@ class Keyframe:
 
 @dataclass
 class MapperConfig:
-    """Training schedule and loss weights (defaults: FHGS = 2DGS defaults + NDFD, spec section 5)."""
+    """Training schedule and loss weights (defaults: FHGS = 2DGS defaults + NDFD, docs/METHOD.md §5)."""
 
     ndfd_enabled: bool = param(True, 'FHGS NDFD losses on (false = plain 2DGS baseline)')
     lambda_ext: float = param(1.0, 'weight of the external-potential loss L_ext (docs/METHOD.md §3)', lo=0)

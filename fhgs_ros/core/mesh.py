@@ -1,6 +1,6 @@
 """Meshing: TSDF fusion of depth maps in PyTorch, marching cubes (scikit-image), PLY/OBJ I/O.
 
-This replaces the Open3D TSDF volume that 2DGS uses (FHGS_SPEC.md section 5, "Mesh").
+This replaces the Open3D TSDF volume that 2DGS uses (docs/METHOD.md §5.7).
 
 Integration follows Open3D's uniform TSDF:
 - each voxel centre is projected into every view and takes the depth of the nearest pixel

@@ -1,4 +1,4 @@
-"""Evaluation metrics (FHGS_SPEC.md section 6): PSNR, FE, FL1, label accuracy / mIoU, Chamfer.
+"""Evaluation metrics (docs/METHOD.md §6): PSNR, FE, FL1, label accuracy / mIoU, Chamfer.
 
 Conventions and choices:
 - **PSNR** = 10 log10(1 / MSE) on [0, 1] images, over all channels and pixels. It is inf
@@ -6,7 +6,7 @@ Conventions and choices:
   2DGS does, and averages the per-view PSNRs.
 - **FE** = the mean over pixels of the per-pixel L_ext(n) = sum_i sigma_i w_i (1 - phi_i),
   taken from ``render(..., ndfd=, target=)`` with the frozen unit features. ``fe_plain`` is
-  the sigma-free sum_i w_i (1 - phi_i). Pixels without contributors count as 0 (spec 8.5).
+  the sigma-free sum_i w_i (1 - phi_i). Pixels without contributors count as 0 (docs/METHOD.md §8.5).
   ``lam``, ``k`` and ``sigma_increasing`` come from the given NDFDParams; ``ext_use_sigma``
   is forced on for ``fe`` and off for ``fe_plain``. ``fe_int`` (mean L_int) is reported too.
 - **FL1**: the raw features are alpha-blended (background 0) at image resolution, resized

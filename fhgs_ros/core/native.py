@@ -4,7 +4,7 @@
 the same ``RenderResult``. It runs the compiled extension ``fhgs_ros._native`` (built by
 ``make setup`` / ``pip install -e .``, see ``setup_ext.py``): the CUDA kernels when the tensors are
 on a GPU and the extension was built with nvcc, the CPU kernels otherwise. The backward is a
-``torch.autograd.Function`` calling the native reverse-order backward (FHGS_SPEC.md section 4);
+``torch.autograd.Function`` calling the native reverse-order backward (docs/METHOD.md §4);
 it produces gradients for means, raw quaternions, scales, opacity, colours and the background.
 Features (unit and raw) and the GT grid never receive gradients, as in the reference.
 

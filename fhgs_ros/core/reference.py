@@ -2,7 +2,7 @@
 
 Written for clarity, not speed: it is the ground truth the native kernels are tested
 against, and autograd provides its backward pass. The algorithm is exactly the one of
-FHGS_SPEC.md sections 2-3 and ``fhgs_ros/cuda/raster_math.h``:
+docs/METHOD.md §2-§3 and ``fhgs_ros/cuda/raster_math.h``:
 
 1. per surfel: the 3x3 ray-splat matrix T = P [s_u t_u, s_v t_v, p] (P = K [R|t], world ->
    homogeneous pixels), its 3-sigma screen bounding box (2DGS ``compute_aabb``) and centre,

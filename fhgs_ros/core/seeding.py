@@ -1,4 +1,4 @@
-"""New surfels from 3-D points, depth images or a new keyframe, with frozen features (FHGS_SPEC.md section 1).
+"""New surfels from 3-D points, depth images or a new keyframe, with frozen features (docs/METHOD.md §1).
 
 The projection index ("spatial hash table" of the paper) maps each 3-D point to the views that
 see it and the pixel in each; COLMAP/SfM tracks are such an index, and
@@ -147,7 +147,7 @@ def points_from_depth(image: torch.Tensor, depth: torch.Tensor, camera: Camera, 
 
 @dataclass
 class KeyframeSeedParams:
-    """How a new online keyframe seeds surfels (node parameters; docs/METHOD.md §8.11)."""
+    """How a new online keyframe seeds surfels (node parameters; docs/METHOD.md §9.3)."""
 
     max_new: int = 4000             # cap of new surfels per keyframe
     depth_stride: int = 4           # [px] pixel stride of depth / nominal-depth seeding

@@ -1,6 +1,6 @@
 // CPU backend of the FHGS surfel rasterizer: plain C++ + OpenMP on raw pointers.
 //
-// Structure (FHGS_SPEC.md sections 2 and 4): project and cull every surfel, bin them into 16x16
+// Structure (docs/METHOD.md §2 and §4): project and cull every surfel, bin them into 16x16
 // tiles (lists sorted by centre depth, ties by index), then one OpenMP task per tile runs the
 // per-pixel front-to-back forward, and the backward visits each pixel's contributors in reverse,
 // reusing the forward prefix (T_final, the distortion sums and, per kept contributor, its list

@@ -2,7 +2,7 @@
 // CPU backend (raster_cpu.cpp) and the CUDA backend (raster_cuda.cu).
 //
 // Every function here is a plain inline function usable as __host__ __device__. The algorithm is
-// the one of FHGS_SPEC.md sections 2-4 and of fhgs_ros/core/reference.py, which is the ground
+// the one of docs/METHOD.md §2-§4 and of fhgs_ros/core/reference.py, which is the ground
 // truth these functions are tested against (test/test_native_equivalence.py):
 //   * projection: T = P [s_u t_u, s_v t_v, p] (rows Tu, Tv, Tw), 2DGS screen bounds, culling;
 //   * ray-surfel intersection (u, v) = (k x l).xy / (k x l).z, k = x Tw - Tu, l = y Tw - Tv;

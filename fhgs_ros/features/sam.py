@@ -6,7 +6,7 @@ mean/std and zero-padded bottom/right to ``input_size`` x ``input_size`` (``Sam.
 the image encoder returns a 256 x (input_size/16)^2 embedding (64 x 64 at the standard 1024),
 and the rows/columns that only see padding are cropped away: a 640 x 480 image gives a
 256 x 48 x 64 grid (Feature 3DGS does the same crop). ``FeatureGrid.scale`` is
-(input_size/16) / max(W, H), the FeatureTarget convention (FHGS_SPEC.md section 1).
+(input_size/16) / max(W, H), the FeatureTarget convention (docs/METHOD.md §1.2).
 
 Lower input size (``input_size=512``, CPU option): the encoder's absolute position embedding
 (trained at 64 x 64) is resampled bicubically to 32 x 32 and the relative-position tables of
@@ -94,7 +94,7 @@ SAM_ARCHS: dict[str, SamArch] = {
     "vit_b": SamArch(768, 12, 12, (2, 5, 8, 11), url=_BASE_URL + "sam_vit_b_01ec64.pth",
                      filename="sam_vit_b_01ec64.pth", approx_size="about 375 MB"),
     # Test/benchmark architecture built from segment_anything's own modules (no official weights):
-    # runs in ~0.01 s at 256 and ~0.8 s at 1024 on one CPU core (docs/ENVIRONMENT.md).
+    # runs in ~0.01 s at 256 and ~0.8 s at 1024 on one CPU core (measured on a 2-core CI machine; `fhgs-bench features` re-measures it).
     "vit_tiny": SamArch(192, 4, 3, (1, 3), window_size=8),
 }
 OFFICIAL_MODELS = ("vit_b", "vit_l", "vit_h")

@@ -1,6 +1,6 @@
 """The online mapping engine behind the ROS node (ROS-free: runs in tests and batch jobs too).
 
-Threads (docs/ARCHITECTURE.md §2):
+Threads (docs/ARCHITECTURE.md §3):
 - callers (the node's subscription callbacks) only ``submit()`` decoded, validated frames to a
   bounded queue (a full queue drops its oldest frame; drops are counted);
 - the **frontend** thread runs :class:`~fhgs_ros.online.frontend.KeyframeFrontend`: keyframe

@@ -4,7 +4,7 @@ For each validated input frame (``frames.InputFrame``): the keyframe policy deci
 is undistorted (``core.camera.Undistorter``), downscaled to ``node.max_image_long_side``, its
 depth range-gated, its feature grid extracted, and its new surfels seeded
 (``core.seeding.seed_keyframe``: seed points, depth, or a nominal depth). Runs on the engine's
-frontend thread, or synchronously in batch mapping (docs/ARCHITECTURE.md §2).
+frontend thread, or synchronously in batch mapping (docs/ARCHITECTURE.md §1, §3).
 """
 
 from __future__ import annotations
