@@ -123,9 +123,3 @@ def ndfd_ray_pairwise(w: torch.Tensor, f_unit: torch.Tensor, f_gt_unit: torch.Te
     lower = torch.tril(torch.ones(n, n, dtype=torch.bool, device=w.device), diagonal=-1)  # j < i
     pair = sig[:, None] * w[:, None] * w[None, :] * (1 - cos)
     return (pair * lower).sum()
-
-
-def ndfd_ray_pairwise_draft(w: torch.Tensor, f_unit: torch.Tensor) -> torch.Tensor:
-    """The draft's ungated symmetric form sum_i sum_j w_i w_j (1 - cos<f_i, f_j>) (for reference only)."""
-    cos = f_unit @ f_unit.T
-    return (w[:, None] * w[None, :] * (1 - cos)).sum()

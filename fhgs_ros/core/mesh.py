@@ -418,12 +418,6 @@ def vertex_colors_from_surfels(mesh: Mesh, surfel_means: torch.Tensor, surfel_va
 
 
 # ------------------------------------------------------------------------------ file I/O
-def _colors_u8(mesh: Mesh) -> np.ndarray | None:
-    if mesh.colors is None:
-        return None
-    return np.round(np.clip(mesh.colors.numpy(), 0, 1) * 255).astype(np.uint8)
-
-
 def save_mesh_ply(mesh: Mesh, path: str | os.PathLike) -> None:
     """Binary little-endian PLY (float x y z, uchar red green blue when coloured, int face lists). Atomic.
 
