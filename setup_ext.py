@@ -177,7 +177,8 @@ def cuda_emu_extension(CppExtension):
         name="fhgs_ros._native_cuda_emu",
         sources=[rel(emu, "bindings_emu.cpp"), rel(emu, "raster_cuda_emu.cpp")],
         include_dirs=[SRC, emu],  # emu/ provides <cuda_runtime.h> and <cub/...> for the host compiler
-        extra_compile_args={"cxx": ["-O2", "-std=c++17", "-DFHGS_WITH_CUDA", "-DFHGS_CUDA_EMU", "-Wno-psabi"]},
+        extra_compile_args={"cxx": ["-O2", "-std=c++17", "-DFHGS_WITH_CUDA", "-DFHGS_CUDA_EMU", "-Wno-psabi",
+                                   "-Wno-maybe-uninitialized"]},
         depends=[rel(SRC, f) for f in ("raster_math.h", "raster_api.h", "raster_cuda.cu", "bindings.cpp")]
         + [rel(emu, "cuda_emu.h"), rel(emu, "cuda_runtime.h"), rel(emu, "cub", "device", "device_radix_sort.cuh")],
     )

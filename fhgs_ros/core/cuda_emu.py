@@ -9,9 +9,10 @@ exactly the CUDA host code and kernels of the GPU build. Slow (each thread switc
 switch); meant for the tests, never for mapping.
 
 ``rasterize_cuda_emulated`` has the signature and result of ``reference.rasterize_reference``.
-``schedule("random", seed)`` resumes the threads of a block in a seeded random order at every
-barrier and warp operation (and shuffles the block order): results may then differ only by float
-reassociation of the atomics; a missing barrier or a shared-memory race changes them.
+``schedule("random", seed)`` resumes the threads of a block in a seeded random order redrawn at
+every barrier (``"uniform"``: a random pick at every scheduling point), and shuffles the block
+order: results may then differ only by float reassociation of the atomics; a missing barrier or a
+shared-memory race changes them.
 """
 
 from __future__ import annotations
@@ -64,11 +65,20 @@ def module():
     return _emu
 
 
+SCHEDULES = ("sequential", "random", "uniform")
+
+
 def configure(mode: str = "sequential", seed: int = 0, poison_shared: bool = True) -> None:
-    """Scheduling mode: ``"sequential"`` (FIFO resume order) or ``"random"`` (seeded)."""
-    if mode not in ("sequential", "random"):
-        raise ValueError(f"unknown schedule {mode!r}")
-    module().emu_configure(mode == "random", int(seed) & 0x7FFFFFFFFFFFFFFF, bool(poison_shared))
+    """Thread scheduling of the harness (``cuda/emu/cuda_emu.h``, enum Schedule).
+
+    ``"sequential"``: FIFO resume order. ``"random"``: seeded random priorities redrawn at every
+    block barrier (a random key per warp and per lane; the runnable thread of highest priority
+    runs, so warps run ahead of each other in a random order). ``"uniform"``: a runnable thread
+    picked uniformly at random at every scheduling point. Both random modes shuffle the blocks.
+    ``poison_shared``: fill shared memory with 0xFF bytes at every block start."""
+    if mode not in SCHEDULES:
+        raise ValueError(f"unknown schedule {mode!r}; one of {SCHEDULES}")
+    module().emu_configure(SCHEDULES.index(mode), int(seed) & 0x7FFFFFFFFFFFFFFF, bool(poison_shared))
 
 
 @contextlib.contextmanager

@@ -33,7 +33,7 @@ constexpr bool kHasCuda = false;
 // stages run on the CPU execution harness, with CPU tensors.
 #ifdef FHGS_CUDA_EMU
 constexpr bool kCudaEmu = true;
-extern "C" void fhgs_cuda_emu_configure(int random_order, uint64_t seed, int poison_shared);
+extern "C" void fhgs_cuda_emu_configure(int schedule, uint64_t seed, int poison_shared);
 extern "C" void fhgs_cuda_emu_stats(int64_t* out, int reset);
 #else
 constexpr bool kCudaEmu = false;
@@ -427,9 +427,11 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("set_poison", [](bool on) { g_poison = on; }, "fill uninitialized buffers with NaN / sentinels (tests)");
   m.def("state_names", &state_names, "names of the state tensors saved for backward");
 #ifdef FHGS_CUDA_EMU
-  m.def("emu_configure", [](bool random_order, int64_t seed, bool poison_shared) {
-    fhgs_cuda_emu_configure(random_order ? 1 : 0, (uint64_t)seed, poison_shared ? 1 : 0);
-  }, "CUDA emulator: random (seeded) resume order at every scheduling point; 0xFF-filled shared memory per block");
+  m.def("emu_configure", [](int64_t schedule, int64_t seed, bool poison_shared) {
+    TORCH_CHECK(schedule >= 0 && schedule <= 2, "schedule: 0 sequential, 1 random, 2 uniform");
+    fhgs_cuda_emu_configure((int)schedule, (uint64_t)seed, poison_shared ? 1 : 0);
+  }, "CUDA emulator: schedule (0 FIFO, 1 random priorities per barrier, 2 uniform random), seed, 0xFF-filled "
+     "shared memory per block");
   m.def("emu_stats", [](bool reset) {
     std::vector<int64_t> v(7);
     fhgs_cuda_emu_stats(v.data(), reset ? 1 : 0);

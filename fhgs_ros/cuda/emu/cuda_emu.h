@@ -22,10 +22,11 @@
 //     exited, a source lane outside the mask or two different pending masks are reported as errors;
 //   * a block whose live fibers all wait on something that can never complete (a barrier inside
 //     divergent code, a warp op vs a barrier) is a deadlock: the launch fails with a message;
-//   * scheduling: "sequential" resumes runnable fibers in FIFO order; "random" (seeded) picks the
-//     next runnable fiber uniformly at random at every scheduling point, and shuffles the block
-//     order: results may only change by float reassociation (atomics), so a missing barrier or a
-//     shared-memory race shows up as a different result;
+//   * scheduling (see Schedule): FIFO, or seeded random orders redrawn at every barrier (warps
+//     running ahead of each other in random order), or a uniformly random pick at every scheduling
+//     point; the random ones also shuffle the block order. Results may only change by float
+//     reassociation (atomics), so a missing barrier or a shared-memory race shows up as a
+//     different result;
 //   * atomics are real (__atomic builtins); the host API (malloc-backed "device" memory, copies,
 //     streams, events) is synchronous.
 // Errors inside a launch are reported through cudaGetLastError / cudaGetErrorString with a
@@ -110,8 +111,21 @@ namespace cuda_emu {
 constexpr int kWarp = 32;
 constexpr int kMaxBlockThreads = 1024;
 
+// Resume order of the runnable threads of a block:
+//   SEQUENTIAL  FIFO (threads in index order, then in the order they became runnable);
+//   RANDOM      seeded random priorities, drawn again at every block barrier: one random key per
+//               warp and one per lane, and the runnable thread of highest priority runs. Between
+//               two barriers a warp therefore runs as far ahead of the others as its warp
+//               operations allow, in a random warp order and a random lane order: the schedule
+//               that exposes a missing barrier between shared-memory writes and reads of other
+//               warps (as the probabilistic concurrency-testing schedulers do);
+//   UNIFORM     at every scheduling point a runnable thread picked uniformly at random (fine
+//               interleavings, little drift between warps).
+// RANDOM and UNIFORM also shuffle the block order.
+enum Schedule { SEQUENTIAL = 0, RANDOM = 1, UNIFORM = 2 };
+
 struct Config {
-  bool random_order = false;  // random resume order at every scheduling point, shuffled blocks
+  int schedule = SEQUENTIAL;
   uint64_t seed = 0;
   bool poison_shared = true;  // fill shared memory with 0xFF at every block start
   size_t stack_bytes = 256 * 1024;
@@ -157,8 +171,9 @@ struct Block {
   int bar_arrived = 0, bar_pred = 0;
   std::vector<int> bar_waiters;
   std::vector<Warp> warps;
-  std::vector<int> ready;  // runnable fibers
-  size_t head = 0;         // FIFO read position (sequential mode)
+  std::vector<int> ready;  // runnable fibers (FIFO queue, pool, or heap by priority)
+  size_t head = 0;         // FIFO read position (SEQUENTIAL)
+  std::vector<uint32_t> prio;  // RANDOM: priority of each thread
   bool failed = false;
   std::string error;
 };
@@ -301,9 +316,24 @@ inline void resume(Fiber& f) {
   for (;;) to_scheduler();
 }
 
+struct PrioLess {
+  const uint32_t* prio;
+  bool operator()(int a, int b) const { return prio[a] != prio[b] ? prio[a] < prio[b] : a > b; }
+};
+
 inline void make_ready(Block& b, int id) {
   (*b.fibers)[id].state = READY;
   b.ready.push_back(id);
+  if (st().cfg.schedule == RANDOM) std::push_heap(b.ready.begin(), b.ready.end(), PrioLess{b.prio.data()});
+}
+
+// RANDOM: new priorities (random key per warp, then per lane), at block start and every barrier.
+inline void draw_priorities(Block& b) {
+  State& s = st();
+  b.prio.resize(b.n);
+  std::vector<uint32_t> wkey((b.n + kWarp - 1) / kWarp);
+  for (auto& k : wkey) k = (uint32_t)(s.rng() & 0xffff);
+  for (int i = 0; i < b.n; ++i) b.prio[i] = (wkey[i / kWarp] << 16) | (uint32_t)(s.rng() & 0xffff);
 }
 
 // Give up the CPU at a scheduling point (the fiber is already queued or waiting).
@@ -314,6 +344,7 @@ inline void barrier_release(Block& b) {
   State& s = st();
   ++s.stats.barriers;
   const int cnt = b.bar_pred;
+  if (s.cfg.schedule == RANDOM) draw_priorities(b);  // nothing else is runnable at a release
   for (int id : b.bar_waiters) {
     (*b.fibers)[id].result = (uint64_t)cnt;
     (*b.fibers)[id].ballot = (uint32_t)b.bar_arrived;  // participants
@@ -411,7 +442,14 @@ inline void fiber_main(void* arg) {
 // ---- scheduler -----------------------------------------------------------------------------------
 inline int next_ready(Block& b) {
   State& s = st();
-  if (s.cfg.random_order) {
+  if (s.cfg.schedule == RANDOM) {
+    if (b.ready.empty()) return -1;
+    std::pop_heap(b.ready.begin(), b.ready.end(), PrioLess{b.prio.data()});
+    int id = b.ready.back();
+    b.ready.pop_back();
+    return id;
+  }
+  if (s.cfg.schedule == UNIFORM) {
     if (b.ready.empty()) return -1;
     size_t k = (size_t)(s.rng() % b.ready.size());
     int id = b.ready[k];
@@ -498,6 +536,7 @@ inline bool run_block(Block& b) {
   b.head = 0;
   b.failed = false;
   b.error.clear();
+  if (s.cfg.schedule == RANDOM) draw_priorities(b);
   for (int i = 0; i < n; ++i) make_ready(b, i);
   if (s.cfg.poison_shared && __start_cuda_emu_shared != nullptr)
     memset(__start_cuda_emu_shared, 0xff, (size_t)(__stop_cuda_emu_shared - __start_cuda_emu_shared));
@@ -567,7 +606,7 @@ void launch(const char* name, dim3 grid, dim3 block, size_t smem, cudaStream_t s
   s.entry_ctx = (void*)&body;
   std::vector<uint64_t> order(nblocks);
   for (uint64_t i = 0; i < nblocks; ++i) order[i] = i;
-  if (s.cfg.random_order) std::shuffle(order.begin(), order.end(), s.rng);
+  if (s.cfg.schedule != SEQUENTIAL) std::shuffle(order.begin(), order.end(), s.rng);
   Block b;
   b.fibers = &s.fibers;
   b.n = (int)nthreads;

@@ -20,9 +20,10 @@ void cpu_backward(RasterArgs&) { no_cpu_backend(); }
 }  // namespace fhgs
 
 // Plain C entry points for bindings.cpp (which does not include the harness).
-extern "C" void fhgs_cuda_emu_configure(int random_order, uint64_t seed, int poison_shared) {
+// schedule: 0 sequential, 1 random (priorities redrawn per barrier), 2 uniform (see cuda_emu.h)
+extern "C" void fhgs_cuda_emu_configure(int schedule, uint64_t seed, int poison_shared) {
   cuda_emu::Config c = cuda_emu::config();
-  c.random_order = random_order != 0;
+  c.schedule = schedule;
   c.seed = seed;
   c.poison_shared = poison_shared != 0;
   cuda_emu::configure(c);
