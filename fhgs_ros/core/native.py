@@ -93,7 +93,8 @@ class _Static:
     """Non-tensor (and non-differentiable tensor) arguments of one native call."""
 
     def __init__(self, camvec, width, height, feats, grid, lam, ksign, ext_use_sigma, lever, fvalues,
-                 need_backward, stream):
+                 need_backward, stream, ext=None):
+        self.ext = ext if ext is not None else _ext  # the compiled module that runs the kernels
         self.camvec, self.width, self.height = camvec, width, height
         self.feats, self.grid = feats, grid
         self.lam, self.ksign, self.ext_use_sigma = lam, ksign, ext_use_sigma
@@ -136,7 +137,7 @@ class NativeRasterize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means, quats, scales, opacity, colors, background, static: _Static):
         bg_cpu = background.detach().to("cpu", torch.float32).contiguous()
-        outs = _ext.forward(means, quats, scales, opacity, colors, bg_cpu, *static.common(), static.fvalues,
+        outs = static.ext.forward(means, quats, scales, opacity, colors, bg_cpu, *static.common(), static.fvalues,
                             static.need_backward, static.stream)
         n = len(ForwardOutputs._fields)
         main = ForwardOutputs(*outs[:n])
@@ -155,7 +156,7 @@ class NativeRasterize(torch.autograd.Function):
         state = _NativeState(*saved[5:])
         grads = [g_rgb, g_alpha, g_depth, g_median, g_normal, g_dist, g_ext, g_int]
         grads = [g if g is not None else torch.empty(0, device=means.device) for g in grads]
-        d_means, d_quats, d_scales, d_op, d_colors = _ext.backward(
+        d_means, d_quats, d_scales, d_op, d_colors = st.ext.backward(
             means, quats, scales, opacity, colors, ctx.bg_cpu, *st.common(), list(state), grads, st.stream)
         d_bg = None
         if ctx.needs_input_grad[5] and g_rgb is not None:
@@ -167,12 +168,16 @@ class NativeRasterize(torch.autograd.Function):
 def rasterize_native(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacity: torch.Tensor,
                      colors: torch.Tensor, camera: Camera, background: torch.Tensor | None = None,
                      features_unit: torch.Tensor | None = None, target: FeatureTarget | None = None,
-                     ndfd: NDFDParams | None = None, feature_values: torch.Tensor | None = None) -> RenderResult:
-    """Render one view with the native kernels; same arguments and result as ``rasterize_reference``."""
+                     ndfd: NDFDParams | None = None, feature_values: torch.Tensor | None = None, *,
+                     extension=None) -> RenderResult:
+    """Render one view with the native kernels; same arguments and result as ``rasterize_reference``.
+
+    ``extension``: another build of the bindings to run instead of ``fhgs_ros._native`` (the tests
+    pass the CUDA-emulator module, see ``fhgs_ros.core.cuda_emu``)."""
     dev, dt = means.device, means.dtype
-    if _ext is None:
+    if _ext is None and extension is None:
         raise RuntimeError(f"fhgs_ros native rasterizer extension is not built ({_IMPORT_ERROR}); run `make setup`")
-    if means.is_cuda and not cuda_backend_available():
+    if means.is_cuda and extension is None and not cuda_backend_available():
         _warn_once("cuda", "fhgs_ros: CUDA tensors but the native CUDA backend is not built "
                            f"({build_info()}); using the PyTorch reference rasterizer")
         from fhgs_ros.core.reference import rasterize_reference
@@ -203,7 +208,7 @@ def rasterize_native(means: torch.Tensor, quats: torch.Tensor, scales: torch.Ten
     need_backward = torch.is_grad_enabled() and any(t.requires_grad for t in diff_inputs)
     stream = torch.cuda.current_stream(dev).cuda_stream if means.is_cuda else 0
     static = _Static(camera_vector(camera), width, height, feats.to(dev), grid.to(dev), lam, ksign, ext_use_sigma,
-                     lever, fvalues.to(dev), need_backward, stream)
+                     lever, fvalues.to(dev), need_backward, stream, extension)
     out = ForwardOutputs(*NativeRasterize.apply(f32(means), f32(quats), f32(scales), f32(opacity.reshape(-1)),
                                                 f32(colors), bg, static))
 
