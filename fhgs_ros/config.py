@@ -106,7 +106,8 @@ class NodeConfig:
                             choices=('best_effort', 'reliable'))
     max_image_long_side: int = param(640, 'images are downscaled to this long side for mapping', unit='px', lo=0,
                                      hi=16384)
-    max_input_pixels: int = param(8388608, 'larger input images are rejected (decoding cost / memory)', lo=1)
+    max_input_pixels: int = param(8388608, 'larger input images are rejected (decoding cost / memory)', lo=1,
+                                  hi=2 ** 28)
     depth_min: float = param(0.1, 'valid depth range for seeding', unit='m', lo=0.0)
     depth_max: float = param(20.0, '(depth beyond is ignored)', unit='m', lo=0.0)
     kf_min_translation: float = param(0.1, 'new keyframe after this much motion ...', unit='m', lo=0.0, live=True)
@@ -158,9 +159,32 @@ class NodeConfig:
                                    lo=0.0, hi=3600.0, live=True)
     query_threshold: float = param(0.85, 'default cosine similarity of query_feature / clicked_point', lo=-1.0,
                                    hi=1.0, live=True)
-    query_max_results: int = param(100000, 'cap of returned / published matches', lo=1, live=True)
+    query_max_results: int = param(100000, 'cap of returned / published matches', lo=1, hi=10 ** 7, live=True)
     segment_long_side: int = param(256, 'render size of the feature grid for segment_view', unit='px', lo=16, hi=4096)
-    max_request_pixels: int = param(4194304, 'render_view / query / segment views larger than this are refused', lo=1)
+    max_request_pixels: int = param(4194304, 'render_view / query / segment views larger than this are refused', lo=1,
+                                    hi=2 ** 28)
+    # security and limits (README "Security"; fhgs_ros/online/guard, limits, motion, paths)
+    map_dir: str = param('', 'the only folder save_map / load_map / export_mesh may use ("" = the folder of map_path, '
+                             'else $ROS_HOME/fhgs_maps)')
+    map_dir_allow: str = param('', "further files requests may name outside map_dir (absolute, ':'-separated)")
+    max_map_file_mb: float = param(2048.0, 'larger map files are refused before they are read', unit='MB', lo=1.0,
+                                   hi=float(1 << 20))
+    request_memory_mb: float = param(1024.0, 'estimated peak memory of one service request; costlier ones are refused',
+                                     unit='MB', lo=16.0, hi=float(1 << 20), live=True)
+    max_concurrent_requests: int = param(2, 'heavy service requests at once (others are answered "busy")', lo=1, hi=64)
+    max_prompts: int = param(64, 'segment_view point prompts per request', lo=1, hi=4096, live=True)
+    motion_max_speed: float = param(50.0, 'frames whose camera moved faster are rejected (implausible_motion)',
+                                    unit='m/s', lo=0.0, hi=1e5)
+    motion_max_jump: float = param(2.0, 'allowed on top of motion_max_speed x dt', unit='m', lo=0.0, hi=1e6)
+    motion_max_angular_speed_deg: float = param(1440.0, 'frames whose camera turned faster are rejected',
+                                                unit='deg/s', lo=0.0, hi=1e6)
+    motion_max_turn_deg: float = param(45.0, 'allowed on top of motion_max_angular_speed_deg x dt', unit='deg', lo=0.0,
+                                       hi=360.0)
+    motion_max_dt: float = param(2.0, 'longer gaps between frames count as this', unit='s', lo=0.0, hi=3600.0)
+    motion_recover_frames: int = param(3, 'consecutive consistent rejected frames (motion or stamps) that re-anchor '
+                                          'the gate / the timeline (0 = never)', lo=0, hi=1000)
+    max_stamp_jump: float = param(600.0, 'an image stamp this far ahead of the previous one is a time jump', unit='s',
+                                  lo=0.001, hi=3.2e8)
 
     def check_consistency(self, prefix: str = "node") -> None:
         """Cross-field rules (called by the validator after the per-field checks)."""
@@ -171,6 +195,10 @@ class NodeConfig:
             raise ConfigError(f"{prefix}.camera_extrinsic: the quaternion (last 4 values) is not normalized")
         if self.depth_max <= self.depth_min:
             raise ConfigError(f"{prefix}.depth_max: must be larger than depth_min ({self.depth_min})")
+        import os
+        if self.map_dir_allow and not all(os.path.isabs(os.path.expanduser(p)) for p in self.map_dir_allow.split(":")
+                                          if p):
+            raise ConfigError(f"{prefix}.map_dir_allow: every entry must be an absolute path")
 
 
 def to_dict(obj) -> dict:

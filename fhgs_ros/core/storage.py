@@ -22,6 +22,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import struct
 import zlib
 from pathlib import Path
@@ -32,6 +33,8 @@ import torch
 from fhgs_ros.core.camera import Camera, CameraError
 from fhgs_ros.core.fileio import atomic_write_bytes, to_jsonable
 from fhgs_ros.core.geometry import quat_wxyz_to_matrix
+from fhgs_ros.core.mapfile_schema import (HEADER_SCHEMA, MAX_MAP_BYTES, META_SCHEMA, bounded_json,
+                                          read_regular_file, validate)
 from fhgs_ros.core.ply import write_ply
 from fhgs_ros.core.surfels import SH_COEFFS, TRAINABLE, SurfelMap
 
@@ -144,6 +147,11 @@ def _check_pca(tensors: dict[str, torch.Tensor], d: int, err) -> None:
             raise err(f"'{name}' must be a finite floating-point tensor")
 
 
+def _tname(name: str) -> str:
+    """A tensor name for a message: only plain identifiers of up to 64 characters are quoted."""
+    return name if re.fullmatch(r"[A-Za-z0-9_.]{1,64}", name) else "<unnamed>"
+
+
 def _read_header(path: Path, data: bytes) -> dict:
     """Parse and check the safetensors header against the file size (truncation, overlaps)."""
     def fail(msg: str) -> MapFileError:
@@ -153,16 +161,14 @@ def _read_header(path: Path, data: bytes) -> dict:
         raise fail(f"not a safetensors file (only {len(data)} bytes)")
     (n,) = struct.unpack("<Q", data[:8])
     if n < 2 or n > _MAX_HEADER:
-        raise fail(f"not a safetensors file (header length field {n} is implausible)")
+        raise fail("not a safetensors file (implausible header length field)")
     if 8 + n > len(data):
         raise fail(f"truncated: header needs {n} bytes but the file has {len(data) - 8} after the length field")
-    raw = data[8:8 + n]
-    try:
-        header = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise fail(f"not a safetensors file or corrupt header (header is not valid JSON: {exc})") from None
+    header = bounded_json(data[8:8 + n], "not a safetensors file or corrupt header: the header", fail,
+                          max_bytes=_MAX_HEADER)
     if not isinstance(header, dict):
         raise fail("corrupt safetensors header (not a JSON object)")
+    validate(header, HEADER_SCHEMA, "corrupt safetensors header: entry", fail)
     body = len(data) - 8 - n
     spans = []
     for name, info in header.items():
@@ -176,12 +182,12 @@ def _read_header(path: Path, data: bytes) -> dict:
             if dtype not in _ST_DTYPES or any(int(s) < 0 for s in shape) or not 0 <= int(a) <= int(b):
                 raise ValueError
         except (KeyError, TypeError, ValueError):
-            raise fail(f"corrupt safetensors header (bad entry for tensor '{name}')") from None
+            raise fail(f"corrupt safetensors header (bad entry for tensor '{_tname(name)}')") from None
         if b - a != numel * _ST_DTYPES[dtype]:
-            raise fail(f"corrupt: tensor '{name}' spans {b - a} bytes but its shape {shape} needs "
+            raise fail(f"corrupt: tensor '{_tname(name)}' spans {b - a} bytes but its shape {shape} needs "
                        f"{numel * _ST_DTYPES[dtype]}")
         if b > body:
-            raise fail(f"truncated: tensor '{name}' ends at byte {b} of the data section, which has only {body} "
+            raise fail(f"truncated: tensor '{_tname(name)}' ends at byte {b} of the data section, which has only {body} "
                        f"bytes")
         spans.append((a, b))
     spans.sort()
@@ -195,7 +201,7 @@ def _read_header(path: Path, data: bytes) -> dict:
     return header
 
 
-def load_map(path: str | os.PathLike, device: str | torch.device = "cpu"
+def load_map(path: str | os.PathLike, device: str | torch.device = "cpu", max_bytes: int = MAX_MAP_BYTES
              ) -> tuple[SurfelMap, dict, dict[str, torch.Tensor]]:
     """Load a map written by ``save_map``: (SurfelMap, meta, extra_tensors).
 
@@ -203,7 +209,10 @@ def load_map(path: str | os.PathLike, device: str | torch.device = "cpu"
     objects, and ``format``, ``version``, ``feature_dim``, ``feature_extractor``, ``sh_degree``,
     ``next_uid`` and ``num_surfels`` are always present. Raises MapFileError for a missing,
     unreadable, truncated, corrupt or foreign file, for a newer format version, for
-    inconsistent shapes or dtypes, and for NaN/Inf values.
+    inconsistent shapes or dtypes, and for NaN/Inf values. The file is untrusted: only a regular
+    file of at most ``max_bytes`` is read (without blocking), header and metadata are validated
+    against schemas with bounded size and depth (fhgs_ros.core.mapfile_schema), and no message
+    quotes the file's content.
     """
     from safetensors.torch import load as st_load
 
@@ -212,14 +221,7 @@ def load_map(path: str | os.PathLike, device: str | torch.device = "cpu"
     def fail(msg: str) -> MapFileError:
         return MapFileError(f"map file '{path}': {msg}")
 
-    if not path.exists():
-        raise fail("does not exist")
-    if path.is_dir():
-        raise fail("is a directory, not a map file")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise fail(f"cannot be read ({exc.strerror or exc})") from None
+    data = read_regular_file(path, max_bytes, fail)
 
     header = _read_header(path, data)
     md = header.get("__metadata__") or {}
@@ -227,27 +229,25 @@ def load_map(path: str | os.PathLike, device: str | torch.device = "cpu"
     if fmt is None:
         raise fail(f"not an fhgs map: a safetensors file without a 'format' entry (expected '{FORMAT_NAME}')")
     if fmt != FORMAT_NAME:
-        raise fail(f"not an fhgs map: its format is '{fmt}', expected '{FORMAT_NAME}'")
+        raise fail(f"not an fhgs map: its format is '{_tname(str(fmt))}', expected '{FORMAT_NAME}'")
     try:
-        version = int(md.get("version", ""))
+        version = int(str(md.get("version", ""))[:12])
     except ValueError:
-        raise fail(f"invalid format version {md.get('version')!r}") from None
+        raise fail("invalid format version (not an integer)") from None
     if version > FORMAT_VERSION:
         raise fail(f"written by a newer fhgs_ros (format version {version}); this reader supports versions up to "
                    f"{FORMAT_VERSION}. Upgrade fhgs_ros to load it")
     if version < 1:
         raise fail(f"invalid format version {version}")
-    try:
-        meta = json.loads(md.get("fhgs_meta", ""))
-    except json.JSONDecodeError as exc:
-        raise fail(f"corrupt metadata ('fhgs_meta' is not valid JSON: {exc})") from None
+    meta = bounded_json(md.get("fhgs_meta", ""), "corrupt metadata: 'fhgs_meta'", fail)
     if not isinstance(meta, dict):
         raise fail("corrupt metadata ('fhgs_meta' is not a JSON object)")
+    validate(meta, META_SCHEMA, "invalid metadata: 'fhgs_meta'", fail)
 
     try:
         tensors = st_load(data)
     except Exception as exc:  # safetensors raises its own SafetensorError
-        raise fail(f"corrupt safetensors data ({exc})") from None
+        raise fail(f"corrupt safetensors data ({type(exc).__name__})") from None
 
     # ---- fields, dtypes, shapes
     missing = [k for k in MAP_FIELDS if k not in tensors]
@@ -299,7 +299,7 @@ def load_map(path: str | os.PathLike, device: str | torch.device = "cpu"
         try:
             keyframes.append(Camera.from_dict(kf))
         except (CameraError, KeyError, TypeError, ValueError, RuntimeError) as exc:
-            raise fail(f"keyframe {i} has an invalid camera ({exc})") from None
+            raise fail(f"keyframe {i} has an invalid camera ({type(exc).__name__})") from None
     meta["keyframes"] = keyframes
     meta["format"], meta["version"] = fmt, version
     meta.setdefault("feature_extractor", "")

@@ -1,7 +1,7 @@
 """Batch mapping of a ROS 2 bag in-process, without DDS (``fhgs-replay BAG --offline``).
 
 The bag's messages (read and deserialized by ``rosbags``, no rclpy needed) go through the same
-input pipeline as the live node (:class:`fhgs_ros.ros.ingest.Ingest`: decoding, validation,
+input pipeline as the live node (:class:`fhgs_ros.online.ingest.Ingest`: decoding, validation,
 approximate-time sync with camera_info / depth / labels / pose, keyframe selection,
 undistortion, features) into the same :class:`MappingEngine`, driven synchronously: each
 keyframe gets exactly ``node.steps_per_keyframe`` optimizer iterations, like the node in

@@ -84,11 +84,14 @@ class MappingEngine:
         self.state = self._make_state()
 
     # ------------------------------------------------------------------ mapper lifecycle (optimizer thread)
-    def _new_mapper(self) -> None:
+    def _build_mapper(self) -> tuple[KeyframeBudgetSchedule, Mapper]:
         mc = dataclasses.replace(self.cfg.mapper)
-        self.schedule = KeyframeBudgetSchedule(mc, budget=self.ncfg.steps_per_keyframe, densify=self.ncfg.densify,
-                                               opacity_reset=self.ncfg.opacity_reset)
-        self.mapper = Mapper(mc, self.dim, extent=1.0, schedule=self.schedule)
+        schedule = KeyframeBudgetSchedule(mc, budget=self.ncfg.steps_per_keyframe, densify=self.ncfg.densify,
+                                          opacity_reset=self.ncfg.opacity_reset)
+        return schedule, Mapper(mc, self.dim, extent=1.0, schedule=schedule)
+
+    def _new_mapper(self) -> None:
+        self.schedule, self.mapper = self._build_mapper()
         self.cameras: list[Camera] = []
         self.kf_start_iter = 0
         self.version = 0 if not hasattr(self, "version") else self.version + 1
@@ -111,10 +114,16 @@ class MappingEngine:
         return self.state
 
     # ------------------------------------------------------------------ public API (any thread)
-    def start(self) -> None:
+    def start(self, supervisor=None) -> None:
+        """Start the worker threads; with a ``fhgs_ros.online.guard.Supervisor`` a loop that raises is
+        restarted (and reported), instead of dying silently."""
         self._stop.clear()
+        self.supervisor = supervisor
         for name, fn in (("fhgs-frontend", self._frontend_loop), ("fhgs-optimizer", self._optimizer_loop),
                          ("fhgs-saver", self._saver_loop)):
+            if supervisor is not None:
+                self._threads.append(supervisor.spawn(name, fn))
+                continue
             t = threading.Thread(target=fn, name=name, daemon=True)
             t.start()
             self._threads.append(t)
@@ -146,6 +155,8 @@ class MappingEngine:
         self.frontend.apply_live(ncfg)
 
     def alive(self) -> bool:
+        if getattr(self, "supervisor", None) is not None and self._threads:
+            return self.supervisor.all_ok()
         return all(t.is_alive() for t in self._threads) if self._threads else False
 
     def submit(self, frame: InputFrame) -> bool:
@@ -183,7 +194,7 @@ class MappingEngine:
         from fhgs_ros.core.storage import MapFileError, load_map
 
         try:
-            surfels, meta, extra = load_map(path)
+            surfels, meta, extra = load_map(path, max_bytes=int(getattr(self.ncfg, "max_map_file_mb", 2048) * 2 ** 20))
         except MapFileError as exc:
             return False, str(exc)
         except (OSError, ValueError) as exc:  # defensive: anything else unreadable
@@ -267,24 +278,37 @@ class MappingEngine:
             self._done(p.keyframe.stamp, "dropped")
 
     def _install_map(self, surfels: SurfelMap, meta: dict, extra: dict) -> None:
-        self._new_mapper()
-        m = self.mapper
+        """Build the loaded map completely aside, then swap it in (a failure leaves the live map untouched)."""
+        import math
+
+        from fhgs_ros.online.motion import robust_extent
+
+        schedule, m = self._build_mapper()
         node_meta = meta.get("node") or {}
         m.replace_map(surfels, int(node_meta.get("iteration", 0)))
-        self.cameras = list(meta.get("keyframes") or [])
-        self.keyframes_total = int(node_meta.get("keyframes_total", len(self.cameras)))
-        self.last_stamp = float(node_meta.get("stamp", 0.0))
-        self.kf_start_iter = m.iteration
-        if self.cameras:
-            self._update_extent()
+        cameras = list(meta.get("keyframes") or [])
+        if not all(isinstance(c, Camera) for c in cameras):
+            raise ValueError("the map's keyframes are not cameras")
+        keyframes_total = int(node_meta.get("keyframes_total", len(cameras)))
+        last_stamp = float(node_meta.get("stamp", 0.0))
+        if not math.isfinite(last_stamp):
+            raise ValueError("the map's stamp is not finite")
+        if cameras:
+            m.set_extent(robust_extent(torch.stack([c.center for c in cameras[-200:]]).numpy()))
         try:
-            self.pca = FeaturePCA.from_state(extra) if FeaturePCA.has_state(extra) else None
+            pca = FeaturePCA.from_state(extra) if FeaturePCA.has_state(extra) else None
         except (KeyError, ValueError):
-            self.pca = None
+            pca = None
         c = extra.get("cluster_centroids")
-        self.centroids = c.float() if c is not None and c.ndim == 2 and c.shape[1] == self.dim else None
-        if self.pca is None:
-            self._fit_visuals()
+        centroids = c.float() if c is not None and c.ndim == 2 and c.shape[1] == self.dim else None
+        if pca is None:
+            pca, centroids = self._visuals(m.surfels, centroids)
+        # everything built and checked: swap (nothing below can fail on file content)
+        self._new_mapper()
+        self.schedule, self.mapper = schedule, m
+        self.cameras, self.keyframes_total, self.last_stamp = cameras, keyframes_total, last_stamp
+        self.kf_start_iter = m.iteration
+        self.pca, self.centroids = pca, centroids
         self.frontend.selector.reset()
 
     # ------------------------------------------------------------------ frontend
@@ -375,9 +399,11 @@ class MappingEngine:
 
     # ------------------------------------------------------------------ optimizer
     def _update_extent(self) -> None:
+        """Scene extent (scales the position learning rate) robust to outlier keyframes (online/motion.py)."""
+        from fhgs_ros.online.motion import robust_extent
+
         c = torch.stack([cam.center for cam in self.cameras[-200:]])
-        r = float((c - c.mean(0)).norm(dim=1).max()) if len(c) > 1 else 0.0
-        self.mapper.set_extent(max(r * 1.1, 1.0))
+        self.mapper.set_extent(robust_extent(c.double().numpy()))
 
     def _integrate(self, p: PreparedKeyframe) -> None:
         m = self.mapper
@@ -400,15 +426,19 @@ class MappingEngine:
 
     def _fit_visuals(self) -> None:
         """Fit the map's fixed feature PCA and cluster centres once (kept for the map's lifetime)."""
-        s = self.mapper.surfels
+        if len(self.mapper.surfels) >= 16:
+            self.pca, self.centroids = self._visuals(self.mapper.surfels, self.centroids)
+
+    def _visuals(self, s: SurfelMap, centroids=None):
+        """(feature PCA or None, cluster centres) of a map (unchanged ``centroids`` when it is too small)."""
         if len(s) < 16:
-            return
+            return None, centroids
+        pca = None
         try:
-            self.pca = FeaturePCA.fit(s.features_raw.float())
+            pca = FeaturePCA.fit(s.features_raw.float())
         except ValueError as exc:
             log.warning("feature PCA not fitted: %s", exc)
-            self.pca = None
-        self.centroids = kmeans_centroids(s.features_unit, self.ncfg.cloud_clusters, seed=self.cfg.mapper.seed)
+        return pca, kmeans_centroids(s.features_unit, self.ncfg.cloud_clusters, seed=self.cfg.mapper.seed)
 
     def _optimizer_loop(self) -> None:
         if self.ncfg.torch_threads > 0:
@@ -416,6 +446,8 @@ class MappingEngine:
         last_pub = time.monotonic()
         changed = False
         carry: PreparedKeyframe | None = None
+        if getattr(self, "supervisor", None) is not None:
+            self.optimizer_error = None  # (re)started by the supervisor
         try:
             while not self._stop.is_set():
                 self._run_commands()
@@ -461,6 +493,8 @@ class MappingEngine:
                     changed = False
         except Exception as exc:  # noqa: BLE001
             self.optimizer_error = f"{type(exc).__name__}: {exc}"
+            if getattr(self, "supervisor", None) is not None:
+                raise  # the supervisor restarts the loop and reports it
             log.exception("optimizer thread died")
 
     def _budget_tick(self) -> None:

@@ -113,6 +113,8 @@ def decode_compressed(fmt: str, data, what: str = "compressed image") -> np.ndar
         raise
     except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise InputError("decode_error", f"{what}: cannot decode ('{fmt}'): {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - PIL's DecompressionBombError and anything else a payload triggers
+        raise InputError("decode_error", f"{what}: cannot decode ('{fmt}'): {type(exc).__name__}") from None
 
 
 def encode_compressed(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> bytes:

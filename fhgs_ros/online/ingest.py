@@ -26,6 +26,7 @@ from fhgs_ros.online.imageproc import (InputError, decode_color, decode_compress
                                        make_intrinsics, pose_matrix, pose_to_matrix, stamp_to_sec)
 from fhgs_ros.core.camera import Intrinsics
 from fhgs_ros.config import NodeConfig
+from fhgs_ros.online.guard import Rejected
 from fhgs_ros.online.sync import FrameAssembler, PoseBuffer
 
 class Ingest:
@@ -52,7 +53,10 @@ class Ingest:
         self.submit = submit or engine.submit
         self.on_done = on_done
         self.assembler = FrameAssembler(ncfg.sync_slop, ncfg.sync_timeout, ncfg.queue_size, ncfg.use_depth,
-                                        depth_hint=depth_hint, need_labels=need_labels)
+                                        depth_hint=depth_hint, need_labels=need_labels,
+                                        max_stamp_jump=ncfg.max_stamp_jump, recover_frames=ncfg.motion_recover_frames)
+        from fhgs_ros.online.motion import MotionGate, MotionLimits
+        self.motion = MotionGate(MotionLimits.from_node(ncfg))  # speed / rotation plausibility of frame poses
         self.poses = PoseBuffer(maxlen=2000, slop=max(ncfg.sync_slop, 1e-3))
         self.extrinsic = pose_matrix(ncfg.camera_extrinsic[:3], ncfg.camera_extrinsic[3:], 1e-3,
                                      "node.camera_extrinsic")
@@ -69,6 +73,7 @@ class Ingest:
         self.ncfg = ncfg
         self.assembler.slop, self.assembler.timeout = ncfg.sync_slop, ncfg.sync_timeout
         self.poses.slop = max(ncfg.sync_slop, 1e-3)
+        self.assembler.timeline.max_forward = ncfg.max_stamp_jump
 
     # ------------------------------------------------------------------ accounting
     def _finish(self, n: int = 1, stamp: float | None = None) -> None:
@@ -115,6 +120,12 @@ class Ingest:
         self.counters.tick("image", now)
         stamp = stamp_to_sec(msg.header.stamp)
         try:
+            from fhgs_ros.online.payloads import check_compressed
+            try:  # the size declared by the png/jpeg header, checked before anything is decoded
+                _, w, h = check_compressed(msg.data, self.ncfg.max_input_pixels, f"compressed image ('{msg.format}')")
+                size = (w, h)
+            except Rejected as exc:
+                raise InputError(exc.kind, exc.reason) from None
             if size is not None and size[0] * size[1] > self.ncfg.max_input_pixels:
                 raise InputError("image_too_large", f"compressed image {size[0]}x{size[1]} "
                                                     f"({size[0] * size[1] / 1e6:.1f} MP) exceeds "
@@ -223,6 +234,12 @@ class Ingest:
                                                                f"its camera_info {intr.width}x{intr.height}; dropped"),
                                    f.stamp)
                 continue
+            try:
+                if self.motion.check(f.stamp, f.pose) == "reanchored":
+                    self.counters.inc("motion_reanchors")
+            except Rejected as exc:  # implausible_motion / pose_out_of_range / pose_nan
+                self._reject_image(InputError(exc.kind, exc.reason), f.stamp)
+                continue
             if f.extra.get("depth_missing"):
                 self.counters.inc("frames_without_depth")
             self.counters.inc("frames_synced")
@@ -237,6 +254,9 @@ class Ingest:
             return self.images_received - self.images_done
 
     def reset(self) -> None:
+        """Forget every buffered input (sync queue, camera_info / depth / label buffers, poses, timeline,
+        motion anchor): after reset / load_map / a ROS time jump nothing of the old stream is used."""
         self.assembler.reset()
         self.poses.clear()
+        self.motion.reset()
 

@@ -34,6 +34,8 @@ class KeyframeSelector:
             return True, "first frame"
         t0, m0 = self.last
         dt = stamp - t0
+        if dt < 0:  # the input timeline was re-anchored (clock glitch, restarted bag): start over
+            return True, "time jumped back"
         if dt < self.min_interval:
             return False, "min_interval"
         dist = float(np.linalg.norm(c2w[:3, 3] - m0[:3, 3]))

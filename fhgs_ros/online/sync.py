@@ -25,6 +25,7 @@ import numpy as np
 
 from fhgs_ros.online.imageproc import InputError
 from fhgs_ros.core.geometry import interpolate_pose
+from fhgs_ros.online.guard import Rejected
 
 
 class StampedBuffer:
@@ -155,7 +156,8 @@ class FrameAssembler:
 
     def __init__(self, slop: float = 0.02, timeout: float = 1.0, queue_size: int = 8, use_depth: bool = True,
                  depth_recent: float = 5.0, backwards_tolerance: float = 0.0,
-                 depth_hint: Callable[[], bool] | None = None, need_labels: bool = False):
+                 depth_hint: Callable[[], bool] | None = None, need_labels: bool = False,
+                 max_stamp_jump: float = 600.0, recover_frames: int = 3):
         self.slop = slop
         self.need_labels = need_labels
         self.timeout = timeout
@@ -171,6 +173,8 @@ class FrameAssembler:
         self.last_depth_arrival = -1e18
         self.last_stamp: float | None = None
         self.lock = threading.Lock()
+        from fhgs_ros.online.motion import Timeline
+        self.timeline = Timeline(max_stamp_jump, recover_frames)  # stamp plausibility + glitch recovery
 
     def reset(self) -> None:
         with self.lock:
@@ -179,6 +183,7 @@ class FrameAssembler:
             self.depths.clear()
             self.labels.clear()
             self.last_stamp = None
+            self.timeline.reset()
 
     def add_info(self, stamp: float, info: Any) -> None:
         with self.lock:
@@ -200,11 +205,18 @@ class FrameAssembler:
             newest = self.last_stamp
             if self.pending:
                 newest = max(newest if newest is not None else -1e18, self.pending[-1].stamp)
-            if newest is not None and stamp < newest - self.backwards_tolerance:
-                return [InputError("time_backwards", f"image stamp {stamp:.3f} is older than the previous image "
-                                                     f"({newest:.3f}): time went backwards; image dropped")]
-            if newest is not None and stamp == newest:
-                return [InputError("duplicate_stamp", f"image stamp {stamp:.3f} repeats the previous one; dropped")]
+            if newest is not None and newest - self.backwards_tolerance <= stamp < newest:
+                newest = stamp - 1e-9  # within the tolerance
+            try:
+                reanchor = self.timeline.check(stamp, newest)
+            except Rejected as exc:  # time_backwards / time_jump / duplicate_stamp / bad_stamp
+                return [InputError(exc.kind, exc.reason)]
+            if reanchor:  # a consistent new timeline: forget the old one (and the images waiting on it)
+                for old in self.pending:
+                    drops.append(InputError("time_glitch", f"image {old.stamp:.3f} dropped: the stamps re-anchored at "
+                                                           f"{stamp:.3f}"))
+                self.pending.clear()
+                self.last_stamp = None
             self.pending.append(PendingImage(stamp, now, data, frame_id))
             while len(self.pending) > self.queue_size:
                 old = self.pending.popleft()

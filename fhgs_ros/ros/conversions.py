@@ -240,23 +240,19 @@ def make_pointcloud2(columns: dict[str, np.ndarray], header: Header) -> PointClo
     return m
 
 
-def pointcloud2_to_array(msg: PointCloud2) -> np.ndarray:
-    """Structured numpy array of a PointCloud2 (fields with count 1)."""
-    if msg.is_bigendian:
-        raise InputError("bad_pointcloud", "big-endian point clouds are not supported")
-    names, formats, offsets = [], [], []
-    for f in msg.fields:
-        if f.datatype not in _NP or f.count != 1:
-            continue
-        names.append(f.name)
-        formats.append(_NP[f.datatype])
-        offsets.append(f.offset)
-    dt = np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": msg.point_step})
-    n = msg.width * msg.height
+def pointcloud2_to_array(msg: PointCloud2, max_points: int = 10_000_000) -> np.ndarray:
+    """Structured numpy array of a PointCloud2 (fields with count 1); the layout is checked first
+    (fhgs_ros.online.payloads.pointcloud_layout: unique names, fields inside point_step, sizes)."""
+    from fhgs_ros.online.guard import Rejected
+    from fhgs_ros.online.payloads import pointcloud_layout
+
     buf = np.frombuffer(msg.data, dtype=np.uint8)
-    if buf.size < n * msg.point_step:
-        raise InputError("bad_pointcloud", f"point cloud data has {buf.size} bytes, {n} points of "
-                                           f"{msg.point_step} need {n * msg.point_step}")
+    try:
+        dt = pointcloud_layout(msg.fields, msg.point_step, msg.row_step, msg.width, msg.height, buf.size,
+                               bool(msg.is_bigendian), max_points)
+    except Rejected as exc:
+        raise InputError(exc.kind, exc.reason) from None
+    n = msg.width * msg.height
     if msg.height > 1 and msg.row_step != msg.width * msg.point_step:
         rows = [buf[r * msg.row_step: r * msg.row_step + msg.width * msg.point_step] for r in range(msg.height)]
         buf = np.concatenate(rows)
@@ -269,8 +265,10 @@ def pointcloud2_to_xyz_rgb(msg: PointCloud2) -> tuple[np.ndarray, np.ndarray | N
     names = arr.dtype.names or ()
     if not all(k in names for k in "xyz"):
         raise InputError("bad_pointcloud", "point cloud has no x, y, z fields")
-    xyz = np.stack([arr["x"], arr["y"], arr["z"]], -1).astype(np.float32)
-    ok = np.isfinite(xyz).all(1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        xyz64 = np.stack([arr["x"], arr["y"], arr["z"]], -1).astype(np.float64)
+    ok = np.isfinite(xyz64).all(1) & (np.abs(xyz64) <= 1e6).all(1)  # NaN / Inf / beyond 1e6 m: dropped
+    xyz = np.where(ok[:, None], xyz64, 0.0).astype(np.float32)
     rgb = None
     if "rgb" in names or "rgba" in names:
         rgb = unpack_rgb(np.asarray(arr["rgb" if "rgb" in names else "rgba"]).astype("<f4"))

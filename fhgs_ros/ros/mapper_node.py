@@ -26,7 +26,6 @@ Every rejected input is logged once per kind with its reason and counted in /dia
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 import threading
@@ -63,6 +62,10 @@ from fhgs_ros.features.registry import build_extractor
 from fhgs_ros.online.calibration import calibration_from_params
 from fhgs_ros.online.imageproc import InputError, fit_size
 from fhgs_ros.online.ingest import Ingest
+from fhgs_ros.online import requests as rq
+from fhgs_ros.online.guard import Guard, Rejected, Supervisor, bounded_wait
+from fhgs_ros.online.limits import SEGMENT_BYTES_PER_PIXEL, RequestGate, RequestLimits
+from fhgs_ros.online.paths import MAP_SUFFIXES, MESH_SUFFIXES, MapDir, default_map_dir
 
 STANDARD_PARAMETERS = {"use_sim_time", "start_type_description_service"}
 
@@ -75,6 +78,7 @@ class FHGSNode(Node):
         self.log = self.get_logger()
         self._declare_parameters()
         self._build_engine()
+        self._build_guards()
         self._resume()
         self._subscribe()
         self._advertise()
@@ -134,6 +138,16 @@ class FHGSNode(Node):
         self._last_render_pub = 0.0
         self._last_status = 0.0
 
+    def _build_guards(self) -> None:
+        """Fault containment and request bounds (fhgs_ros/online: guard, limits, paths; README "Security")."""
+        report = lambda kind, why: self.problems.report(InputError(kind, why))  # noqa: E731
+        self.guard = Guard(report, self.counters.inc, self.log.error)
+        self.supervisor = Supervisor(self._stop, report)
+        self.limits = RequestLimits.from_node(self.ncfg)
+        self.gate = RequestGate(self.ncfg.max_concurrent_requests)
+        self.map_dir = MapDir(self.ncfg.map_dir or default_map_dir(self.ncfg.map_path),
+                              [p for p in self.ncfg.map_dir_allow.split(":") if p] + self._operator_files())
+
     def _subscribe(self) -> None:
         """Inputs (best effort sensors or reliable per node.sensor_qos; reliable poses) and TF."""
         nc = self.ncfg
@@ -147,16 +161,21 @@ class FHGSNode(Node):
                             else ReliabilityPolicy.BEST_EFFORT, history=HistoryPolicy.KEEP_LAST)
         reliable = QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
         g = self.cb_input
-        self.create_subscription(Image, "image", self._on_image, sensor, callback_group=g)
-        self.create_subscription(CompressedImage, "image/compressed", self._on_compressed, sensor, callback_group=g)
-        self.create_subscription(CameraInfo, "camera_info", self._on_camera_info, sensor, callback_group=g)
-        self._depth_sub = self.create_subscription(Image, "depth", self._on_depth, sensor, callback_group=g)
-        self.create_subscription(Image, "labels", self._on_labels, sensor, callback_group=g)
-        self.create_subscription(PoseStamped, "pose", self._on_pose, reliable, callback_group=g)
-        self.create_subscription(Odometry, "odom", self._on_odom, reliable, callback_group=g)
-        self.create_subscription(PointCloud2, "seed_points", self._on_seed_points, reliable, callback_group=g)
-        self.create_subscription(PointStamped, "/clicked_point", self._on_clicked_point, reliable,
-                                 callback_group=self.cb_services)
+        cb = self.guard.callback  # an exception in a callback is a counted rejection, never the executor's
+        self.create_subscription(Image, "image", cb("image", self._on_image), sensor, callback_group=g)
+        self.create_subscription(CompressedImage, "image/compressed", cb("compressed", self._on_compressed), sensor,
+                                 callback_group=g)
+        self.create_subscription(CameraInfo, "camera_info", cb("camera_info", self._on_camera_info), sensor,
+                                 callback_group=g)
+        self._depth_sub = self.create_subscription(Image, "depth", cb("depth", self._on_depth), sensor,
+                                                   callback_group=g)
+        self.create_subscription(Image, "labels", cb("labels", self._on_labels), sensor, callback_group=g)
+        self.create_subscription(PoseStamped, "pose", cb("pose", self._on_pose), reliable, callback_group=g)
+        self.create_subscription(Odometry, "odom", cb("odom", self._on_odom), reliable, callback_group=g)
+        self.create_subscription(PointCloud2, "seed_points", cb("seed_points", self._on_seed_points), reliable,
+                                 callback_group=g)
+        self.create_subscription(PointStamped, "/clicked_point", cb("clicked_point", self._on_clicked_point),
+                                 reliable, callback_group=self.cb_services)
         from fhgs_ros.ros.tf import make_tf_lookup
         self.tf = make_tf_lookup(self, nc.tf_cache_time, 0.0, g, self.problems.report, nc.tf_backend)
         self.log.info(f"TF backend: {self.tf.backend}")
@@ -182,31 +201,33 @@ class FHGSNode(Node):
 
     def _create_services(self) -> None:
         s = self.cb_services
-        self.create_service(SaveMap, "save_map", self._srv_save, callback_group=s)
-        self.create_service(LoadMap, "load_map", self._srv_load, callback_group=s)
-        self.create_service(Trigger, "reset", self._srv_reset, callback_group=s)
-        self.create_service(RenderView, "render_view", self._srv_render, callback_group=s)
-        self.create_service(QueryFeature, "query_feature", self._srv_query, callback_group=s)
-        self.create_service(SegmentView, "segment_view", self._srv_segment, callback_group=s)
-        self.create_service(ExportMesh, "export_mesh", self._srv_export_mesh, callback_group=s)
+        sv, gt = self.guard.service, self.gate  # exceptions -> success=false; heavy requests admitted by the gate
+        self.create_service(SaveMap, "save_map", sv("save_map", self._srv_save, gt), callback_group=s)
+        self.create_service(LoadMap, "load_map", sv("load_map", self._srv_load, gt), callback_group=s)
+        self.create_service(Trigger, "reset", sv("reset", self._srv_reset), callback_group=s)
+        self.create_service(RenderView, "render_view", sv("render_view", self._srv_render, gt), callback_group=s)
+        self.create_service(QueryFeature, "query_feature", sv("query_feature", self._srv_query, gt), callback_group=s)
+        self.create_service(SegmentView, "segment_view", sv("segment_view", self._srv_segment, gt), callback_group=s)
+        self.create_service(ExportMesh, "export_mesh", sv("export_mesh", self._srv_export_mesh, gt), callback_group=s)
 
     def _create_timers(self) -> None:
         """Internal timers run on the steady clock: with use_sim_time a paused /clock (bag replay waiting
         for the mapper) must not stop synchronization, status, diagnostics or the cloud/mesh refresh."""
         steady = Clock(clock_type=ClockType.STEADY_TIME)
-        self.create_timer(0.05, self._poll, callback_group=self.cb_input, clock=steady)
-        self.create_timer(0.02, self._status_tick, callback_group=self.cb_diag, clock=steady)
-        self.diag_timer = self.create_timer(self.ncfg.diagnostics_period, self._publish_diagnostics,
+        cb = self.guard.callback
+        self.create_timer(0.05, cb("poll", self._poll), callback_group=self.cb_input, clock=steady)
+        self.create_timer(0.02, cb("status", self._status_tick), callback_group=self.cb_diag, clock=steady)
+        self.diag_timer = self.create_timer(self.ncfg.diagnostics_period, cb("diagnostics", self._publish_diagnostics),
                                             callback_group=self.cb_diag, clock=steady)
-        self.create_timer(0.5, self._cloud_tick, callback_group=self.cb_cloud, clock=steady)
-        self.create_timer(1.0, self._mesh_tick, callback_group=self.cb_mesh, clock=steady)
+        self.create_timer(0.5, cb("cloud", self._cloud_tick), callback_group=self.cb_cloud, clock=steady)
+        self.create_timer(1.0, cb("mesh", self._mesh_tick), callback_group=self.cb_mesh, clock=steady)
+        self._watch_time_jumps()
 
     def _start(self) -> None:
         """Engine threads and the render thread; the ready line."""
         nc = self.ncfg
-        self.engine.start()
-        self._render_thread = threading.Thread(target=self._render_loop, name="fhgs-render", daemon=True)
-        self._render_thread.start()
+        self.engine.start(self.supervisor)  # worker loops restarted when they raise; health in /diagnostics
+        self._render_thread = self.supervisor.spawn("fhgs-render", self._render_loop)
         from fhgs_ros.core.render import native_rasterizer
         raster = "native" if self.cfg.mapper.backend != "reference" and native_rasterizer() is not None else \
             "PyTorch reference (slow: build the native extension with make setup)"
@@ -217,6 +238,13 @@ class FHGSNode(Node):
 
     # ------------------------------------------------------------------ parameters
     def _on_set_parameters(self, params) -> SetParametersResult:
+        try:
+            return self._set_parameters(params)
+        except Exception as exc:  # noqa: BLE001 - a parameter value must never break the node
+            self.problems.report(InputError("bad_parameter", f"set_parameters: {type(exc).__name__}: {exc}"[:300]))
+            return SetParametersResult(successful=False, reason=f"refused ({type(exc).__name__})")
+
+    def _set_parameters(self, params) -> SetParametersResult:
         """Validate the whole new parameter set with the one validator, then let each owner apply its part."""
         new = dict(self.flat)
         live = live_parameters()
@@ -237,7 +265,33 @@ class FHGSNode(Node):
         self.ncfg = ncfg
         self.engine.apply_live(ncfg)
         self.ingest.apply_live(ncfg)
+        self.limits = RequestLimits.from_node(ncfg)
         return SetParametersResult(successful=True)
+
+    def _operator_files(self) -> list[str]:
+        """Files the operator configured (allowed outside node.map_dir): map_path and its default mesh."""
+        mp = self.ncfg.map_path
+        if not mp:
+            return []
+        p = Path(mp).expanduser()
+        return [str(p), str(p.with_suffix("")) + "_mesh.ply"]
+
+    def _watch_time_jumps(self) -> None:
+        """A ROS time jump (a restarted bag, /clock going back) re-anchors the input timeline."""
+        try:
+            from rclpy.clock import JumpThreshold
+            from rclpy.duration import Duration
+            self._jump_handle = self.get_clock().create_jump_handler(
+                JumpThreshold(min_forward=Duration(seconds=3600), min_backward=Duration(seconds=-0.5),
+                              on_clock_change=True),
+                post_callback=self.guard.callback("time_jump", self._on_time_jump))
+        except Exception as exc:  # noqa: BLE001 - older rclpy: no jump handlers; Timeline recovery still works
+            self.log.warning(f"no ROS time jump handler ({type(exc).__name__}: {exc})")
+
+    def _on_time_jump(self, jump) -> None:
+        self.ingest.reset()
+        self.counters.inc("time_jumps")
+        self.problems.report(InputError("ros_time_jump", "ROS time jumped: the input buffers were cleared"))
 
     # ------------------------------------------------------------------ start-up
     def _resume(self) -> None:
@@ -262,7 +316,7 @@ class FHGSNode(Node):
         self.ingest.image(msg, time.monotonic())
 
     def _on_compressed(self, msg: CompressedImage) -> None:
-        self.ingest.compressed(msg, time.monotonic(), _compressed_size(msg.data))
+        self.ingest.compressed(msg, time.monotonic())  # size from the png/jpeg header (online/payloads.py)
 
     def _on_camera_info(self, msg: CameraInfo) -> None:
         self.ingest.camera_info(msg)
@@ -372,7 +426,7 @@ class FHGSNode(Node):
     def _render_loop(self) -> None:
         while not self._stop.is_set():
             period = self.ncfg.publish_period
-            self._render_event.wait(timeout=period if period > 0 else 1.0)
+            bounded_wait(self._render_event, period if period > 0 else 1.0)
             forced = self._render_event.is_set()
             self._render_event.clear()
             if self._stop.is_set():
@@ -508,8 +562,17 @@ class FHGSNode(Node):
         for k, v in sorted(ps.items()):
             values[f"rejected_{k}"] = v
         values["optimizer_alive"] = self.engine.alive()
+        health = self.supervisor.health()  # every worker thread: running | restarting | failed | stopped
+        for name, h in health.items():
+            values[f"thread_{name}"] = h.state
+            values[f"thread_{name}_restarts"] = h.restarts
+        values["requests_refused_busy"] = self.gate.refused
+        failed = [n for n, h in health.items() if h.state == "failed"]
         level, msg = DiagnosticStatus.OK, "mapping"
-        if self.engine.optimizer_error:
+        if failed:
+            level, msg = DiagnosticStatus.ERROR, "worker thread(s) stopped: " + ", ".join(
+                f"{n} ({health[n].last_error[:120]})" for n in failed)
+        elif self.engine.optimizer_error:
             level, msg = DiagnosticStatus.ERROR, f"optimizer stopped: {self.engine.optimizer_error}"
         elif sum(ps.values()) > getattr(self, "_rejected_seen", 0):
             level, msg = DiagnosticStatus.WARN, "rejected inputs: " + ", ".join(
@@ -531,13 +594,19 @@ class FHGSNode(Node):
         self.problems.report(InputError(kind, reason))
         return reason
 
+    def _request_path(self, requested: str, suffixes: tuple[str, ...], what: str, default: str) -> Path:
+        """A peer-given file name resolved inside node.map_dir (empty: the operator's ``default``)."""
+        if not requested:
+            if not default:
+                raise InputError("bad_service_argument", f"{what}: empty path and node.map_path is not set")
+            return Path(default).expanduser()
+        return self.map_dir.resolve(requested, suffixes, what)
+
     def _srv_save(self, req, res):
         self.counters.inc("service_calls")
-        path = req.path or self.ncfg.map_path
-        if not path:
-            res.success, res.message = False, self._srv_error("bad_service_argument",
-                                                             "save_map: empty path and node.map_path is not set")
-            return res
+        p = self._request_path(req.path, MAP_SUFFIXES, "save_map", self.ncfg.map_path)
+        self.map_dir.prepare_write(p, "save_map")  # never replaces a file that is not ours
+        path = str(p)
         ok, msg, st = self.engine.save(path)
         res.success, res.message, res.path = ok, msg, str(Path(path).expanduser())
         res.num_surfels, res.num_keyframes = len(st.surfels), len(st.cameras)
@@ -547,16 +616,12 @@ class FHGSNode(Node):
 
     def _srv_load(self, req, res):
         self.counters.inc("service_calls")
-        path = req.path or self.ncfg.map_path
-        if not path:
-            res.success, res.message = False, self._srv_error("bad_service_argument",
-                                                             "load_map: empty path and node.map_path is not set")
-            return res
+        path = str(self._request_path(req.path, MAP_SUFFIXES, "load_map", self.ncfg.map_path))
         ok, msg = self.engine.load(path)
         res.success, res.message = ok, msg
         st = self.engine.state
         if ok:
-            self.ingest.assembler.reset()
+            self.ingest.reset()  # sync queue, buffers, poses, timeline and motion anchor of the old map
             self._render_event.set()
             res.num_surfels, res.num_keyframes, res.feature_extractor = len(st.surfels), len(st.cameras), st.model_id
         else:
@@ -577,17 +642,22 @@ class FHGSNode(Node):
         res.success, res.message = ok, msg
         return res
 
-    def _request_camera(self, req, st: MapState) -> Camera:
-        return conv.camera_from_request(req.pose, req.camera_info, st.last_camera, req.use_latest_keyframe,
-                                        near=0.05, far=1000.0, max_pixels=self.ncfg.max_request_pixels)
+    def _request_camera(self, req, st: MapState, feature_channels: int = 0, per_pixel: int | None = None,
+                        what: str = "view") -> Camera:
+        """The request's camera, validated in float32 and priced against node.request_memory_mb."""
+        p, q, info = req.pose.position, req.pose.orientation, req.camera_info
+        kw = {} if per_pixel is None else {"per_pixel": per_pixel}
+        return rq.request_camera((p.x, p.y, p.z), (q.x, q.y, q.z, q.w), info.width, info.height, list(info.k),
+                                 st.last_camera, bool(req.use_latest_keyframe), self.limits, feature_channels,
+                                 what=what, near=0.05, far=1000.0, **kw)
 
     def _srv_render(self, req, res):
         self.counters.inc("service_calls")
         st = self.engine.state
         try:
-            cam = self._request_camera(req, st)
-        except InputError as exc:
-            res.success, res.message = False, self._srv_error("bad_service_argument", f"render_view: {exc}")
+            cam = self._request_camera(req, st, st.feature_dim if req.include_features else 0, what="render_view")
+        except (InputError, Rejected) as exc:
+            res.success, res.message = False, self._srv_error(exc.kind, str(exc))
             return res
         imgs = self.render_images(st, cam, req.include_features)
         hdr = self._header(st.stamp if req.use_latest_keyframe else self.get_clock().now().nanoseconds * 1e-9)
@@ -636,12 +706,10 @@ class FHGSNode(Node):
 
         self.counters.inc("service_calls")
         st = self.engine.state
-        thr = float(req.threshold) if req.threshold > 0 else self.ncfg.query_threshold
-        top = int(req.max_results) if req.max_results > 0 else self.ncfg.query_max_results
         res.seed_index = -1
         try:
-            if not math.isfinite(thr) or thr > 1.0:
-                raise InputError("bad_service_argument", f"query_feature: threshold {req.threshold} must be in (0, 1]")
+            thr = rq.query_threshold(req.threshold, self.ncfg.query_threshold)  # NaN refused, <= 0: default
+            top = rq.query_max_results(req.max_results, self.limits)
             if req.mode not in (QueryFeature.Request.BY_PIXEL, QueryFeature.Request.BY_POINT,
                                 QueryFeature.Request.BY_VECTOR):
                 raise InputError("bad_service_argument", f"query_feature: unknown mode {req.mode} (0 = BY_PIXEL, "
@@ -655,23 +723,18 @@ class FHGSNode(Node):
                 if pm not in ("rendered", "dominant"):
                     raise InputError("bad_service_argument", f"query_feature: unknown pixel_mode '{pm}' (rendered, "
                                                              f"dominant)")
-                cam = self._request_camera(req, st)
+                cam = self._request_camera(req, st, what="query_feature")
                 q = query_by_pixel(st.surfels, cam, int(req.x), int(req.y), thr, mode=pm, top_k=top,
                                    backend=self.cfg.mapper.backend)
             elif req.mode == QueryFeature.Request.BY_POINT:
-                p = (req.point.x, req.point.y, req.point.z)
-                if not all(math.isfinite(v) for v in p):
-                    raise InputError("bad_service_argument", "query_feature: point contains NaN/Inf")
-                q = query_by_point(st.surfels, p, thr, radius=float(req.radius) if req.radius > 0 else None, top_k=top)
+                p = rq.query_point(req.point.x, req.point.y, req.point.z)
+                q = query_by_point(st.surfels, p, thr, radius=rq.query_radius(req.radius), top_k=top)
                 anchor = p
             else:
-                v = np.asarray(req.vector, dtype=np.float32)
-                if v.size != st.feature_dim:
-                    raise InputError("bad_service_argument", f"query_feature: vector has {v.size} values, the map's "
-                                                             f"features have {st.feature_dim}")
+                v = rq.query_vector(req.vector, st.feature_dim)
                 q = query_by_feature(st.surfels, torch.from_numpy(v), thr, top)
-        except (InputError, QueryError) as exc:
-            kind = exc.kind if isinstance(exc, InputError) else "bad_service_argument"
+        except (InputError, QueryError, Rejected) as exc:
+            kind = getattr(exc, "kind", "bad_service_argument")
             res.success, res.message = False, self._srv_error(kind, f"{exc}")
             return res
         res.count = len(q)
@@ -740,34 +803,17 @@ class FHGSNode(Node):
             if parts is None:
                 raise InputError("bad_service_argument", "segment_view: the feature extractor has no SAM prompt "
                                                          "decoder (features.extractor must be sam)")
-            pts = np.asarray(req.points, dtype=np.float32)
-            if pts.size % 2:
-                raise InputError("bad_service_argument", f"segment_view: points must be x, y pairs, got {pts.size} "
-                                                         f"values")
-            pts = pts.reshape(-1, 2)
-            labels = np.asarray(req.labels, dtype=np.int64)
-            if labels.size and labels.size != len(pts):
-                raise InputError("bad_service_argument", f"segment_view: {len(pts)} points but {labels.size} labels")
-            if labels.size and not np.isin(labels, (0, 1)).all():
-                raise InputError("bad_service_argument", "segment_view: labels must be 0 (background) or 1 "
-                                                         "(foreground)")
-            box = np.asarray(req.box, dtype=np.float32)
-            if box.size not in (0, 4):
-                raise InputError("bad_service_argument", f"segment_view: box needs 4 values, got {box.size}")
-            if not len(pts) and not box.size:
-                raise InputError("bad_service_argument", "segment_view: give point prompts and/or a box")
+            # prompt counts / pairs / labels / box shape first (cheap), then the view's price, then coordinates
+            rq.segment_prompts(req.points, req.labels, req.box, 2 ** 31, 2 ** 31, self.limits.max_prompts)
             if len(st.surfels) == 0:
                 raise InputError("bad_service_argument", "segment_view: the map is empty")
-            cam = self._request_camera(req, st)
-            if len(pts) and ((pts[:, 0] < 0) | (pts[:, 0] >= cam.width) | (pts[:, 1] < 0)
-                             | (pts[:, 1] >= cam.height)).any():
-                raise InputError("bad_service_argument", f"segment_view: a point lies outside the "
-                                                         f"{cam.width}x{cam.height} view")
-            r = segment_view(parts, st.surfels, cam, points=pts if len(pts) else None,
-                             labels=labels if labels.size else None, box=box if box.size else None,
+            cam = self._request_camera(req, st, per_pixel=SEGMENT_BYTES_PER_PIXEL, what="segment_view")
+            pts, labels, box = rq.segment_prompts(req.points, req.labels, req.box, cam.width, cam.height,
+                                                  self.limits.max_prompts)  # NaN / inverted / outside refused
+            r = segment_view(parts, st.surfels, cam, points=pts, labels=labels, box=box,
                              render_long_side=self.ncfg.segment_long_side, backend=self.cfg.mapper.backend)
-        except (InputError, QueryError) as exc:
-            kind = exc.kind if isinstance(exc, InputError) else "bad_service_argument"
+        except (InputError, QueryError, Rejected) as exc:
+            kind = getattr(exc, "kind", "bad_service_argument")
             res.success, res.message = False, self._srv_error(kind, str(exc))
             return res
         hdr = self._header(self.get_clock().now().nanoseconds * 1e-9, self.ncfg.map_frame)
@@ -787,19 +833,12 @@ class FHGSNode(Node):
         self.counters.inc("service_calls")
         st = self.engine.state
         try:
-            path = req.path
-            if not path:
-                if not self.ncfg.map_path:
-                    raise InputError("bad_service_argument", "export_mesh: empty path and node.map_path is not set")
-                path = str(Path(self.ncfg.map_path).expanduser().with_suffix("")) + "_mesh.ply"
-            fmt = (req.format or Path(path).suffix.lstrip(".")).lower()
-            if fmt not in ("ply", "obj"):
-                raise InputError("bad_service_argument", f"export_mesh: unknown format '{req.format or fmt}' "
-                                                         f"(ply, obj)")
-            color = req.color or "rgb"
-            if color not in ("rgb", "features", "none"):
-                raise InputError("bad_service_argument", f"export_mesh: unknown color '{req.color}' (rgb, features, "
-                                                         f"none)")
+            default = (str(Path(self.ncfg.map_path).expanduser().with_suffix("")) + "_mesh.ply"
+                       if self.ncfg.map_path else "")
+            fmt, color = rq.export_format(Path(req.path or default).suffix, req.format, req.color)
+            p = self._request_path(req.path, MESH_SUFFIXES, "export_mesh", default)
+            if p.suffix.lower() != f".{fmt}":
+                raise InputError("bad_path", f"export_mesh: format '{fmt}' needs a .{fmt} file name")
             if not st.cameras or len(st.surfels) == 0:
                 raise InputError("bad_service_argument", "export_mesh: the map is empty")
             mesh = self.mesh if (self.mesh is not None and not req.refresh) else self.compute_mesh(st)
@@ -810,10 +849,9 @@ class FHGSNode(Node):
                                                          st.pca.to_rgb_points(st.surfels.features_raw.float()))
             elif color == "none":
                 mesh.colors = None
-            p = Path(path).expanduser()
-            p.parent.mkdir(parents=True, exist_ok=True)
+            self.map_dir.prepare_write(p, "export_mesh")  # never replaces a file that is not ours
             (save_mesh_ply if fmt == "ply" else write_mesh_obj)(mesh, p)
-        except InputError as exc:
+        except (InputError, Rejected) as exc:
             res.success, res.message = False, self._srv_error(exc.kind, str(exc))
             return res
         except (OSError, ValueError) as exc:
@@ -829,19 +867,6 @@ class FHGSNode(Node):
         self._stop.set()
         self._render_event.set()
         self.engine.stop()
-
-
-def _compressed_size(data) -> tuple[int, int] | None:
-    """(width, height) from a jpeg/png header without decoding the pixels (None if unknown)."""
-    import io
-
-    from PIL import Image as PILImage
-
-    try:
-        with PILImage.open(io.BytesIO(bytes(data))) as im:
-            return im.size
-    except Exception:  # noqa: BLE001 - decode_compressed reports the real error
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:
