@@ -25,13 +25,14 @@ class ConfigError(ValueError):
 class FeatureConfig:
     """Feature extractor selection (see fhgs_ros.features)."""
 
-    extractor: str = "label"          # label | sam
-    dim: int = 64                     # width of label features (sam: fixed 256)
+    extractor: str = "auto"           # auto | label | sam | vgg16 (auto: fhgs_ros.features.selection)
+    dim: int = 64                     # width of label / vgg16 features (sam: fixed 256)
     num_labels: int = 0               # label extractor: label id count (0 = from the dataset)
     grid_long_side: int = 64          # GT grid long side in cells (SAM: 64)
     sam_model: str = "vit_b"          # vit_b | vit_l | vit_h
     sam_checkpoint: str = ""          # path to the official SAM .pth
     sam_input_size: int = 1024        # longest side fed to the encoder (lower = faster, coarser)
+    vgg16_input_size: int = 512       # vgg16: encoder input long side [px] (512: 64-cell grid)
     device: str = "auto"              # auto | cpu | cuda
     cache_dir: str = ""               # embedding cache folder ("" = <out>/feature_cache)
 
@@ -119,11 +120,11 @@ _RANGES = {
     "lambda_normal": (0, None), "sh_degree_max": (0, 3), "densify_every": (1, None), "k": (0, None),
     "grad_threshold": (0, None), "min_opacity": (0, 1), "max_surfels": (1, None), "split_children": (2, None),
     "iterations": (0, None), "holdout_every": (0, None), "downscale": (1e-3, None), "dim": (1, None), "num_labels": (0, None),
-    "grid_long_side": (1, None), "sam_input_size": (64, 4096), "depth_stride": (1, None), "max_points": (1, None),
+    "grid_long_side": (1, None), "sam_input_size": (64, 4096), "vgg16_input_size": (32, 4096), "depth_stride": (1, None), "max_points": (1, None),
     "opacity": (1e-4, 0.9999), "mesh_max_voxels": (1000, 1_073_741_824), "scale_multiplier": (1e-6, None),
 }
-_CHOICES = {"backend": ("auto", "native", "reference"), "extractor": ("label", "sam"),
-            "sam_model": ("vit_b", "vit_l", "vit_h", "vit_tiny"), "device": ("auto", "cpu", "cuda"),
+_CHOICES = {"backend": ("auto", "native", "reference"), "extractor": ("auto", "label", "sam", "vgg16"),
+            "sam_model": ("vit_b", "vit_l", "vit_h", "vit_t", "vit_tiny"), "device": ("auto", "cpu", "cuda"),
             "source": ("points", "depth")}
 
 

@@ -7,6 +7,8 @@ This is what ``fhgs-map`` runs. Outputs in ``out``:
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import time
 from dataclasses import dataclass
@@ -50,7 +52,9 @@ def default_cache_dir() -> Path:
 def compute_features(ds: Dataset, cfg: FHGSConfig, out: Path) -> FeatureSource:
     """GT feature grids per frame from the configured extractor."""
     fc = cfg.features
-    if fc.extractor == "label":
+    from fhgs_ros.features.selection import build_feature_extractor, resolve_extractor_name
+    name = resolve_extractor_name(fc, has_labels=bool(ds.frames) and all(f.labels is not None for f in ds.frames))
+    if name == "label":
         from fhgs_ros.features.label import label_feature_grid, label_vectors
         if any(f.labels is None for f in ds.frames):
             raise DatasetError(f"{ds.root}: the 'label' feature extractor needs label images for every frame "
@@ -61,15 +65,14 @@ def compute_features(ds: Dataset, cfg: FHGSConfig, out: Path) -> FeatureSource:
         for f in ds.frames:
             grid = label_feature_grid(f.labels, vecs, grid_long_side=fc.grid_long_side)
             targets.append(FeatureTarget.for_image(grid, f.camera.width, f.camera.height))
-        return FeatureSource(targets, f"label-d{fc.dim}", fc.dim, vecs)
-    from fhgs_ros.features.base import extract_frames, make_extractor
+        return FeatureSource(targets, f"label-d{fc.dim}-n{n_labels}-s0-g{fc.grid_long_side}", fc.dim, vecs)
+    from fhgs_ros.features.base import extract_frames
     cache = fc.cache_dir or str(default_cache_dir())
-    ext = make_extractor("sam", model=fc.sam_model, checkpoint=fc.sam_checkpoint, input_size=fc.sam_input_size,
-                         device=fc.device, cache_dir=cache)
-    log.info("SAM %s features for %d frames (cache: %s)", fc.sam_model, len(ds.frames), cache)
+    ext = build_feature_extractor(dataclasses.replace(fc, extractor=name), cache_dir=cache)
+    log.info("%s features for %d frames (cache: %s)", ext.model_id, len(ds.frames), cache)
     grids = []
     batch = 4
-    for i in tqdm(range(0, len(ds.frames), batch), desc="SAM features", unit="batch"):
+    for i in tqdm(range(0, len(ds.frames), batch), desc=f"{name} features", unit="batch"):
         grids.extend(extract_frames(ext, ds.frames[i:i + batch], batch_size=batch))
     targets = [g.to_target() for g in grids]
     return FeatureSource(targets, ext.model_id, ext.dim, None)

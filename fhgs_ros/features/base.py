@@ -158,6 +158,7 @@ _REGISTRY: dict[str, Callable[..., FeatureExtractor]] = {}
 _LAZY: dict[str, str] = {
     "sam": "fhgs_ros.features.sam:SamExtractor",
     "label": "fhgs_ros.features.label_extractor:LabelExtractor",
+    "vgg16": "fhgs_ros.features.vgg16:VGG16Extractor",
 }
 
 

@@ -195,25 +195,13 @@ def kmeans_centroids(x: torch.Tensor, k: int, iters: int = 15, seed: int = 0, ma
 
 # ----------------------------------------------------------------------------- engine
 def build_extractor(cfg: FHGSConfig):
-    """The feature extractor named by ``features.extractor`` (a robot stream has no labels: SAM)."""
-    fc = cfg.features
-    from fhgs_ros.features.base import make_extractor
-    if fc.extractor == "label":
-        if fc.num_labels <= 0:
-            raise ConfigError("features.extractor: 'label' needs label images on the 'labels' topic and "
-                              "features.num_labels > 0 (a labelled/synthetic stream, e.g. a bag written by "
-                              "fhgs-bag convert); for a camera stream use 'sam' with features.sam_checkpoint "
-                              "(see README / launch argument sam_checkpoint)")
-        return make_extractor("label", num_labels=fc.num_labels, dim=fc.dim, grid_long_side=fc.grid_long_side)
-    kw = dict(model=fc.sam_model, checkpoint=fc.sam_checkpoint or None, input_size=fc.sam_input_size,
-              device=fc.device)
-    if fc.extractor == "sam" and not fc.sam_checkpoint:
-        from fhgs_ros.features.sam import missing_checkpoint_help
-        raise ConfigError(f"features.sam_checkpoint: empty; the node needs a SAM checkpoint.\n"
-                          f"{missing_checkpoint_help(fc.sam_model)}")
-    if fc.cache_dir:
-        kw["cache_dir"] = fc.cache_dir
-    return make_extractor(fc.extractor, **kw)
+    """The feature extractor of ``features`` (``auto``: SAM-family checkpoint -> sam, num_labels > 0 ->
+    label, else the pretrained vgg16 backbone; fhgs_ros.features.selection). Config problems -> ConfigError."""
+    from fhgs_ros.features.selection import ExtractorConfigError, build_feature_extractor
+    try:
+        return build_feature_extractor(cfg.features)
+    except ExtractorConfigError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 class MappingEngine:
@@ -365,6 +353,11 @@ class MappingEngine:
             return False, str(exc)
         except (OSError, ValueError) as exc:  # defensive: anything else unreadable
             return False, f"map file '{path}': {exc}"
+        from fhgs_ros.features.selection import check_map_encoder
+        why = check_map_encoder(str(meta.get("feature_extractor") or meta.get("feature_model") or ""), self.model_id,
+                                f"map file '{path}'")
+        if why:
+            return False, why + "; map not loaded"
         if surfels.feature_dim != self.dim:
             return False, (f"map file '{path}': its features are {surfels.feature_dim}-d but the node's extractor "
                            f"({self.model_id or 'none'}) produces {self.dim}-d features; map not loaded")
