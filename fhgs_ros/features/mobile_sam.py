@@ -12,8 +12,8 @@ Checked alternative: the PyPI wheel ``mobilesam-mirror`` 1.0.0 (Apache-2.0) pack
 code, but imports ``timm`` (not declared as a dependency; it registers its models in timm's registry)
 and ``torchvision`` (which does not load beside the pinned torch here), so it is not used.
 
-Differences from the official code, none of which changes a key, a shape or an inference result:
-no stochastic depth (drop_path is 0 in MobileSAM), no layer-lr-decay bookkeeping, no gradient
+Differences from the official code, none of which changes a key, a shape or an inference result
+(beyond float rounding): BatchNorm folded into the convolution in eval mode; no stochastic depth (drop_path is 0 in MobileSAM), no layer-lr-decay bookkeeping, no gradient
 checkpointing; the window attention adds its relative-position bias inside
 ``F.scaled_dot_product_attention``; the final reshape uses the actual grid (input_size / 16)
 instead of a hard-coded 64 x 64, so ``input_size=512`` (32 x 32 grid) works with the same weights
@@ -54,6 +54,17 @@ class Conv2d_BN(nn.Sequential):  # noqa: N801 - official name and key layout (".
         nn.init.constant_(bn.weight, bn_weight_init)
         nn.init.constant_(bn.bias, 0)
         self.add_module("bn", bn)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Training: conv then BN. Eval: one convolution with the BN folded into its weight and bias
+        (same result up to rounding; one pass over the activations instead of two)."""
+        c, bn = self.c, self.bn
+        if self.training:
+            return bn(c(x))
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        w = c.weight * scale[:, None, None, None]
+        b = bn.bias - bn.running_mean * scale
+        return F.conv2d(x, w.to(x.dtype), b.to(x.dtype), c.stride, c.padding, c.dilation, c.groups)
 
 
 class PatchEmbed(nn.Module):
@@ -102,7 +113,7 @@ class PatchMerging(nn.Module):
             h, w = self.input_resolution
             x = x.view(x.shape[0], h, w, -1).permute(0, 3, 1, 2)
         x = self.conv3(self.act(self.conv2(self.act(self.conv1(x)))))
-        return x.flatten(2).transpose(1, 2)
+        return x.permute(0, 2, 3, 1).reshape(x.shape[0], -1, x.shape[1])  # = flatten(2).transpose(1, 2)
 
 
 class ConvLayer(nn.Module):
@@ -197,7 +208,8 @@ class TinyViTBlock(nn.Module):
                 x = x[:, :h, :w].contiguous()
             x = x.view(b, n, c)
         x = res + x
-        x = self.local_conv(x.transpose(1, 2).reshape(b, c, h, w)).view(b, c, n).transpose(1, 2)
+        # (B, N, C) <-> (B, C, H, W) as channels-last views (the official transpose/reshape, without copies)
+        x = self.local_conv(x.reshape(b, h, w, c).permute(0, 3, 1, 2)).permute(0, 2, 3, 1).reshape(b, n, c)
         return x + self.mlp(x)
 
 
@@ -275,7 +287,7 @@ class TinyViT(nn.Module):
             nn.init.constant_(m.weight, 1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embed(x)
+        x = self.patch_embed(x.contiguous(memory_format=torch.channels_last))  # NHWC convolutions on CPU
         for layer in self.layers:
             x = layer(x)
         b, _, c = x.shape
@@ -306,5 +318,6 @@ def build_mobile_sam(input_size: int = 1024):
                                                                      num_heads=8),
                                        transformer_dim=PROMPT_DIM, iou_head_depth=3, iou_head_hidden_dim=256),
               pixel_mean=list(SAM_PIXEL_MEAN), pixel_std=list(SAM_PIXEL_STD))
+    sam.image_encoder.to(memory_format=torch.channels_last)  # conv weights NHWC (keys and values unchanged)
     sam.eval()
     return sam
