@@ -194,7 +194,7 @@ def evaluate_map_file(map_path: Path, ds: Dataset, cfg: FHGSConfig, views: list[
     sub = Dataset([ds.frames[i] for i in views], ds.root, label_names=ds.label_names)
     feats = compute_features(sub, cfg, out or Path(map_path).parent)
     ev = evaluate_views(surfels, sub.frames, feats.targets, label_vectors=feats.label_vectors,
-                        backend=cfg.mapper.backend)
+                        background=torch.tensor(cfg.mapper.background, dtype=torch.float32), backend=cfg.mapper.backend)
     m = {"psnr": ev["psnr"], "fe": ev["fe"], "fe_plain": ev["fe_plain"], "fl1": ev["fl1"],
          "num_surfels": len(surfels), "test_views": len(views), "keyframes": len(meta.get("keyframes") or [])}
     for k in ("label_accuracy", "label_miou"):
@@ -255,9 +255,9 @@ def run_offline(cfg: FHGSConfig, data: Path, out: Path, iterations: int | None =
     frames_test = [ds.frames[i] for i in test]
     frames_train = [ds.frames[i] for i in train]
     ev = evaluate_views(surfels, frames_test, [feats.targets[i] for i in test], label_vectors=feats.label_vectors,
-                        backend=cfg.mapper.backend)
+                        background=mapper.background, backend=cfg.mapper.backend)
     ev_train = evaluate_views(surfels, frames_train, [feats.targets[i] for i in train], label_vectors=None,
-                              backend=cfg.mapper.backend)
+                              background=mapper.background, backend=cfg.mapper.backend)
     metrics = {
         "psnr": ev["psnr"], "psnr_train": ev_train["psnr"], "fe": ev["fe"], "fe_plain": ev["fe_plain"],
         "fl1": ev["fl1"], "num_surfels": len(surfels), "num_seed_surfels": n_seed,

@@ -8,7 +8,7 @@ just enough of the LLFF capture for the offline mapper:
   at the image centre (SOURCE.md "Camera format");
 - images ``images_4`` (864 px) downscaled by ``--factor`` with their ``masks_4`` as alpha
   (RGBA PNG; the loader composites onto white), so the object is mapped, not the studio;
-- seed points: a visual hull carved from the 69 masks (voxel grid, a voxel is kept when it projects
+- seed points: a visual hull carved from the training views' masks (voxel grid, a voxel is kept when it projects
   inside the mask of every view that sees it), its surface voxels coloured from the nearest view,
   written as ``hull.ply`` (top-level ``ply_file_path``; seed.source points, projection index from
   the training views).
@@ -36,7 +36,7 @@ DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "maryrose_tanka
 FULL_FOCAL, FULL_SIZE = 10547.2437, 3456
 
 
-def convert(data: Path, out: Path, factor: int) -> Path:
+def convert(data: Path, out: Path, factor: int, holdout_every: int = 8) -> Path:
     from PIL import Image
 
     pb = np.load(data / "poses_bounds.npy")
@@ -60,8 +60,9 @@ def convert(data: Path, out: Path, factor: int) -> Path:
         frames.append({"file_path": f"images/{Path(name).stem}.png", "transform_matrix": c2w.tolist()})
         masks.append(np.asarray(mask) >= 128)
         c2ws.append(c2w)
-    xyz, rgb = visual_hull(masks, c2ws, f, size, [np.asarray(Image.open(out / "images" / (Path(n).stem + ".png"))
-                                                             .convert("RGB")) for n in names])
+    train = [i for i in range(len(names)) if i % holdout_every]  # held-out masks never shape the seed
+    imgs = [np.asarray(Image.open(out / "images" / (Path(names[i]).stem + ".png")).convert("RGB")) for i in train]
+    xyz, rgb = visual_hull([masks[i] for i in train], [c2ws[i] for i in train], f, size, imgs)
     write_ply(out / "hull.ply", xyz, rgb)
     meta = {"fl_x": f, "fl_y": f, "cx": size / 2, "cy": size / 2, "w": size, "h": size,
             "ply_file_path": "hull.ply", "frames": frames}
@@ -164,8 +165,10 @@ def main() -> int:
     if not (data / "transforms.json").exists():
         convert(a.data, data, a.factor)
     cfg = load_config(default_config_path(), {"features": {"extractor": "vgg16"}, "seed": {"source": "points"},
-                                               "offline": {"holdout_every": 8}})
-    res = {}
+                                               "offline": {"holdout_every": 8},
+                                               "mapper": {"background": [1.0, 1.0, 1.0]}})  # masked: white
+    prev = a.out / "summary.json"
+    res = json.loads(prev.read_text()) if prev.exists() else {}
     for name, ndfd in (("fhgs", True), ("2dgs", False)):
         if a.only and a.only != name:
             continue
