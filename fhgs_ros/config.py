@@ -27,17 +27,20 @@ from fhgs_ros.core.params import ConfigError, from_dict, param, walk  # noqa: F4
 class FeatureConfig:
     """Feature extractor selection (see fhgs_ros.features)."""
 
-    extractor: str = param('label', 'label (labelled/synthetic data) | sam (segment_anything image encoder)',
-                           choices=('label', 'sam'))
-    dim: int = param(64, 'label-feature width D (SAM: 256, fixed by the model)', lo=1)
+    extractor: str = param('auto', 'auto (SAM-family checkpoint -> sam, num_labels > 0 -> label, else the pretrained '
+                           'vgg16 backbone) | label (labelled/synthetic data) | sam (SAM / MobileSAM image '
+                           'encoder) | vgg16', choices=('auto', 'label', 'sam', 'vgg16'))
+    dim: int = param(64, 'label / vgg16 feature width D (SAM: 256, fixed by the model)', lo=1)
     num_labels: int = param(0, 'label extractor: number of label ids (0 = from the dataset; the node needs it > 0)',
                             lo=0)
     grid_long_side: int = param(64, "GT feature grid long side [cells]; SAM's grid is 64 (1/16 of 1024 px)", lo=1)
-    sam_model: str = param('vit_b', 'vit_b | vit_l | vit_h (vit_tiny: tiny test architecture)',
-                           choices=('vit_b', 'vit_l', 'vit_h', 'vit_tiny'))
-    sam_checkpoint: str = param('', 'path to the official SAM checkpoint (.pth)')
+    sam_model: str = param('vit_b', 'vit_b | vit_l | vit_h (SAM), vit_t (MobileSAM), vit_tiny (tiny test '
+                           'architecture)', choices=('vit_b', 'vit_l', 'vit_h', 'vit_t', 'vit_tiny'))
+    sam_checkpoint: str = param('', 'path to the official SAM / MobileSAM checkpoint (.pth)')
     sam_input_size: int = param(1024, 'encoder input long side [px]; 512 is ~4x faster on CPU, coarser', lo=64,
                                 hi=4096)
+    vgg16_input_size: int = param(512, 'vgg16: encoder input long side (512: 64-cell grid)', unit='px', lo=32,
+                                  hi=4096)
     device: str = param('auto', 'auto | cpu | cuda', choices=('auto', 'cpu', 'cuda'))
     cache_dir: str = param('', 'embedding cache ("" = <out>/feature_cache)')
 

@@ -7,6 +7,8 @@ This is what ``fhgs-map`` runs. Outputs in ``out``:
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import time
 from dataclasses import dataclass
@@ -50,7 +52,9 @@ def default_cache_dir() -> Path:
 def compute_features(ds: Dataset, cfg: FHGSConfig, out: Path) -> FeatureSource:
     """GT feature grids per frame from the configured extractor."""
     fc = cfg.features
-    if fc.extractor == "label":
+    from fhgs_ros.features.selection import build_feature_extractor, resolve_extractor_name
+    name = resolve_extractor_name(fc, has_labels=bool(ds.frames) and all(f.labels is not None for f in ds.frames))
+    if name == "label":
         from fhgs_ros.features.label import label_feature_grid, label_vectors
         if any(f.labels is None for f in ds.frames):
             raise DatasetError(f"{ds.root}: the 'label' feature extractor needs label images for every frame "
@@ -61,16 +65,14 @@ def compute_features(ds: Dataset, cfg: FHGSConfig, out: Path) -> FeatureSource:
         for f in ds.frames:
             grid = label_feature_grid(f.labels, vecs, grid_long_side=fc.grid_long_side)
             targets.append(FeatureTarget.for_image(grid, f.camera.width, f.camera.height))
-        return FeatureSource(targets, f"label-d{fc.dim}", fc.dim, vecs)
+        return FeatureSource(targets, f"label-d{fc.dim}-n{n_labels}-s0-g{fc.grid_long_side}", fc.dim, vecs)
     from fhgs_ros.features.base import extract_frames
-    from fhgs_ros.features.registry import make_extractor
     cache = fc.cache_dir or str(default_cache_dir())
-    ext = make_extractor("sam", model=fc.sam_model, checkpoint=fc.sam_checkpoint, input_size=fc.sam_input_size,
-                         device=fc.device, cache_dir=cache)
-    log.info("SAM %s features for %d frames (cache: %s)", fc.sam_model, len(ds.frames), cache)
+    ext = build_feature_extractor(dataclasses.replace(fc, extractor=name), cache_dir=cache)
+    log.info("%s features for %d frames (cache: %s)", ext.model_id, len(ds.frames), cache)
     grids = []
     batch = 4
-    for i in tqdm(range(0, len(ds.frames), batch), desc="SAM features", unit="batch"):
+    for i in tqdm(range(0, len(ds.frames), batch), desc=f"{name} features", unit="batch"):
         grids.extend(extract_frames(ext, ds.frames[i:i + batch], batch_size=batch))
     targets = [g.to_target() for g in grids]
     return FeatureSource(targets, ext.model_id, ext.dim, None)
@@ -192,7 +194,7 @@ def evaluate_map_file(map_path: Path, ds: Dataset, cfg: FHGSConfig, views: list[
     sub = Dataset([ds.frames[i] for i in views], ds.root, label_names=ds.label_names)
     feats = compute_features(sub, cfg, out or Path(map_path).parent)
     ev = evaluate_views(surfels, sub.frames, feats.targets, label_vectors=feats.label_vectors,
-                        backend=cfg.mapper.backend)
+                        background=torch.tensor(cfg.mapper.background, dtype=torch.float32), backend=cfg.mapper.backend)
     m = {"psnr": ev["psnr"], "fe": ev["fe"], "fe_plain": ev["fe_plain"], "fl1": ev["fl1"],
          "num_surfels": len(surfels), "test_views": len(views), "keyframes": len(meta.get("keyframes") or [])}
     for k in ("label_accuracy", "label_miou"):
@@ -253,9 +255,9 @@ def run_offline(cfg: FHGSConfig, data: Path, out: Path, iterations: int | None =
     frames_test = [ds.frames[i] for i in test]
     frames_train = [ds.frames[i] for i in train]
     ev = evaluate_views(surfels, frames_test, [feats.targets[i] for i in test], label_vectors=feats.label_vectors,
-                        backend=cfg.mapper.backend)
+                        background=mapper.background, backend=cfg.mapper.backend)
     ev_train = evaluate_views(surfels, frames_train, [feats.targets[i] for i in train], label_vectors=None,
-                              backend=cfg.mapper.backend)
+                              background=mapper.background, backend=cfg.mapper.backend)
     metrics = {
         "psnr": ev["psnr"], "psnr_train": ev_train["psnr"], "fe": ev["fe"], "fe_plain": ev["fe_plain"],
         "fl1": ev["fl1"], "num_surfels": len(surfels), "num_seed_surfels": n_seed,

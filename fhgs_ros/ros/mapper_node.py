@@ -229,12 +229,13 @@ class FHGSNode(Node):
         self.engine.start(self.supervisor)  # worker loops restarted when they raise; health in /diagnostics
         self._render_thread = self.supervisor.spawn("fhgs-render", self._render_loop)
         from fhgs_ros.core.render import native_rasterizer
+        from fhgs_ros.features.selection import describe_extractor
         raster = "native" if self.cfg.mapper.backend != "reference" and native_rasterizer() is not None else \
             "PyTorch reference (slow: build the native extension with make setup)"
         self.log.info(f"fhgs_node ready: features {self.engine.model_id} ({self.engine.dim}-d), pose from "
                       f"{nc.pose_source}, map_frame '{nc.map_frame}', map_path '{nc.map_path}', "
                       f"{len(self.engine.state.surfels)} surfels, rasterizer {raster}, torch threads "
-                      f"{torch.get_num_threads()}")
+                      f"{torch.get_num_threads()}; {describe_extractor(self.extractor)}")
 
     # ------------------------------------------------------------------ parameters
     def _on_set_parameters(self, params) -> SetParametersResult:
