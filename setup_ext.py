@@ -172,7 +172,10 @@ def cuda_emu_extension(CppExtension):
     if os.environ.get("FHGS_NO_CUDA_EMU", "") not in ("", "0"):
         return None
     emu = os.path.join(SRC, "emu")
-    rel = lambda *p: os.path.relpath(os.path.join(*p), HERE)  # noqa: E731
+
+    def rel(*p: str) -> str:
+        return os.path.relpath(os.path.join(*p), HERE)
+
     return CppExtension(
         name="fhgs_ros._native_cuda_emu",
         sources=[rel(emu, "bindings_emu.cpp"), rel(emu, "raster_cuda_emu.cpp")],

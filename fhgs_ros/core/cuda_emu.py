@@ -19,15 +19,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
-
-from fhgs_ros.core import native
+from fhgs_ros.core import native  # imports torch first: the extension links against it
 
 log = logging.getLogger(__name__)
 
-try:  # torch first: the extension links against it
+try:
     from fhgs_ros import _native_cuda_emu as _emu  # type: ignore[attr-defined]
     _IMPORT_ERROR: Exception | None = None
 except Exception as exc:  # noqa: BLE001 - any load failure means "not available"

@@ -4,7 +4,7 @@
 On a machine with an NVIDIA GPU, from the repository root, in a venv whose torch is a CUDA build
 (see fhgs_ros/cuda/README.md, "On a GPU machine")::
 
-    python fhgs_ros/cuda/gpu_check.py --out gpu_check.json
+    python fhgs_ros/cuda/gpu_check.py          # writes bench/results/gpu_check.json
 
 Steps (each recorded in the JSON; a failing step does not stop the later ones, and the JSON is
 always written):
@@ -48,7 +48,7 @@ def sh(cmd: list[str], timeout: float, env: dict | None = None, log: str | None 
     t0 = time.time()
     try:
         p = subprocess.run(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           timeout=timeout)
+                           timeout=timeout, check=False)
         out, rc = p.stdout, p.returncode
     except subprocess.TimeoutExpired as exc:
         raw = exc.stdout or ""
@@ -77,7 +77,8 @@ def environment() -> dict:
         env["cuda_available"] = torch.cuda.is_available()
         if torch.cuda.is_available():
             env["gpu"] = torch.cuda.get_device_name(0)
-            env["capability"] = "%d%d" % torch.cuda.get_device_capability(0)
+            major, minor = torch.cuda.get_device_capability(0)
+            env["capability"] = f"{major}{minor}"
         env["torch_threads"] = torch.get_num_threads()
     except Exception as exc:  # noqa: BLE001 - reported, not fatal
         env["torch_error"] = repr(exc)
@@ -226,7 +227,7 @@ def bench_only(args) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="gpu_check.json")
+    ap.add_argument("--out", default=os.path.join("bench", "results", "gpu_check.json"))
     ap.add_argument("--logdir", default=os.path.join("build", "gpu_check"))
     ap.add_argument("--skip-build", action="store_true")
     ap.add_argument("--size", default="640x480")
@@ -244,6 +245,7 @@ def main(argv: list[str] | None = None) -> int:
 
     logdir = os.path.join(ROOT, args.logdir)
     os.makedirs(logdir, exist_ok=True)
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     report: dict = {"check": "fhgs_ros gpu_check", "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     git = sh(["git", "rev-parse", "HEAD"], 30)
     report["commit"] = git["tail"].strip() if git["rc"] == 0 else None
