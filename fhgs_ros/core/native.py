@@ -91,12 +91,13 @@ class _Static:
     """Non-tensor (and non-differentiable tensor) arguments of one native call."""
 
     def __init__(self, camvec, width, height, feats, grid, lam, ksign, ext_use_sigma, lever, fvalues,
-                 need_backward, stream):
+                 need_backward, stream, nd_mask=None):
         self.camvec, self.width, self.height = camvec, width, height
         self.feats, self.grid = feats, grid
         self.lam, self.ksign, self.ext_use_sigma = lam, ksign, ext_use_sigma
         self.lever, self.fvalues = lever, fvalues
         self.need_backward, self.stream = need_backward, stream
+        self.nd_mask = nd_mask  # uint8 (H, W) or None
 
     def common(self):
         return (self.camvec, self.width, self.height, self.feats, self.grid, self.lam, self.ksign,
@@ -109,8 +110,9 @@ class NativeRasterize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means, quats, scales, opacity, colors, background, static: _Static):
         bg_cpu = background.detach().to("cpu", torch.float32).contiguous()
+        extra = () if static.nd_mask is None else (static.nd_mask,)
         outs = _ext.forward(means, quats, scales, opacity, colors, bg_cpu, *static.common(), static.fvalues,
-                            static.need_backward, static.stream)
+                            static.need_backward, static.stream, *extra)
         main, state = outs[:11], outs[11:]
         ctx.static = static
         ctx.bg_cpu = bg_cpu
@@ -140,8 +142,13 @@ class NativeRasterize(torch.autograd.Function):
 def rasterize_native(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacity: torch.Tensor,
                      colors: torch.Tensor, camera: Camera, background: torch.Tensor | None = None,
                      features_unit: torch.Tensor | None = None, target: FeatureTarget | None = None,
-                     ndfd: NDFDParams | None = None, feature_values: torch.Tensor | None = None) -> RenderResult:
-    """Render one view with the native kernels; same arguments and result as ``rasterize_reference``."""
+                     ndfd: NDFDParams | None = None, feature_values: torch.Tensor | None = None,
+                     ndfd_mask: torch.Tensor | None = None) -> RenderResult:
+    """Render one view with the native kernels; same arguments and result as ``rasterize_reference``.
+
+    ndfd_mask: (H, W) bool, the pixels where the NDFD losses are evaluated (the CPU kernel skips
+    the feature terms everywhere else; ``ndfd_ext`` / ``ndfd_int`` are 0 there). None: every pixel.
+    """
     dev, dt = means.device, means.dtype
     if _ext is None:
         raise RuntimeError(f"fhgs_ros native rasterizer extension is not built ({_IMPORT_ERROR}); run `make setup`")
@@ -150,7 +157,7 @@ def rasterize_native(means: torch.Tensor, quats: torch.Tensor, scales: torch.Ten
                            f"({build_info()}); using the PyTorch reference rasterizer")
         from fhgs_ros.core.reference import rasterize_reference
         return rasterize_reference(means, quats, scales, opacity, colors, camera, background, features_unit,
-                                   target, ndfd, feature_values)
+                                   target, ndfd, feature_values, ndfd_mask)
     width, height = int(camera.width), int(camera.height)
     bg = torch.zeros(3, dtype=dt, device=dev) if background is None else background.to(dev, dt)
 
@@ -171,17 +178,26 @@ def rasterize_native(means: torch.Tensor, quats: torch.Tensor, scales: torch.Ten
         ksign = -float(ndfd.k) if ndfd.sigma_increasing else float(ndfd.k)
         ext_use_sigma = bool(ndfd.ext_use_sigma)
         lever = tuple(t.to(dev) for t in lever_tables(target, width, height))
+    mask_u8 = None
+    if ndfd is not None and ndfd_mask is not None:
+        if tuple(ndfd_mask.shape) != (height, width):
+            raise ValueError(f"ndfd_mask has shape {tuple(ndfd_mask.shape)}, expected ({height}, {width})")
+        mask_u8 = ndfd_mask.to(device=dev, dtype=torch.uint8).contiguous()
     fvalues = f32(feature_values.detach()) if feature_values is not None else torch.empty(0)
     diff_inputs = (means, quats, scales, opacity, colors, bg)
     need_backward = torch.is_grad_enabled() and any(t.requires_grad for t in diff_inputs)
     stream = torch.cuda.current_stream(dev).cuda_stream if means.is_cuda else 0
     static = _Static(camera_vector(camera), width, height, feats.to(dev), grid.to(dev), lam, ksign, ext_use_sigma,
-                     lever, fvalues.to(dev), need_backward, stream)
+                     lever, fvalues.to(dev), need_backward, stream, mask_u8)
     rgb, alpha, depth, median, normal, dist, ext, intl, feat, radii, ncontrib = NativeRasterize.apply(
         f32(means), f32(quats), f32(scales), f32(opacity.reshape(-1)), f32(colors), bg, static)
 
     def back(t: torch.Tensor) -> torch.Tensor:
         return t if t.dtype == dt else t.to(dt)
+
+    if mask_u8 is not None and means.is_cuda:  # the CUDA kernel evaluates every pixel
+        keep_px = mask_u8.bool()
+        ext, intl = ext * keep_px, intl * keep_px
 
     return RenderResult(
         rgb=back(rgb), alpha=back(alpha), depth=back(depth), depth_median=back(median), normal=back(normal),

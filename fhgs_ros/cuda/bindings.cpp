@@ -147,7 +147,7 @@ std::vector<Tensor> forward(Tensor means, Tensor quats, Tensor scales, Tensor op
                             Tensor camvec, int64_t width, int64_t height, Tensor feats, Tensor grid, double lam,
                             double ksign, bool ext_use_sigma, Tensor col_c0, Tensor col_dx1, Tensor col_f,
                             Tensor row_c0, Tensor row_dy1, Tensor row_f, Tensor fvalues, bool need_backward,
-                            int64_t stream) {
+                            int64_t stream, Tensor nd_mask) {
   fhgs::RasterArgs a;
   fill_common(a, means, quats, scales, opacity, colors, bg, camvec, width, height, feats, grid, lam, ksign,
               ext_use_sigma, col_c0, col_dx1, col_f, row_c0, row_dy1, row_f);
@@ -166,6 +166,12 @@ std::vector<Tensor> forward(Tensor means, Tensor quats, Tensor scales, Tensor op
     TORCH_CHECK(fvalues.dim() == 2 && fvalues.size(0) == N, "feature_values must be (N, Dr)");
     a.Dr = (int)fvalues.size(1);
     a.fvalues = ptr_or_null<float>(fvalues);
+  }
+  if (a.D > 0 && nd_mask.defined() && nd_mask.numel() > 0) {
+    TORCH_CHECK(nd_mask.scalar_type() == at::kByte && nd_mask.is_contiguous() && nd_mask.numel() == npix &&
+                    nd_mask.device() == means.device(),
+                "fhgs native: ndfd mask must be a contiguous uint8 (H, W) tensor on the inputs' device");
+    a.nd_mask = nd_mask.data_ptr<uint8_t>();
   }
   char err[256] = {0};
   StageTimer timer;
@@ -292,6 +298,17 @@ std::vector<Tensor> forward(Tensor means, Tensor quats, Tensor scales, Tensor op
           contrib, tile_coff, pix_coff, contrib_idx};
 }
 
+// The forward without an NDFD pixel mask (the original signature).
+std::vector<Tensor> forward_all(Tensor means, Tensor quats, Tensor scales, Tensor opacity, Tensor colors, Tensor bg,
+                                Tensor camvec, int64_t width, int64_t height, Tensor feats, Tensor grid, double lam,
+                                double ksign, bool ext_use_sigma, Tensor col_c0, Tensor col_dx1, Tensor col_f,
+                                Tensor row_c0, Tensor row_dy1, Tensor row_f, Tensor fvalues, bool need_backward,
+                                int64_t stream) {
+  return forward(means, quats, scales, opacity, colors, bg, camvec, width, height, feats, grid, lam, ksign,
+                 ext_use_sigma, col_c0, col_dx1, col_f, row_c0, row_dy1, row_f, fvalues, need_backward, stream,
+                 Tensor());
+}
+
 // grads: [rgb, alpha, depth, median, normal, dist, ext, int]; returns
 // [d_means, d_quats, d_scales, d_opacity, d_colors].
 std::vector<Tensor> backward(Tensor means, Tensor quats, Tensor scales, Tensor opacity, Tensor colors, Tensor bg,
@@ -401,7 +418,8 @@ std::string build_info() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "FHGS native surfel rasterizer (C++/OpenMP CPU backend, optional CUDA backend)";
-  m.def("forward", &forward, "rasterize forward");
+  m.def("forward", &forward_all, "rasterize forward");
+  m.def("forward", &forward, "rasterize forward; last argument: uint8 (H, W) NDFD pixel mask");
   m.def("backward", &backward, "rasterize backward");
   m.def("has_cuda", &has_cuda, "built with the CUDA backend");
   m.def("cuda_devices", &cuda_devices, "number of CUDA devices seen by the CUDA backend (0 or negative error)");

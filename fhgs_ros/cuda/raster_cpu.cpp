@@ -110,7 +110,8 @@ void forward_tile(const RasterArgs& a, int tile, Scratch& sc) {
       PixelState st;
       pixel_init(st);
       PixLever pl;
-      if (ndfd) {
+      const bool nd_px = ndfd && (a.nd_mask == nullptr || a.nd_mask[pix] != 0);
+      if (nd_px) {
         memset(F, 0, sizeof(float) * D);
         pl = pixel_lever(a, px, py, pix);
       }
@@ -134,7 +135,7 @@ void forward_tile(const RasterArgs& a, int tile, Scratch& sc) {
         const float* nrm = a.geom + (int64_t)en.sid * GEOM_STRIDE + G_N;
         const float w = pixel_composite(st, pe.alpha, pe.z, col, nrm, (int)j, zn, zf);
         if (ridx != nullptr) *ridx++ = (int)j;
-        if (ndfd) {
+        if (nd_px) {
           const float phi = lever_phi(a.lever + en.loff, en.lcx0, en.lcy0, en.lncx, pl);
           const float sig = ndfd_sigma(a.nd, phi);
           const float gate = a.nd.ext_use_sigma ? sig : 1.0f;
@@ -349,6 +350,7 @@ void cpu_lever(RasterArgs& a) {
     for (int64_t c = 0; c < ncell; ++c) lever_gram_cell(a, c);
 #pragma omp for schedule(static)
     for (int64_t pix = 0; pix < (int64_t)W * H; ++pix) {
+      if (a.nd_mask != nullptr && a.nd_mask[pix] == 0) continue;  // never read (forward: nd_px)
       const int y = (int)(pix / W), x = (int)(pix % W);
       PixLever pl;
       pl.c0x = a.col_c0[x]; pl.dx1 = a.col_dx1[x]; pl.fx = a.col_f[x];
