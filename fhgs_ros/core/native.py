@@ -128,6 +128,10 @@ class NativeRasterize(torch.autograd.Function):
         saved = ctx.saved_tensors
         means, quats, scales, opacity, colors = saved[:5]
         state = list(saved[5:])
+        if st.nd_mask is not None:  # NDFD outputs are constant 0 outside the mask: no gradient there
+            keep_px = st.nd_mask.to(torch.bool)
+            g_ext = g_ext * keep_px if g_ext is not None else None
+            g_int = g_int * keep_px if g_int is not None else None
         grads = [g_rgb, g_alpha, g_depth, g_median, g_normal, g_dist, g_ext, g_int]
         grads = [g if g is not None else torch.empty(0, device=means.device) for g in grads]
         d_means, d_quats, d_scales, d_op, d_colors = _ext.backward(

@@ -171,7 +171,7 @@ std::vector<Tensor> forward(Tensor means, Tensor quats, Tensor scales, Tensor op
     TORCH_CHECK(nd_mask.scalar_type() == at::kByte && nd_mask.is_contiguous() && nd_mask.numel() == npix &&
                     nd_mask.device() == means.device(),
                 "fhgs native: ndfd mask must be a contiguous uint8 (H, W) tensor on the inputs' device");
-    a.nd_mask = nd_mask.data_ptr<uint8_t>();
+    if (!cuda) a.nd_mask = nd_mask.data_ptr<uint8_t>();  // the CUDA kernels evaluate every pixel
   }
   char err[256] = {0};
   StageTimer timer;
@@ -238,7 +238,7 @@ std::vector<Tensor> forward(Tensor means, Tensor quats, Tensor scales, Tensor op
 
   Tensor lever = alloc({a.lever_total}, fopt);
   Tensor invn = alloc({a.D > 0 ? npix : 0}, fopt);
-  if (a.D > 0) {
+  if (a.D > 0 && a.nd_mask == nullptr) {  // subsampled NDFD (CPU) reads the GT per pixel instead
     Tensor gram = alloc({5, (int64_t)a.gh * a.gw}, fopt);
     a.lever = ptr_or_null<float>(lever);
     a.invn = invn.data_ptr<float>();
