@@ -14,7 +14,8 @@ D-SSIM, NDFD losses, backward, density statistics, Adam) interleaved FHGS / 2DGS
 * ``ndfd_full_step_ms``: the FHGS step with NDFD evaluated at every pixel
   (``MapperConfig.ndfd_stride = 1``, the pre-subsampling behaviour) when the default subsamples;
 * ``bytes_per_surfel_memory``: every tensor of the map plus the Adam moments, per surfel;
-  ``bytes_per_surfel_file``: the size of the ``save_map`` file per surfel;
+  ``bytes_per_surfel_file``: the size of the compact ``save_map(..., compact=True)`` file per
+  surfel (``bytes_per_surfel_file_v1``: the default, bit-exact version-1 file);
 * with ``--f3dgs``: a Feature-3DGS-style step (blended D-channel feature image, L1 against the
   bilinearly upsampled GT features, gradients into the features and the geometry, plus the RGB
   loss, Adam over features and geometry). The native kernel composites 3 channels per pass, so
@@ -93,10 +94,11 @@ def bytes_per_surfel_memory(m: Mapper) -> float:
     return total / max(len(m.surfels), 1)
 
 
-def bytes_per_surfel_file(m: Mapper) -> float:
+def bytes_per_surfel_file(m: Mapper, compact: bool = True) -> float:
+    """Size of the ``save_map`` file per surfel (compact: the version-2 layout, see core/storage.py)."""
     with tempfile.TemporaryDirectory() as d:
         p = os.path.join(d, "map.safetensors")
-        save_map(p, m.surfels)
+        save_map(p, m.surfels, compact=compact)
         return os.path.getsize(p) / max(len(m.surfels), 1)
 
 
@@ -203,6 +205,7 @@ def measure(width: int, height: int, n: int, dim: int, repeats: int, baseline, f
         "rgb_kernel_ms": med(t_k),
         "bytes_per_surfel_memory": bytes_per_surfel_memory(fh),
         "bytes_per_surfel_file": bytes_per_surfel_file(fh),
+        "bytes_per_surfel_file_v1": bytes_per_surfel_file(fh, compact=False),
         "ndfd_stride": fh.cfg.ndfd_stride,
         "ndfd_full_step_ms": med(t_full) if t_full else med(t_fh),
         "ndfd_full_ratio": (med(t_full) if t_full else med(t_fh)) / med(t_tw),
