@@ -107,7 +107,7 @@ def map_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-BENCHES = ("raster", "features", "node", "replay", "pipeline")
+BENCHES = ("raster", "step", "features", "node", "replay", "pipeline")
 
 
 def bench_main(argv: list[str] | None = None) -> int:

@@ -93,13 +93,14 @@ class _Static:
     """Non-tensor (and non-differentiable tensor) arguments of one native call."""
 
     def __init__(self, camvec, width, height, feats, grid, lam, ksign, ext_use_sigma, lever, fvalues,
-                 need_backward, stream, ext=None):
+                 need_backward, stream, ext=None, nd_mask=None):
         self.ext = ext if ext is not None else _ext  # the compiled module that runs the kernels
         self.camvec, self.width, self.height = camvec, width, height
         self.feats, self.grid = feats, grid
         self.lam, self.ksign, self.ext_use_sigma = lam, ksign, ext_use_sigma
         self.lever, self.fvalues = lever, fvalues
         self.need_backward, self.stream = need_backward, stream
+        self.nd_mask = nd_mask  # uint8 (H, W) or None
 
     def common(self):
         return (self.camvec, self.width, self.height, self.feats, self.grid, self.lam, self.ksign,
@@ -137,8 +138,9 @@ class NativeRasterize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means, quats, scales, opacity, colors, background, static: _Static):
         bg_cpu = background.detach().to("cpu", torch.float32).contiguous()
+        extra = () if static.nd_mask is None else (static.nd_mask,)
         outs = static.ext.forward(means, quats, scales, opacity, colors, bg_cpu, *static.common(), static.fvalues,
-                            static.need_backward, static.stream)
+                                  static.need_backward, static.stream, *extra)
         n = len(ForwardOutputs._fields)
         main = ForwardOutputs(*outs[:n])
         ctx.static = static
@@ -154,6 +156,10 @@ class NativeRasterize(torch.autograd.Function):
         saved = ctx.saved_tensors
         means, quats, scales, opacity, colors = saved[:5]
         state = _NativeState(*saved[5:])
+        if st.nd_mask is not None:  # NDFD outputs are constant 0 outside the mask: no gradient there
+            keep_px = st.nd_mask.to(torch.bool)
+            g_ext = g_ext * keep_px if g_ext is not None else None
+            g_int = g_int * keep_px if g_int is not None else None
         grads = [g_rgb, g_alpha, g_depth, g_median, g_normal, g_dist, g_ext, g_int]
         grads = [g if g is not None else torch.empty(0, device=means.device) for g in grads]
         d_means, d_quats, d_scales, d_op, d_colors = st.ext.backward(
@@ -168,10 +174,12 @@ class NativeRasterize(torch.autograd.Function):
 def rasterize_native(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacity: torch.Tensor,
                      colors: torch.Tensor, camera: Camera, background: torch.Tensor | None = None,
                      features_unit: torch.Tensor | None = None, target: FeatureTarget | None = None,
-                     ndfd: NDFDParams | None = None, feature_values: torch.Tensor | None = None, *,
-                     extension=None) -> RenderResult:
+                     ndfd: NDFDParams | None = None, feature_values: torch.Tensor | None = None,
+                     ndfd_mask: torch.Tensor | None = None, *, extension=None) -> RenderResult:
     """Render one view with the native kernels; same arguments and result as ``rasterize_reference``.
 
+    ndfd_mask: (H, W) bool, the pixels where the NDFD losses are evaluated (the CPU kernel skips
+    the feature terms everywhere else; ``ndfd_ext`` / ``ndfd_int`` are 0 there). None: every pixel.
     ``extension``: another build of the bindings to run instead of ``fhgs_ros._native`` (the tests
     pass the CUDA-emulator module, see ``fhgs_ros.core.cuda_emu``)."""
     dev, dt = means.device, means.dtype
@@ -182,7 +190,7 @@ def rasterize_native(means: torch.Tensor, quats: torch.Tensor, scales: torch.Ten
                            f"({build_info()}); using the PyTorch reference rasterizer")
         from fhgs_ros.core.reference import rasterize_reference
         return rasterize_reference(means, quats, scales, opacity, colors, camera, background, features_unit,
-                                   target, ndfd, feature_values)
+                                   target, ndfd, feature_values, ndfd_mask)
     width, height = int(camera.width), int(camera.height)
     bg = torch.zeros(3, dtype=dt, device=dev) if background is None else background.to(dev, dt)
 
@@ -203,20 +211,31 @@ def rasterize_native(means: torch.Tensor, quats: torch.Tensor, scales: torch.Ten
         ksign = -float(ndfd.k) if ndfd.sigma_increasing else float(ndfd.k)
         ext_use_sigma = bool(ndfd.ext_use_sigma)
         lever = tuple(t.to(dev) for t in lever_tables(target, width, height))
+    mask_u8 = None
+    if ndfd is not None and ndfd_mask is not None:
+        if tuple(ndfd_mask.shape) != (height, width):
+            raise ValueError(f"ndfd_mask has shape {tuple(ndfd_mask.shape)}, expected ({height}, {width})")
+        mask_u8 = ndfd_mask.to(device=dev, dtype=torch.uint8).contiguous()
     fvalues = f32(feature_values.detach()) if feature_values is not None else torch.empty(0)
     diff_inputs = (means, quats, scales, opacity, colors, bg)
     need_backward = torch.is_grad_enabled() and any(t.requires_grad for t in diff_inputs)
     stream = torch.cuda.current_stream(dev).cuda_stream if means.is_cuda else 0
     static = _Static(camera_vector(camera), width, height, feats.to(dev), grid.to(dev), lam, ksign, ext_use_sigma,
-                     lever, fvalues.to(dev), need_backward, stream, extension)
+                     lever, fvalues.to(dev), need_backward, stream, extension, mask_u8)
     out = ForwardOutputs(*NativeRasterize.apply(f32(means), f32(quats), f32(scales), f32(opacity.reshape(-1)),
                                                 f32(colors), bg, static))
 
     def back(t: torch.Tensor) -> torch.Tensor:
         return t if t.dtype == dt else t.to(dt)
 
+    ext, intl = out.ext, out.intl
+    runs_cuda_kernels = means.is_cuda or static.ext.__name__.endswith("_cuda_emu")
+    if mask_u8 is not None and runs_cuda_kernels:  # the CUDA kernels evaluate every pixel
+        keep_px = mask_u8.bool()
+        ext, intl = ext * keep_px, intl * keep_px
+
     return RenderResult(
         rgb=back(out.rgb), alpha=back(out.alpha), depth=back(out.depth), depth_median=back(out.median),
-        normal=back(out.normal), distortion=back(out.dist), ndfd_ext=back(out.ext) if ndfd is not None else None,
-        ndfd_int=back(out.intl) if ndfd is not None else None,
+        normal=back(out.normal), distortion=back(out.dist), ndfd_ext=back(ext) if ndfd is not None else None,
+        ndfd_int=back(intl) if ndfd is not None else None,
         features=back(out.feat) if feature_values is not None else None, radii=out.radii, n_contrib=out.n_contrib)

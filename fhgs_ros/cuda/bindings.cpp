@@ -163,7 +163,7 @@ std::vector<Tensor> forward(Tensor means, Tensor quats, Tensor scales, Tensor op
                             Tensor camvec, int64_t width, int64_t height, Tensor feats, Tensor grid, double lam,
                             double ksign, bool ext_use_sigma, Tensor col_c0, Tensor col_dx1, Tensor col_f,
                             Tensor row_c0, Tensor row_dy1, Tensor row_f, Tensor fvalues, bool need_backward,
-                            int64_t stream) {
+                            int64_t stream, Tensor nd_mask) {
   fhgs::RasterArgs a;
   fill_common(a, means, quats, scales, opacity, colors, bg, camvec, width, height, feats, grid, lam, ksign,
               ext_use_sigma, col_c0, col_dx1, col_f, row_c0, row_dy1, row_f);
@@ -182,6 +182,12 @@ std::vector<Tensor> forward(Tensor means, Tensor quats, Tensor scales, Tensor op
     TORCH_CHECK(fvalues.dim() == 2 && fvalues.size(0) == N, "feature_values must be (N, Dr)");
     a.Dr = (int)fvalues.size(1);
     a.fvalues = ptr_or_null<float>(fvalues);
+  }
+  if (a.D > 0 && nd_mask.defined() && nd_mask.numel() > 0) {
+    TORCH_CHECK(nd_mask.scalar_type() == at::kByte && nd_mask.is_contiguous() && nd_mask.numel() == npix &&
+                    nd_mask.device() == means.device(),
+                "fhgs native: ndfd mask must be a contiguous uint8 (H, W) tensor on the inputs' device");
+    if (!cuda) a.nd_mask = nd_mask.data_ptr<uint8_t>();  // the CUDA kernels evaluate every pixel
   }
   char err[256] = {0};
   StageTimer timer;
@@ -248,7 +254,7 @@ std::vector<Tensor> forward(Tensor means, Tensor quats, Tensor scales, Tensor op
 
   Tensor lever = alloc({a.lever_total}, fopt);
   Tensor invn = alloc({a.D > 0 ? npix : 0}, fopt);
-  if (a.D > 0) {
+  if (a.D > 0 && a.nd_mask == nullptr) {  // subsampled NDFD (CPU) reads the GT per pixel instead
     Tensor gram = alloc({5, (int64_t)a.gh * a.gw}, fopt);
     a.lever = ptr_or_null<float>(lever);
     a.invn = invn.data_ptr<float>();
@@ -306,6 +312,17 @@ std::vector<Tensor> forward(Tensor means, Tensor quats, Tensor scales, Tensor op
   return {rgb, alpha, depth, median, normal, dist, ext, intl, feat, radii.to(at::kLong), ncontrib.to(at::kLong),
           geom, ibox, tiles_off, lever_off, tile_start, tile_list, entry_pos, lever, invn, pix_state, pix_idx, ftot,
           contrib, tile_coff, pix_coff, contrib_idx};
+}
+
+// The forward without an NDFD pixel mask (the original signature).
+std::vector<Tensor> forward_all(Tensor means, Tensor quats, Tensor scales, Tensor opacity, Tensor colors, Tensor bg,
+                                Tensor camvec, int64_t width, int64_t height, Tensor feats, Tensor grid, double lam,
+                                double ksign, bool ext_use_sigma, Tensor col_c0, Tensor col_dx1, Tensor col_f,
+                                Tensor row_c0, Tensor row_dy1, Tensor row_f, Tensor fvalues, bool need_backward,
+                                int64_t stream) {
+  return forward(means, quats, scales, opacity, colors, bg, camvec, width, height, feats, grid, lam, ksign,
+                 ext_use_sigma, col_c0, col_dx1, col_f, row_c0, row_dy1, row_f, fvalues, need_backward, stream,
+                 Tensor());
 }
 
 // grads: [rgb, alpha, depth, median, normal, dist, ext, int]; returns
@@ -419,7 +436,8 @@ std::string build_info() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "FHGS native surfel rasterizer (C++/OpenMP CPU backend, optional CUDA backend)";
-  m.def("forward", &forward, "rasterize forward");
+  m.def("forward", &forward_all, "rasterize forward");
+  m.def("forward", &forward, "rasterize forward; last argument: uint8 (H, W) NDFD pixel mask");
   m.def("backward", &backward, "rasterize backward");
   m.def("has_cuda", &has_cuda, "built with the CUDA backend");
   m.def("cuda_devices", &cuda_devices, "number of CUDA devices seen by the CUDA backend (0 or negative error)");
