@@ -40,12 +40,16 @@ class FeatureConfig:
 class SeedConfig:
     """How the map is initialised."""
 
-    source: str = "points"            # points (SfM/synthetic tracks) | depth (back-projected keyframe depth)
+    source: str = "auto"              # auto: points if the dataset has them, else depth if every view has it, else mvs
+    #                                   points (SfM/synthetic tracks) | depth (back-projected keyframe depth)
+    #                                   | mvs (stereo depth of the posed RGB views, fhgs_ros.core.mvs)
     depth_stride: int = 4             # pixel stride when seeding from depth
     max_points: int = 20_000          # random subset of the seed points
     scale_multiplier: float = 1.0
     opacity: float = 0.1
     orient_from_normals: bool = False  # [OURS] align depth-seeded surfels with depth normals
+    mvs_long_side: int = 160          # [OURS] stereo working resolution (long side, pixels)
+    mvs_sources: int = 4              # [OURS] source views per stereo depth map
 
 
 @dataclass
@@ -120,11 +124,11 @@ _RANGES = {
     "grad_threshold": (0, None), "min_opacity": (0, 1), "max_surfels": (1, None), "split_children": (2, None),
     "iterations": (0, None), "holdout_every": (0, None), "downscale": (1e-3, None), "dim": (1, None), "num_labels": (0, None),
     "grid_long_side": (1, None), "sam_input_size": (64, 4096), "depth_stride": (1, None), "max_points": (1, None),
-    "opacity": (1e-4, 0.9999), "mesh_max_voxels": (1000, 1_073_741_824), "scale_multiplier": (1e-6, None),
+    "opacity": (1e-4, 0.9999), "mvs_long_side": (16, 4096), "mvs_sources": (1, 16), "mesh_max_voxels": (1000, 1_073_741_824), "scale_multiplier": (1e-6, None),
 }
 _CHOICES = {"backend": ("auto", "native", "reference"), "extractor": ("label", "sam"),
             "sam_model": ("vit_b", "vit_l", "vit_h", "vit_tiny"), "device": ("auto", "cpu", "cuda"),
-            "source": ("points", "depth")}
+            "source": ("auto", "points", "depth", "mvs"), "mask_mode": ("ignore", "background")}
 
 
 def validate(obj, prefix: str = "") -> None:

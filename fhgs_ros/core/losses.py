@@ -28,6 +28,11 @@ def _gaussian_window(size: int, sigma: float, channels: int, dtype, device) -> t
 
 def ssim(pred: torch.Tensor, gt: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
     """Mean SSIM of two (C, H, W) images in [0, 1] (3DGS implementation: Gaussian window, zero padding)."""
+    return ssim_map(pred, gt, window, sigma).mean()
+
+
+def ssim_map(pred: torch.Tensor, gt: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Per-pixel SSIM (1, C, H, W) of two (C, H, W) images in [0, 1] (see :func:`ssim`)."""
     c = pred.shape[0]
     w = _gaussian_window(window, sigma, c, pred.dtype, pred.device)
     x, y = pred[None], gt[None]
@@ -38,12 +43,24 @@ def ssim(pred: torch.Tensor, gt: torch.Tensor, window: int = 11, sigma: float = 
     syy = F.conv2d(y * y, w, padding=pad, groups=c) - mu_y ** 2
     sxy = F.conv2d(x * y, w, padding=pad, groups=c) - mu_x * mu_y
     c1, c2 = 0.01 ** 2, 0.03 ** 2
-    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
-    return s.mean()
+    return ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
 
 
-def photometric_loss(pred: torch.Tensor, gt: torch.Tensor, lambda_dssim: float = 0.2) -> torch.Tensor:
-    """(1 - lambda) L1 + lambda (1 - SSIM), the 3DGS/2DGS colour loss."""
+def photometric_loss(pred: torch.Tensor, gt: torch.Tensor, lambda_dssim: float = 0.2,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(1 - lambda) L1 + lambda (1 - SSIM), the 3DGS/2DGS colour loss.
+
+    ``mask`` (H, W) bool/float: only pixels with mask > 0 count (both terms are means over them);
+    pixels outside give no gradient at all. An all-False mask gives a zero loss.
+    """
+    if mask is not None:
+        m = mask.to(pred.dtype)[None]
+        n = m.sum()
+        if float(n) <= 0:
+            return (pred * 0).sum()
+        l1 = ((pred - gt).abs() * m).sum() / (n * pred.shape[0])
+        ss = (ssim_map(pred, gt)[0] * m).sum() / (n * pred.shape[0])
+        return (1 - lambda_dssim) * l1 + lambda_dssim * (1 - ss)
     return (1 - lambda_dssim) * l1_loss(pred, gt) + lambda_dssim * (1 - ssim(pred, gt))
 
 

@@ -37,6 +37,7 @@ class Keyframe:
     depth: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     stamp: float = 0.0
+    mask: torch.Tensor | None = None  # (H, W) bool, True = object/valid pixel (see MapperConfig.mask_mode)
 
 
 @dataclass
@@ -61,6 +62,8 @@ class MapperConfig:
     opacity_reset_every: int = 3000
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
     backend: str = "auto"             # auto | native | reference
+    mask_mode: str = "ignore"         # keyframe masks: ignore (pixels outside give no loss) | background
+    #                                   (pixels outside must render the background colour: supervise transparency)
     seed: int = 0
     ndfd: NDFDParams = field(default_factory=NDFDParams)
     density: DensityConfig = field(default_factory=DensityConfig)
@@ -135,7 +138,13 @@ class Mapper:
             res = render(self.surfels, kf.camera, background=self.background,
                          target=kf.target if use_ndfd else None, ndfd=cfg.ndfd if use_ndfd else None,
                          backend=cfg.backend)
-            loss_rgb = photometric_loss(res.rgb, kf.image, cfg.lambda_dssim)
+            gt, pmask = kf.image, None
+            if kf.mask is not None:
+                if cfg.mask_mode == "background":
+                    gt = torch.where(kf.mask[None].to(gt.device), gt, self.background[:, None, None])
+                else:
+                    pmask = kf.mask.to(gt.device)
+            loss_rgb = photometric_loss(res.rgb, gt, cfg.lambda_dssim, pmask)
             loss = loss_rgb
             terms = {"rgb": loss_rgb.item()}
             if cfg.lambda_dist > 0 and it > cfg.dist_from_iter:

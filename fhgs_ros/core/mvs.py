@@ -523,6 +523,86 @@ class KeyframeBuffer:
         return out
 
 
+# ----------------------------------------------------------------------------- seeding helpers
+@dataclass
+class SeedPoints:
+    """Points back-projected from one keyframe's stereo depth (world frame)."""
+
+    camera: Camera
+    xyz: torch.Tensor                 # (P, 3) world
+    rgb: torch.Tensor                 # (P, 3) in [0, 1], from the keyframe's image
+    xy: torch.Tensor                  # (P, 2) pixels in that keyframe (sample its feature grid here)
+    token: object = None              # the caller's handle of that keyframe (e.g. its feature target)
+
+
+def _points(cam: Camera, image: torch.Tensor, res: MVSResult, stride: int, token: object,
+            keep: torch.Tensor | None = None) -> SeedPoints:
+    xyz, xy = backproject(res.depth, cam, res.confidence, stride)
+    if keep is not None and len(xy):
+        k = keep[xy[:, 1].long(), xy[:, 0].long()]
+        xyz, xy = xyz[k], xy[k]
+    rgb = image[:, xy[:, 1].long(), xy[:, 0].long()].T if len(xy) else torch.zeros(0, 3)
+    return SeedPoints(cam, xyz, rgb, xy, token)
+
+
+def online_seed_points(buffer: KeyframeBuffer, image: torch.Tensor, camera: Camera, token: object = None,
+                       stride: int = 4, covered: torch.Tensor | None = None, rendered_depth: torch.Tensor | None = None,
+                       mask: torch.Tensor | None = None, explained_tolerance: float = 0.1) -> list[SeedPoints]:
+    """Seed points of a new keyframe without a depth image (the online path), from stereo against ``buffer``.
+
+    ``covered`` (H, W) bool and ``rendered_depth`` (H, W): the current map rendered in ``camera``;
+    pixels the map already explains (covered, rendered depth within ``explained_tolerance`` relative) are
+    skipped, and the median rendered depth is the scene-depth hint for source selection (scale from the
+    map itself). Returns the new keyframe's points and those of earlier keyframes that were waiting for
+    a stereo partner (an empty list when nothing is reliable yet: the map waits instead of guessing).
+    The keyframe is added to ``buffer``.
+    """
+    hint = None
+    if covered is not None and rendered_depth is not None and bool(covered.any()):
+        d = rendered_depth[covered]
+        d = d[torch.isfinite(d) & (d > 0)]
+        hint = float(d.median()) if d.numel() else None
+    out = []
+    for cam, img, tok, res in buffer.add(image, camera, token, hint, mask):
+        keep = None
+        if cam is camera and covered is not None and rendered_depth is not None:
+            z = res.depth
+            keep = ~(covered & ((rendered_depth - z).abs() <= explained_tolerance * z))
+        sp = _points(cam, img, res, stride, tok, keep)
+        log.debug("stereo depth of '%s': %d points from %d sources in %.3f s", cam.name, len(sp.xyz),
+                  len(res.sources), res.seconds)
+        if len(sp.xyz):
+            out.append(sp)
+    return out
+
+
+def multi_view_points(images: list[torch.Tensor], cameras: list[Camera], masks: list[torch.Tensor | None] | None = None,
+                      cfg: MVSConfig | None = None, stride: int = 4) -> list[SeedPoints]:
+    """Seed points of every view of a posed image set (the offline path): each view's stereo depth
+    against its best sources among all the others, back-projected at ``stride``; ``token`` is the view index."""
+    cfg = cfg or MVSConfig()
+    views = [prepare_view(im, c, cfg.long_side) for im, c in zip(images, cameras)]
+    cams = [v.camera for v in views]
+    out = []
+    t0 = time.perf_counter()
+    for i, (im, cam) in enumerate(zip(images, cameras)):
+        others = [j for j in range(len(views)) if j != i]
+        sel = select_source_views(cams[i], [cams[j] for j in others], cfg.num_sources, None, cfg.min_angle_deg,
+                                  cfg.ideal_angle_deg)
+        if not sel:
+            continue
+        mk = masks[i] if masks is not None else None
+        res = depth_from_views(views[i], [views[others[j]] for j in sel], cfg, None, mk)
+        res = upsample(res, cam.width, cam.height)
+        sp = _points(cam, im, res, stride, i)
+        if len(sp.xyz):
+            out.append(sp)
+    log.info("stereo depth for %d views: %d points in %.1f s", len(images), sum(len(p.xyz) for p in out),
+             time.perf_counter() - t0)
+    return out
+
+
 __all__ = ["MVSConfig", "MVSView", "MVSResult", "KeyframeBuffer", "prepare_view", "to_gray", "select_source_views",
            "default_depth_hint", "axis_convergence_depth", "triangulate_pair", "sweep", "depth_from_views",
-           "estimate_depth", "upsample", "backproject"]
+           "estimate_depth", "upsample", "backproject", "SeedPoints", "online_seed_points",
+           "multi_view_points"]

@@ -292,6 +292,8 @@ def load_colmap(path: str | Path, downscale: float = 1.0, load_images: bool = Tr
     img_dir = _images_dir(model_dir)
     root = img_dir.parent
     order = sorted(imgs.values(), key=lambda im: im.name)
+    from fhgs_ros.datasets.masks import find_mask, load_mask, mask_folder
+    mask_dir = mask_folder(root, img_dir.name)
     frames: list[Frame] = []
     for im in order:
         field = f"image {im.image_id} ('{im.name}')"
@@ -329,9 +331,15 @@ def load_colmap(path: str | Path, downscale: float = 1.0, load_images: bool = Tr
             lp = find_side_file(root, "labels", stem, exts=(".png",))
             if lp is not None:
                 labels = load_labels(lp, lp, "labels", size=size)
+            mp = find_mask(mask_dir, im.name)
+            if mp is not None:  # masks/<name>.png (COLMAP convention) or masks/<stem>[_mask].png: True = object
+                mk = load_mask(mp, size, mp)
+                mask = mk if mask is None else mask & mk
             if not c.dist.is_identity():
                 k = (cam.fx, cam.fy, cam.cx, cam.cy)
                 image, valid = undistort_image(image, c.dist, k, k)
+                if mask is not None:
+                    mask = undistort_image(mask[None].double(), c.dist, k, k, mode="nearest")[0][0] > 0.5
                 mask = valid if mask is None else mask & valid
         frames.append(Frame(cam, image, path=str(ipath.relative_to(root)), depth=depth, labels=labels, mask=mask))
     ds = Dataset(frames, root)
