@@ -106,7 +106,7 @@ def map_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-BENCHES = ("raster", "features", "node", "replay")
+BENCHES = ("raster", "features", "node", "replay", "geometry")
 
 
 def bench_main(argv: list[str] | None = None) -> int:

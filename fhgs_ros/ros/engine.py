@@ -243,6 +243,7 @@ class MappingEngine:
         self.selector = KeyframeSelector(ncfg.kf_min_translation, ncfg.kf_min_rotation_deg, ncfg.kf_max_interval,
                                          ncfg.kf_min_interval)
         self._undistorters: dict[tuple, Undistorter] = {}
+        self._mvs = self._new_mvs_buffer()
         self._seed_lock = threading.Lock()
         self._seed_xyz = torch.zeros(0, 3)
         self._seed_rgb = torch.zeros(0, 3)
@@ -258,6 +259,11 @@ class MappingEngine:
         self.optimizer_error: str | None = None
         self._new_mapper()
         self.state = self._make_state()
+
+    def _new_mvs_buffer(self):
+        """Stereo keyframe buffer for keyframes without depth (node.init_geometry mvs; fhgs_ros.core.mvs)."""
+        from fhgs_ros.core.mvs import KeyframeBuffer, MVSConfig
+        return KeyframeBuffer(MVSConfig(long_side=self.cfg.seed.mvs_long_side, num_sources=self.cfg.seed.mvs_sources))
 
     # ------------------------------------------------------------------ mapper lifecycle (optimizer thread)
     def _mapper_config(self):
@@ -401,6 +407,7 @@ class MappingEngine:
                 if name == "reset":
                     self._epoch += 1
                     self._new_mapper()
+                    self._mvs = self._new_mvs_buffer()
                     self.selector.reset()
                     with self._seed_lock:
                         self._seed_xyz, self._seed_rgb = torch.zeros(0, 3), torch.zeros(0, 3)
@@ -410,6 +417,7 @@ class MappingEngine:
                 elif name == "load":
                     path, surfels, meta, extra = arg
                     self._epoch += 1
+                    self._mvs = self._new_mvs_buffer()
                     self._install_map(surfels, meta, extra)
                     self._drain_prepared()
                     st = self._publish_state()
@@ -675,8 +683,15 @@ class MappingEngine:
                 xyzs.append(xyz)
                 rgbs.append(rgb)
                 feats.append(sample_grid(target, xy))
+        elif not xyzs and self.ncfg.init_geometry == "mvs":
+            # 3. no depth, no seed points: stereo depth against earlier keyframes (none yet: the map waits)
+            from fhgs_ros.core.mvs import online_seed_points
+            for sp in online_seed_points(self._mvs, image, cam, target, stride, covered, rdepth):
+                xyzs.append(sp.xyz)
+                rgbs.append(sp.rgb)
+                feats.append(sample_grid(sp.token, sp.xy))
         elif not xyzs:
-            # 3. no depth, no seed points: nominal depth along the rays of uncovered pixels
+            # 3'. init_geometry nominal: nominal depth along the rays of uncovered pixels
             ys, xs = torch.meshgrid(torch.arange(0, cam.height, stride), torch.arange(0, cam.width, stride),
                                     indexing="ij")
             xs, ys = xs.reshape(-1), ys.reshape(-1)

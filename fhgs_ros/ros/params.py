@@ -62,7 +62,8 @@ class NodeConfig:
     densify: bool = True                    # adaptive density control inside each keyframe's budget
     opacity_reset: bool = False             # periodic opacity reset (off online: it blanks the live renders)
     max_new_surfels_per_keyframe: int = 4000  # cap of surfels seeded from one keyframe
-    mono_init_depth: float = 2.0            # [m] no depth and no seed points: surfels start at this depth ...
+    init_geometry: str = "mvs"              # keyframes without depth: mvs (stereo against earlier keyframes) | nominal
+    mono_init_depth: float = 2.0            # [m] init_geometry nominal: surfels start at this depth ...
     mono_init_jitter: float = 0.5           # ... +- this (uniform), along the pixel rays
     torch_threads: int = 0                  # torch intra-op threads (0 = leave torch's default)
     idle_sleep: float = 0.02                # [s] optimizer pause when there is nothing to optimize
@@ -110,7 +111,7 @@ _NODE_RANGES = {
 }
 _NODE_CHOICES = {"pose_source": ("tf", "pose", "odom"), "tf_backend": ("auto", "tf2_ros", "fhgs"),
                  "feature_dtype": ("float16", "float32"), "sensor_qos": ("best_effort", "reliable"),
-                 "step_mode": ("continuous", "budget")}
+                 "step_mode": ("continuous", "budget"), "init_geometry": ("mvs", "nominal")}
 
 
 def validate_node(cfg: NodeConfig, prefix: str = "node") -> NodeConfig:
