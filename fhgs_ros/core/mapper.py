@@ -173,8 +173,7 @@ class Mapper:
                     self.stats.add(self.surfels.means.grad, self.surfels, kf.camera, res.radii)
                 self.opt.step()
                 self.opt.zero_grad()
-                if (in_densify and it > cfg.densify_from_iter
-                        and (it - cfg.densify_from_iter) % cfg.densify_every == 0):
+                if in_densify and it > cfg.densify_from_iter and it % cfg.densify_every == 0:
                     info = densify_and_prune(self.surfels, self.opt, self.stats, cfg.density, self.extent,
                                              prune_big=it > cfg.opacity_reset_every, generator=self.gen)
                     info["iteration"], info["surfels"] = it, len(self.surfels)
