@@ -61,6 +61,10 @@ class MVSConfig:
     min_texture: float = 0.015        # patch intensity std (grey in [0, 1]) below this: textureless
     min_margin: float = 0.05          # best minus best score outside +-3 hypotheses below this: ambiguous
     edge_ratio: float = 0.1           # depth jump (relative) that marks an edge; 0 disables the edge filter
+    fill_radius: int = 8              # holes filled from measured depths within this many pixels (0: no filling)
+    fill_max_spread: float = 0.05     # ... where their inverse depths vary by at most this share
+    fill_confidence: float = 0.25     # confidence given to filled pixels
+    fill_passes: int = 2              # further passes double the radius and spread and halve the confidence
     min_agree: int = 2                # sources whose own ZNCC peak is within +-2 hypotheses of the result
     max_disparity: float = 0.25       # fallback range: largest disparity, fraction of the image width
     range_margin: float = 1.5         # sparse range widened by this factor at both ends
@@ -394,6 +398,7 @@ def depth_from_views(ref: MVSView, srcs: list[MVSView], cfg: MVSConfig | None = 
         dmin = -cv2.dilate(-np.where(dz > 0, dz, np.inf).astype(np.float32), k)
         with np.errstate(over="ignore", invalid="ignore"):
             ok &= torch.from_numpy(dmax <= dmin * (1 + cfg.edge_ratio))
+    mk = None
     if mask is not None:
         mk = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask).float()
         if mk.shape != (h, w):
@@ -401,7 +406,34 @@ def depth_from_views(ref: MVSView, srcs: list[MVSView], cfg: MVSConfig | None = 
         ok &= mk > 0.99
     conf = torch.where(ok, conf, torch.zeros_like(conf))
     depth = torch.where(ok, depth, torch.zeros_like(depth))
+    for p in range(cfg.fill_passes if cfg.fill_radius > 0 else 0):
+        # pass p: radius and allowed spread doubled, confidence halved
+        depth, conf = fill_holes(depth, conf, cfg.fill_radius * 2 ** p, cfg.fill_max_spread * 2 ** p,
+                                 cfg.fill_confidence / 2 ** p, None if mask is None else mk > 0.99)
     return MVSResult(depth, conf, (near, far), seconds=time.perf_counter() - t0)
+
+
+def fill_holes(depth: torch.Tensor, conf: torch.Tensor, radius: int, max_spread: float, fill_conf: float,
+               mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fill pixels without depth from the measured depths within ``radius`` pixels where those agree.
+
+    Normalised convolution of the inverse depth (weights: confidence) over a (2 radius + 1)^2 box; a hole
+    is filled when at least 10 % of the box is measured and the weighted std of the inverse depth is
+    below ``max_spread`` times its mean (a locally smooth surface: textureless walls, floors). Filled
+    pixels get confidence ``fill_conf`` (below any measured pixel's when ``fill_conf`` < min_zncc)."""
+    k = 2 * radius + 1
+    w = conf.clamp_min(0)[None, None]
+    inv = torch.where(depth > 0, 1.0 / depth.clamp_min(1e-30), torch.zeros_like(depth))[None, None]
+    st = _box(torch.cat([w, w * inv, w * inv * inv, (w > 0).float()], 1), k)[0]
+    wsum = st[0].clamp_min(1e-12)
+    mean = st[1] / wsum
+    std = (st[2] / wsum - mean * mean).clamp_min(0).sqrt()
+    hole = (depth <= 0) & (st[3] >= 0.1) & (mean > 0) & (std <= max_spread * mean)
+    if mask is not None:
+        hole &= mask
+    depth = torch.where(hole, 1.0 / mean.clamp_min(1e-30), depth)
+    conf = torch.where(hole, torch.full_like(conf, fill_conf), conf)
+    return depth, conf
 
 
 def upsample(res: MVSResult, width: int, height: int) -> MVSResult:

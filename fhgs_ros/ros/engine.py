@@ -686,7 +686,7 @@ class MappingEngine:
         elif not xyzs and self.ncfg.init_geometry == "mvs":
             # 3. no depth, no seed points: stereo depth against earlier keyframes (none yet: the map waits)
             from fhgs_ros.core.mvs import online_seed_points
-            for sp in online_seed_points(self._mvs, image, cam, target, stride, covered, rdepth):
+            for sp in online_seed_points(self._mvs, image, cam, target, max(1, stride // 2), covered, rdepth):
                 xyzs.append(sp.xyz)
                 rgbs.append(sp.rgb)
                 feats.append(sample_grid(sp.token, sp.xy))
