@@ -89,7 +89,7 @@ def load_llff(path: str | Path, downscale: float = 1.0, load_images: bool = True
         s = (want_w if big else w_img) / w0
         w, h = int(round(w0 * s)), int(round(h0 * s))
         field = f"row {i} ('{ipath.name}')"
-        cam = make_camera(f_poses, field, width=w, height=h, fx=f0 * s, fy=f0 * s, cx=w / 2 - 0.5, cy=h / 2 - 0.5,
+        cam = make_camera(f_poses, field, width=w, height=h, fx=float(f0 * s), fy=float(f0 * s), cx=w / 2 - 0.5, cy=h / 2 - 0.5,
                           world_to_cam=torch.from_numpy(w2c).float(), name=ipath.stem)
         image = torch.zeros(3, h, w)
         mask = None
