@@ -26,7 +26,8 @@ or where the optical axes of the two cameras pass closest), which must project i
 
 Online use (:class:`KeyframeBuffer`): a bounded buffer of downscaled grey keyframes; each new
 keyframe is matched against the best of them. A keyframe without usable sources (the first one)
-gets no depth; it waits in the buffer and is estimated when the next keyframe arrives.
+gets no depth; it waits in the buffer (until ``min_sources`` usable sources exist: with the default 2,
+the first two keyframes wait for the third) and is estimated then.
 
 Frames: cameras are :class:`fhgs_ros.core.camera.Camera` (OpenCV axes, world -> camera); depth is
 camera z in world units.
@@ -57,6 +58,7 @@ class MVSConfig:
     num_depths: int = 64              # inverse-depth hypotheses
     window: int = 7                   # ZNCC patch side (odd)
     num_sources: int = 4              # source views per reference
+    min_sources: int = 2              # online (KeyframeBuffer): fewer usable sources -> the keyframe waits
     min_zncc: float = 0.5             # aggregated ZNCC below this: no depth
     min_texture: float = 0.015        # patch intensity std (grey in [0, 1]) below this: textureless
     min_margin: float = 0.05          # best minus best score outside +-3 hypotheses below this: ambiguous
@@ -499,8 +501,8 @@ class KeyframeBuffer:
     """Bounded memory of recent keyframes (grey, working resolution) for online stereo.
 
     ``add(image, camera, token)`` estimates the new keyframe's depth against the best buffered
-    keyframes and returns a list of (camera, image, token, MVSResult at full size): the new keyframe's
-    and those of earlier keyframes that had no estimate yet (the first keyframe waits for the second).
+    keyframes (at least ``cfg.min_sources`` of them) and returns a list of (camera, image, token, MVSResult
+    at full size): the new keyframe's and those of earlier keyframes that had no estimate yet.
     Memory: ``capacity`` grey images at ``cfg.long_side`` plus at most ``max_waiting`` full-size colour
     images of keyframes still waiting.
     """
@@ -522,7 +524,7 @@ class KeyframeBuffer:
         cams = [o.view.camera for o in others]
         sel = select_source_views(item.view.camera, cams, self.cfg.num_sources, depth_hint, self.cfg.min_angle_deg,
                                   self.cfg.ideal_angle_deg)
-        if not sel:
+        if len(sel) < max(1, self.cfg.min_sources):
             return None
         res = depth_from_views(item.view, [others[i].view for i in sel], self.cfg, None, mask)
         if not bool((res.confidence > 0).any()):
