@@ -114,27 +114,25 @@ def test_triangulated_features_lie_on_the_surface():
 
 
 def test_keyframe_buffer_first_keyframe_waits_then_both_are_seeded(room):
-    buf = KeyframeBuffer(MVSConfig(), capacity=3, max_waiting=2)
-    f0, f1, f2 = room.frames[1], room.frames[2], room.frames[3]
+    buf = KeyframeBuffer(MVSConfig(), capacity=3, max_waiting=1)
+    f0, f1 = room.frames[1], room.frames[2]
     assert online_seed_points(buf, f0.image, f0.camera, token="a") == []  # nothing to match yet: no guess
-    assert online_seed_points(buf, f1.image, f1.camera, token="b") == []  # one source is not enough
-    pts = online_seed_points(buf, f2.image, f2.camera, token="c")
-    toks = sorted(p.token for p in pts)
-    assert toks == ["a", "b", "c"]
-    frames = {"a": f0, "b": f1, "c": f2}
+    pts = online_seed_points(buf, f1.image, f1.camera, token="b")
+    assert sorted(p.token for p in pts) == ["a", "b"]  # the waiting first keyframe is seeded now too
     for p in pts:
-        cam = p.camera
-        w2c = cam.world_to_cam
-        z = p.xyz @ w2c[2, :3] + w2c[2, 3]
-        gt = frames[p.token].depth[p.xy[:, 1].long(), p.xy[:, 0].long()]
-        assert float(((z - gt).abs() / gt).median()) < 0.1  # measured and filled pixels
-        assert p.rgb.shape == p.xyz.shape
-    online_seed_points(buf, room.frames[4].image, room.frames[4].camera)
-    assert len(buf) == 3 and all(it.image is None for it in buf.items)  # bounded memory
+        assert p.rgb.shape == p.xyz.shape and len(p.xyz) > 100
+    p = next(p for p in pts if p.token == "b")
+    w2c = p.camera.world_to_cam
+    z = p.xyz @ w2c[2, :3] + w2c[2, 3]
+    gt = f1.depth[p.xy[:, 1].long(), p.xy[:, 0].long()]
+    assert float(((z - gt).abs() / gt).median()) < 0.1  # measured and filled pixels, one 30-degree source
+    for i in (3, 4):
+        online_seed_points(buf, room.frames[i].image, room.frames[i].camera)
+    assert len(buf) == 3 and all(it.image is None for it in buf.items)  # bounded memory: grey views only
 
 
 def test_engine_without_depth_waits_for_a_stereo_partner(room):
-    """node.init_geometry mvs: the first two keyframes without depth get no surfels, the third seeds all three."""
+    """node.init_geometry mvs: the first keyframe without depth gets no surfels, the second seeds both."""
     from fhgs_ros.config import FHGSConfig
     from fhgs_ros.features.base import make_extractor
     from fhgs_ros.ros.engine import InputFrame, MappingEngine
@@ -144,15 +142,15 @@ def test_engine_without_depth_waits_for_a_stereo_partner(room):
     ext = make_extractor("label", num_labels=11, dim=8, grid_long_side=32)
     eng = MappingEngine(FHGSConfig(), NodeConfig(kf_min_translation=0.0, kf_min_rotation_deg=0.0), ext)
     preps = []
-    for k, i in enumerate((1, 2, 3)):
+    for k, i in enumerate((1, 2)):
         f = room.frames[i]
         c = f.camera
         rgb = (f.image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
         intr = Intrinsics(c.width, c.height, float(c.fx), float(c.fy), float(c.cx), float(c.cy))
         preps.append(eng.prepare(InputFrame(float(k + 1), rgb, intr, c.cam_to_world.double().numpy(), None,
                                             labels=f.labels.numpy())))
-    assert preps[0].surfels is None and preps[1].surfels is None
-    s = preps[2].surfels
+    assert preps[0].surfels is None
+    s = preps[1].surfels
     assert s is not None and len(s) > 200
     # the seeds lie on the exact surface (distance to the exact depth along the view of frame 2)
     cam = room.frames[2].camera

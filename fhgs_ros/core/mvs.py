@@ -26,8 +26,8 @@ or where the optical axes of the two cameras pass closest), which must project i
 
 Online use (:class:`KeyframeBuffer`): a bounded buffer of downscaled grey keyframes; each new
 keyframe is matched against the best of them. A keyframe without usable sources (the first one)
-gets no depth; it waits in the buffer (until ``min_sources`` usable sources exist: with the default 2,
-the first two keyframes wait for the third) and is estimated then.
+gets no depth; it waits in the buffer (until ``min_sources`` usable sources exist: with the default 1,
+the first keyframe waits for the second) and is estimated then.
 
 Frames: cameras are :class:`fhgs_ros.core.camera.Camera` (OpenCV axes, world -> camera); depth is
 camera z in world units.
@@ -58,7 +58,7 @@ class MVSConfig:
     num_depths: int = 64              # inverse-depth hypotheses
     window: int = 7                   # ZNCC patch side (odd)
     num_sources: int = 4              # source views per reference
-    min_sources: int = 2              # online (KeyframeBuffer): fewer usable sources -> the keyframe waits
+    min_sources: int = 1              # online (KeyframeBuffer): fewer usable sources -> the keyframe waits
     min_zncc: float = 0.5             # aggregated ZNCC below this: no depth
     min_texture: float = 0.015        # patch intensity std (grey in [0, 1]) below this: textureless
     min_margin: float = 0.05          # best minus best score outside +-3 hypotheses below this: ambiguous
