@@ -107,7 +107,7 @@ def map_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-BENCHES = ("raster", "step", "features", "node", "replay", "pipeline")
+BENCHES = ("raster", "step", "features", "node", "replay", "pipeline", "geometry")
 
 
 def bench_main(argv: list[str] | None = None) -> int:

@@ -49,13 +49,16 @@ class FeatureConfig:
 class SeedConfig:
     """How the map is initialised (offline tools)."""
 
-    source: str = param('points', 'points (SfM tracks / projection index) | depth (keyframe depth)',
-                        choices=('points', 'depth'))
+    source: str = param('auto', 'auto: points if the dataset has them, else depth if every view has it, else mvs | '
+                        'points (SfM tracks / projection index) | depth (keyframe depth) | mvs (stereo depth of the '
+                        'posed RGB views, fhgs_ros.core.mvs)', choices=('auto', 'points', 'depth', 'mvs'))
     depth_stride: int = param(4, 'pixel stride for depth seeding', unit='px', lo=1)
     max_points: int = param(20000, 'random subset of seed points', lo=1)
     scale_multiplier: float = param(1.0, 'initial scale = multiplier * sqrt(mean sq. distance to 3 NN)', lo=1e-06)
     opacity: float = param(0.1, 'initial opacity', lo=0.0001, hi=0.9999)
     orient_from_normals: bool = param(False, 'align depth-seeded surfels with depth normals')
+    mvs_long_side: int = param(160, 'stereo working resolution (long side)', unit='px', lo=16, hi=4096)
+    mvs_sources: int = param(4, 'source views per stereo depth map', lo=1, hi=16)
 
 
 @dataclass
@@ -132,7 +135,10 @@ class NodeConfig:
     densify: bool = param(True, "adaptive density control inside each keyframe's budget")
     opacity_reset: bool = param(False, 'periodic opacity reset (off online: it blanks the live renders)')
     max_new_surfels_per_keyframe: int = param(4000, 'cap of surfels seeded from one keyframe', lo=0)
-    mono_init_depth: float = param(2.0, 'no depth and no seed points: surfels start at this depth ...', unit='m',
+    init_geometry: str = param('mvs', 'keyframes without depth: mvs (stereo against earlier keyframes; the map waits '
+                               'until a keyframe has a usable source) | nominal (mono_init_depth along the rays)',
+                               choices=('mvs', 'nominal'))
+    mono_init_depth: float = param(2.0, 'init_geometry nominal: surfels start at this depth ...', unit='m',
                                    lo=0.001)
     mono_init_jitter: float = param(0.5, '... +- this (uniform), along the pixel rays', lo=0.0)
     torch_threads: int = param(0, "torch intra-op threads (0 = leave torch's default)", lo=0, hi=256)

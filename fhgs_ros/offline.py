@@ -78,12 +78,51 @@ def compute_features(ds: Dataset, cfg: FHGSConfig, out: Path) -> FeatureSource:
     return FeatureSource(targets, ext.model_id, ext.dim, None)
 
 
+def resolve_seed_source(ds: Dataset, train: list[int], source: str) -> str:
+    """``seed.source`` auto -> points (dataset has 3-D points), else depth (every training view has
+    depth), else mvs (stereo depth from the posed RGB views)."""
+    if source != "auto":
+        return source
+    if ds.points is not None and len(ds.points):
+        return "points"
+    if all(ds.frames[i].depth is not None for i in train):
+        return "depth"
+    log.info("seeding: no 3-D points and no depth images; geometry from stereo of the posed views (seed.source=mvs)")
+    return "mvs"
+
+
+def seed_from_stereo(ds: Dataset, train: list[int], targets: list[FeatureTarget], cfg: FHGSConfig,
+                     gen: torch.Generator):
+    """Surfels from the plane-sweep stereo depth of every training view (``fhgs_ros.core.mvs``), each
+    point with the feature of the view it was back-projected from; only confident pixels inside
+    the view's mask."""
+    from fhgs_ros.core.mvs import MVSConfig, multi_view_points
+    sc = cfg.seed
+    frames = [ds.frames[i] for i in train]
+    mcfg = MVSConfig(long_side=sc.mvs_long_side, num_sources=sc.mvs_sources)
+    pts = multi_view_points([f.image for f in frames], [f.camera for f in frames], [f.mask for f in frames], mcfg,
+                            stride=sc.depth_stride)
+    if not pts:
+        raise DatasetError(f"{ds.root}: no stereo depth from the posed views (too little texture or baseline; "
+                           f"give 3-D points or depth images)")
+    xyz = torch.cat([p.xyz for p in pts])
+    rgb = torch.cat([p.rgb for p in pts])
+    f = torch.cat([sample_grid(targets[p.token], p.xy) for p in pts])
+    if len(xyz) > sc.max_points:
+        idx = torch.randperm(len(xyz), generator=gen)[: sc.max_points]
+        xyz, rgb, f = xyz[idx], rgb[idx], f[idx]
+    return surfels_from_points(xyz, rgb, f, sc.opacity, sc.scale_multiplier, generator=gen)
+
+
 def seed_map(ds: Dataset, train: list[int], feats: FeatureSource, cfg: FHGSConfig, gen: torch.Generator):
     """Initial surfels with frozen features (docs/METHOD.md §1.3-§1.4)."""
     sc = cfg.seed
     cams = [ds.frames[i].camera for i in train]
     targets = [feats.targets[i] for i in train]
-    if sc.source == "points":
+    source = resolve_seed_source(ds, train, sc.source)
+    if source == "mvs":
+        return seed_from_stereo(ds, train, targets, cfg, gen)
+    if source == "points":
         pc = ds.points
         if pc is None or len(pc) == 0:
             raise DatasetError(f"{ds.root}: seed.source=points but the dataset has no 3-D points "
@@ -197,7 +236,7 @@ def evaluate_map_file(map_path: Path, ds: Dataset, cfg: FHGSConfig, views: list[
                         background=torch.tensor(cfg.mapper.background, dtype=torch.float32), backend=cfg.mapper.backend)
     m = {"psnr": ev["psnr"], "fe": ev["fe"], "fe_plain": ev["fe_plain"], "fl1": ev["fl1"],
          "num_surfels": len(surfels), "test_views": len(views), "keyframes": len(meta.get("keyframes") or [])}
-    for k in ("label_accuracy", "label_miou"):
+    for k in ("label_accuracy", "label_miou", "psnr_masked"):
         if k in ev:
             m[k] = ev[k]
     if out is not None:
@@ -239,7 +278,7 @@ def run_offline(cfg: FHGSConfig, data: Path, out: Path, iterations: int | None =
     mapper = Mapper(cfg.mapper, feats.dim, extent=ds.scene_extent())
     for i in train:
         fr = ds.frames[i]
-        mapper.add_keyframe(Keyframe(fr.camera, fr.image, feats.targets[i], fr.depth, fr.labels))
+        mapper.add_keyframe(Keyframe(fr.camera, fr.image, feats.targets[i], fr.depth, fr.labels, mask=fr.mask))
     mapper.add_surfels(seed_map(ds, train, feats, cfg, gen))
     log.info("seeded %d surfels (feature width %d, %s)", len(mapper.surfels), feats.dim, feats.model_id)
     n_seed = len(mapper.surfels)
@@ -266,7 +305,7 @@ def run_offline(cfg: FHGSConfig, data: Path, out: Path, iterations: int | None =
         "feature_model": feats.model_id, "feature_dim": feats.dim, "train_views": len(train),
         "test_views": len(test), "backend": cfg.mapper.backend,
     }
-    for k in ("label_accuracy", "label_miou"):
+    for k in ("label_accuracy", "label_miou", "psnr_masked"):
         if k in ev:
             metrics[k] = ev[k]
     if "label_per_class_iou" in ev and ds.label_names:

@@ -109,7 +109,8 @@ def test_subsampled_gradient_is_unbiased():
         gap = (x.mean(0) - gfull[k].reshape(-1)).norm()
         stderr = (x.var(0) / n).sum().sqrt()
         assert gap <= 3 * stderr, f"{k}: MC gap {float(gap):.3g} > 3 x stderr {float(stderr):.3g} seed={seed}"
-        assert gap <= 0.5 * gfull[k].norm(), f"{k}: MC mean far from the full gradient seed={seed}"
+        # (no bound relative to |g_full|: on some random scenes the per-draw variance is large, e.g.
+        # FHGS_TEST_SEED=2432543074; the exact average over all offsets above is the unbiasedness proof)
 
 
 @needs_native

@@ -38,7 +38,7 @@ def _images(n: int, width: int, height: int, seed: int = 0) -> list[np.ndarray]:
 
 
 def _rss_mb() -> tuple[float, float]:
-    from fhgs_ros.ros.engine import memory_mb
+    from fhgs_ros.online.telemetry import memory_mb
     return memory_mb()
 
 

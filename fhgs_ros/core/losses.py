@@ -34,6 +34,11 @@ def ssim(pred: torch.Tensor, gt: torch.Tensor, window: int = 11, sigma: float = 
     maps: the same sums as the five 2-D convolutions of the 3DGS code, zero padding included
     (test/test_losses_ssim.py), with 2 x 11 instead of 121 taps per pixel.
     """
+    return ssim_map(pred, gt, window, sigma).mean()
+
+
+def ssim_map(pred: torch.Tensor, gt: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Per-pixel SSIM (1, C, H, W) of two (C, H, W) images in [0, 1] (see :func:`ssim`)."""
     c = pred.shape[0]
     t = torch.arange(window, dtype=pred.dtype, device=pred.device) - window // 2
     g = torch.exp(-(t * t) / (2 * sigma * sigma))
@@ -47,12 +52,24 @@ def ssim(pred: torch.Tensor, gt: torch.Tensor, window: int = 11, sigma: float = 
     syy = eyy - mu_y ** 2
     sxy = exy - mu_x * mu_y
     c1, c2 = 0.01 ** 2, 0.03 ** 2
-    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
-    return s.mean()
+    return (((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2)))[None]
 
 
-def photometric_loss(pred: torch.Tensor, gt: torch.Tensor, lambda_dssim: float = 0.2) -> torch.Tensor:
-    """(1 - lambda) L1 + lambda (1 - SSIM), the 3DGS/2DGS colour loss."""
+def photometric_loss(pred: torch.Tensor, gt: torch.Tensor, lambda_dssim: float = 0.2,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(1 - lambda) L1 + lambda (1 - SSIM), the 3DGS/2DGS colour loss.
+
+    ``mask`` (H, W) bool/float: only pixels with mask > 0 count (both terms are means over them);
+    pixels outside give no gradient at all. An all-False mask gives a zero loss.
+    """
+    if mask is not None:
+        m = mask.to(pred.dtype)[None]
+        n = m.sum()
+        if float(n) <= 0:
+            return (pred * 0).sum()
+        l1 = ((pred - gt).abs() * m).sum() / (n * pred.shape[0])
+        ss = (ssim_map(pred, gt)[0] * m).sum() / (n * pred.shape[0])
+        return (1 - lambda_dssim) * l1 + lambda_dssim * (1 - ss)
     return (1 - lambda_dssim) * l1_loss(pred, gt) + lambda_dssim * (1 - ssim(pred, gt))
 
 

@@ -40,6 +40,7 @@ class Keyframe:
     depth: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     stamp: float = 0.0
+    mask: torch.Tensor | None = None  # (H, W) bool, True = object/valid pixel (see MapperConfig.mask_mode)
 
 
 @dataclass
@@ -68,6 +69,9 @@ class MapperConfig:
     background: tuple[float, float, float] = param((0.0, 0.0, 0.0), 'background colour, RGB in [0, 1]')
     backend: str = param('auto', 'rasterizer: auto (native if built) | native | reference (PyTorch)',
                          choices=('auto', 'native', 'reference'))
+    mask_mode: str = param('ignore', 'keyframe masks: ignore (pixels outside give no loss) | background (pixels '
+                           'outside must render the background colour: supervise transparency)',
+                           choices=('ignore', 'background'))
     seed: int = param(0, 'random seed (keyframe order, seeding, splits)')
     ndfd: NDFDParams = field(default_factory=NDFDParams)
     ndfd_stride: int = param(0, 'NDFD pixel subsampling (core/ndfd_sampling.py): 0 = one jittered pixel per GT-grid '
@@ -154,7 +158,13 @@ class Mapper:
             res = render(self.surfels, kf.camera, background=self.background,
                          target=kf.target if use_ndfd else None, ndfd=cfg.ndfd if use_ndfd else None,
                          backend=cfg.backend, ndfd_mask=nd_w > 0 if nd_w is not None else None)
-            loss_rgb = photometric_loss(res.rgb, kf.image, cfg.lambda_dssim)
+            gt, pmask = kf.image, None
+            if kf.mask is not None:
+                if cfg.mask_mode == "background":
+                    gt = torch.where(kf.mask[None].to(gt.device), gt, self.background[:, None, None])
+                else:
+                    pmask = kf.mask.to(gt.device)
+            loss_rgb = photometric_loss(res.rgb, gt, cfg.lambda_dssim, pmask)
             loss = loss_rgb
             terms = {"rgb": loss_rgb.item()}
             if cfg.lambda_dist > 0 and sched.dist_on(it):

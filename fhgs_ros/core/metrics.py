@@ -244,6 +244,10 @@ def evaluate_views(surfels, frames: Sequence, targets: Sequence[FeatureTarget | 
                 raise ValueError(f"evaluate_views: frame {i} ('{fr.path}') image {tuple(img.shape)} does not match "
                                  f"its camera {tuple(out.rgb.shape)}")
             row = {"index": i, "psnr": psnr(out.rgb.clamp(0, 1), img)}
+            fmask = getattr(fr, "mask", None)
+            if fmask is not None and bool(fmask.any()):
+                m = fmask.to(img.device).bool()
+                row["psnr_masked"] = psnr(out.rgb.clamp(0, 1)[:, m], img[:, m])
             if tgt is not None:
                 plain = render(surfels, cam, background=background, target=tgt, ndfd=nd_plain, backend=backend)
                 row["fe"] = float(out.ndfd_ext.double().mean())
@@ -262,6 +266,8 @@ def evaluate_views(surfels, frames: Sequence, targets: Sequence[FeatureTarget | 
 
     res = {"psnr": avg("psnr"), "fe": avg("fe"), "fe_plain": avg("fe_plain"), "fe_int": avg("fe_int"),
            "fl1": avg("fl1"), "num_views": len(per_view), "per_view": per_view}
+    if any("psnr_masked" in r for r in per_view):
+        res["psnr_masked"] = avg("psnr_masked")   # PSNR over the frames' mask pixels (views with a mask)
     if conf is not None:
         s = conf.scores()
         res.update(label_accuracy=s["accuracy"], label_miou=s["miou"], label_per_class_iou=s["per_class_iou"])

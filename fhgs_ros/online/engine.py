@@ -247,6 +247,7 @@ class MappingEngine:
                 elif name == "load":
                     path, surfels, meta, extra = arg
                     self._epoch += 1
+                    self.frontend.reset_stereo()
                     self._install_map(surfels, meta, extra)
                     self._drain_prepared()
                     st = self._publish_state()
