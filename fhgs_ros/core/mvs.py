@@ -209,11 +209,11 @@ def select_source_views(ref: Camera, cams: list[Camera], k: int = 4, depth_hint:
 # ----------------------------------------------------------------------------- sparse triangulation
 def triangulate_pair(gray_a: np.ndarray, cam_a: Camera, gray_b: np.ndarray, cam_b: Camera, max_features: int = 1000,
                      detector: str = "orb", max_epipolar_px: float = 1.5, max_reproj_px: float = 1.5,
-                     min_angle_deg: float = 0.5, ratio: float = 0.8) -> tuple[np.ndarray, np.ndarray]:
+                     min_angle_deg: float = 0.5, ratio: float | None = 0.8) -> tuple[np.ndarray, np.ndarray]:
     """Matched features of two posed grey images (float [0, 1] or uint8) triangulated with the known poses.
 
     Returns (world points (P, 3) float64, pixels in image a (P, 2) float64). Matches: ``detector``
-    ORB (Hamming) or SIFT (L2), brute force with Lowe's ratio test (``ratio``); kept when within ``max_epipolar_px`` of
+    ORB (Hamming) or SIFT (L2), brute force with Lowe's ratio test (``ratio``; None: cross-check); kept when within ``max_epipolar_px`` of
     the epipolar line of the known poses, in front of both cameras, reprojecting within
     ``max_reproj_px`` in both images, with a triangulation angle of at least ``min_angle_deg``.
     """
@@ -230,8 +230,11 @@ def triangulate_pair(gray_a: np.ndarray, cam_a: Camera, gray_b: np.ndarray, cam_
     empty = (np.zeros((0, 3)), np.zeros((0, 2)))
     if da is None or db is None or len(ka) < 8 or len(kb) < 8:
         return empty
-    knn = cv2.BFMatcher(norm).knnMatch(da, db, k=2)
-    matches = [m[0] for m in knn if len(m) == 2 and m[0].distance < ratio * m[1].distance]
+    if ratio is None:
+        matches = cv2.BFMatcher(norm, crossCheck=True).match(da, db)
+    else:
+        knn = cv2.BFMatcher(norm).knnMatch(da, db, k=2)
+        matches = [m[0] for m in knn if len(m) == 2 and m[0].distance < ratio * m[1].distance]
     if len(matches) < 8:
         return empty
     pa = np.array([ka[m.queryIdx].pt for m in matches], dtype=np.float64)
@@ -270,7 +273,7 @@ def _sparse_range(ref: MVSView, srcs: list[MVSView], cfg: MVSConfig) -> tuple[fl
     zs = []
     w2c = ref.camera.world_to_cam.double().numpy()
     for s in srcs:
-        x, _ = triangulate_pair(ref.gray, ref.camera, s.gray, s.camera, cfg.sparse_features)
+        x, _ = triangulate_pair(ref.gray, ref.camera, s.gray, s.camera, cfg.sparse_features, ratio=None)
         if len(x):
             zs.append(x @ w2c[2, :3] + w2c[2, 3])
     if not zs:
