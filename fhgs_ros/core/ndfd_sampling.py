@@ -1,4 +1,4 @@
-"""NDFD at the resolution of its target: one jittered pixel per block (FHGS_SPEC.md section 3).
+"""NDFD at the resolution of its target: one jittered pixel per block (docs/METHOD.md §3).
 
 The ground-truth feature map is a coarse grid (SAM: 64 cells on the long side), so evaluating the
 NDFD terms at every pixel mostly re-samples the same bilinear target. ``jittered_ndfd_weights``
