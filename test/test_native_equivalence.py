@@ -345,9 +345,10 @@ def rel_err(a, b):
     return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12)) if b.numel() else 0.0
 
 
-def check_equivalent(s, seed, label=""):
+def check_equivalent(s, seed, label="", fn=None):
+    """``fn`` (default: the native CPU kernels) against the float64 reference, with the tolerances above."""
     ref, gref = run(R.rasterize_reference, s, torch.float64, seed)
-    nat, gnat = run(native.rasterize_native, s, torch.float32, seed)
+    nat, gnat = run(fn or native.rasterize_native, s, torch.float32, seed)
     msg = f"{label} seed={seed} (FHGS_TEST_SEED={seed} reproduces)"
     for name in OUTPUTS:
         a, b = getattr(nat, name), getattr(ref, name)

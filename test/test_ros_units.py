@@ -498,7 +498,7 @@ def test_engine_seed_points_mono_init_and_online_schedule(tmp_path):
     want = sample_grid(prep.keyframe.target, xy)
     assert torch.allclose(prep.surfels.features_raw.float(), want.half().float(), atol=1e-3)
     # no depth, no seeds: nominal-depth surfels along the rays
-    eng2 = MappingEngine(FHGSConfig(), NodeConfig(kf_min_translation=0.0, mono_init_depth=2.0,
+    eng2 = MappingEngine(FHGSConfig(), NodeConfig(kf_min_translation=0.0, init_geometry="nominal", mono_init_depth=2.0,
                                                   mono_init_jitter=0.25), ext)
     p2 = eng2.prepare(InputFrame(1.0, rgb2, intr, cam2.cam_to_world.double().numpy(), None))
     zc = (p2.surfels.means.detach() @ cam2.world_to_cam[:3, :3].T + cam2.world_to_cam[:3, 3])[:, 2]

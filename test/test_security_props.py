@@ -9,7 +9,6 @@ MapFileError) — never any other exception, never a hang, never file content in
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import struct

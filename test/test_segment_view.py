@@ -8,9 +8,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fhgs_ros.core.query import (QueryError, feature_image_to_grid, precision_recall, render_feature_grid,
-                                 sam_valid_grid, segment_view, surfels_in_mask)
-from fhgs_ros.features.sam import SamExtractor, SamPromptModel, load_sam_prompt_model, save_random_checkpoint
+from fhgs_ros.core.query import QueryError, precision_recall, surfels_in_mask
+from fhgs_ros.features.sam import (SamExtractor, SamPromptModel, load_sam_prompt_model, sam_valid_grid,
+                                   save_random_checkpoint)
+from fhgs_ros.features.segment import feature_image_to_grid, render_feature_grid, segment_view
 from test_query import two_planes
 
 

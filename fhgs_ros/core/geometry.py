@@ -1,6 +1,6 @@
 """Rotations and rigid poses: the one home of quaternion and SE(3) math in the package.
 
-Conventions (docs/ARCHITECTURE.md §3):
+Conventions (docs/ARCHITECTURE.md §8):
 - quaternion component order is part of every function name: ``wxyz`` (Hamilton, scalar first:
   the surfels' ``quats``, COLMAP's ``qvec``) or ``xyzw`` (ROS ``geometry_msgs/Quaternion``);
 - a pose is a 4x4 rigid transform ``T_a_b`` mapping points of frame b into frame a; camera

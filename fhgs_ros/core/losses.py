@@ -1,5 +1,5 @@
 """Training losses: photometric (L1, D-SSIM), 2DGS regularizers, and the NDFD formulas in
-readable per-ray form (FHGS_SPEC.md sections 3 and 5).
+readable per-ray form (docs/METHOD.md §3 and §5).
 
 The per-ray NDFD functions here are the literal formulas (cumulative O(N D) and pairwise
 O(N^2 D)); the rasterizers compute the same sums inside their compositing loops.
@@ -27,23 +27,49 @@ def _gaussian_window(size: int, sigma: float, channels: int, dtype, device) -> t
 
 
 def ssim(pred: torch.Tensor, gt: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
-    """Mean SSIM of two (C, H, W) images in [0, 1] (3DGS implementation: Gaussian window, zero padding)."""
+    """Mean SSIM of two (C, H, W) images in [0, 1] (3DGS implementation: Gaussian window, zero padding).
+
+    The 2-D Gaussian window is the outer product of a 1-D one, so the five local means (of x, y,
+    x^2, y^2, x y) are one horizontal and one vertical 1-D depthwise convolution of the stacked
+    maps: the same sums as the five 2-D convolutions of the 3DGS code, zero padding included
+    (test/test_losses_ssim.py), with 2 x 11 instead of 121 taps per pixel.
+    """
+    return ssim_map(pred, gt, window, sigma).mean()
+
+
+def ssim_map(pred: torch.Tensor, gt: torch.Tensor, window: int = 11, sigma: float = 1.5) -> torch.Tensor:
+    """Per-pixel SSIM (1, C, H, W) of two (C, H, W) images in [0, 1] (see :func:`ssim`)."""
     c = pred.shape[0]
-    w = _gaussian_window(window, sigma, c, pred.dtype, pred.device)
-    x, y = pred[None], gt[None]
-    pad = window // 2
-    mu_x = F.conv2d(x, w, padding=pad, groups=c)
-    mu_y = F.conv2d(y, w, padding=pad, groups=c)
-    sxx = F.conv2d(x * x, w, padding=pad, groups=c) - mu_x ** 2
-    syy = F.conv2d(y * y, w, padding=pad, groups=c) - mu_y ** 2
-    sxy = F.conv2d(x * y, w, padding=pad, groups=c) - mu_x * mu_y
+    t = torch.arange(window, dtype=pred.dtype, device=pred.device) - window // 2
+    g = torch.exp(-(t * t) / (2 * sigma * sigma))
+    g = g / g.sum()
+    k, pad = 5 * c, window // 2
+    stack = torch.cat([pred, gt, pred * pred, gt * gt, pred * gt], 0)[None]  # (1, 5C, H, W)
+    m = F.conv2d(stack, g.reshape(1, 1, 1, window).expand(k, 1, 1, window), padding=(0, pad), groups=k)
+    m = F.conv2d(m, g.reshape(1, 1, window, 1).expand(k, 1, window, 1), padding=(pad, 0), groups=k)
+    mu_x, mu_y, exx, eyy, exy = m[0].split(c, 0)
+    sxx = exx - mu_x ** 2
+    syy = eyy - mu_y ** 2
+    sxy = exy - mu_x * mu_y
     c1, c2 = 0.01 ** 2, 0.03 ** 2
-    s = ((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2))
-    return s.mean()
+    return (((2 * mu_x * mu_y + c1) * (2 * sxy + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2)))[None]
 
 
-def photometric_loss(pred: torch.Tensor, gt: torch.Tensor, lambda_dssim: float = 0.2) -> torch.Tensor:
-    """(1 - lambda) L1 + lambda (1 - SSIM), the 3DGS/2DGS colour loss."""
+def photometric_loss(pred: torch.Tensor, gt: torch.Tensor, lambda_dssim: float = 0.2,
+                     mask: torch.Tensor | None = None) -> torch.Tensor:
+    """(1 - lambda) L1 + lambda (1 - SSIM), the 3DGS/2DGS colour loss.
+
+    ``mask`` (H, W) bool/float: only pixels with mask > 0 count (both terms are means over them);
+    pixels outside give no gradient at all. An all-False mask gives a zero loss.
+    """
+    if mask is not None:
+        m = mask.to(pred.dtype)[None]
+        n = m.sum()
+        if float(n) <= 0:
+            return (pred * 0).sum()
+        l1 = ((pred - gt).abs() * m).sum() / (n * pred.shape[0])
+        ss = (ssim_map(pred, gt)[0] * m).sum() / (n * pred.shape[0])
+        return (1 - lambda_dssim) * l1 + lambda_dssim * (1 - ss)
     return (1 - lambda_dssim) * l1_loss(pred, gt) + lambda_dssim * (1 - ssim(pred, gt))
 
 
@@ -123,9 +149,3 @@ def ndfd_ray_pairwise(w: torch.Tensor, f_unit: torch.Tensor, f_gt_unit: torch.Te
     lower = torch.tril(torch.ones(n, n, dtype=torch.bool, device=w.device), diagonal=-1)  # j < i
     pair = sig[:, None] * w[:, None] * w[None, :] * (1 - cos)
     return (pair * lower).sum()
-
-
-def ndfd_ray_pairwise_draft(w: torch.Tensor, f_unit: torch.Tensor) -> torch.Tensor:
-    """The draft's ungated symmetric form sum_i sum_j w_i w_j (1 - cos<f_i, f_j>) (for reference only)."""
-    cos = f_unit @ f_unit.T
-    return (w[:, None] * w[None, :] * (1 - cos)).sum()

@@ -19,7 +19,6 @@ import math
 import os
 import re
 import stat
-from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np

@@ -19,6 +19,7 @@ from fhgs_ros.core.params import param
 from fhgs_ros.core.camera import Camera
 from fhgs_ros.core.density import DensityConfig, DensityStats, densify_and_prune, reset_opacity
 from fhgs_ros.core.losses import normal_consistency_loss, photometric_loss
+from fhgs_ros.core.ndfd_sampling import auto_stride, jittered_ndfd_weights
 from fhgs_ros.core.optim import LearningRates, SurfelOptimizer
 from fhgs_ros.core.raster_types import FeatureTarget, NDFDParams
 from fhgs_ros.core.render import render
@@ -39,11 +40,12 @@ class Keyframe:
     depth: torch.Tensor | None = None
     labels: torch.Tensor | None = None
     stamp: float = 0.0
+    mask: torch.Tensor | None = None  # (H, W) bool, True = object/valid pixel (see MapperConfig.mask_mode)
 
 
 @dataclass
 class MapperConfig:
-    """Training schedule and loss weights (defaults: FHGS = 2DGS defaults + NDFD, spec section 5)."""
+    """Training schedule and loss weights (defaults: FHGS = 2DGS defaults + NDFD, docs/METHOD.md §5)."""
 
     ndfd_enabled: bool = param(True, 'FHGS NDFD losses on (false = plain 2DGS baseline)')
     lambda_ext: float = param(1.0, 'weight of the external-potential loss L_ext (docs/METHOD.md §3)', lo=0)
@@ -67,8 +69,14 @@ class MapperConfig:
     background: tuple[float, float, float] = param((0.0, 0.0, 0.0), 'background colour, RGB in [0, 1]')
     backend: str = param('auto', 'rasterizer: auto (native if built) | native | reference (PyTorch)',
                          choices=('auto', 'native', 'reference'))
+    mask_mode: str = param('ignore', 'keyframe masks: ignore (pixels outside give no loss) | background (pixels '
+                           'outside must render the background colour: supervise transparency)',
+                           choices=('ignore', 'background'))
     seed: int = param(0, 'random seed (keyframe order, seeding, splits)')
     ndfd: NDFDParams = field(default_factory=NDFDParams)
+    ndfd_stride: int = param(0, 'NDFD pixel subsampling (core/ndfd_sampling.py): 0 = one jittered pixel per GT-grid '
+                             'cell pitch (unbiased estimate of the full-resolution loss), 1 = every pixel, s > 1 = '
+                             'one per s x s block', unit='px', lo=0, hi=4096)
     density: DensityConfig = field(default_factory=DensityConfig)
     lrs: LearningRates = field(default_factory=LearningRates)
 
@@ -84,6 +92,7 @@ class Mapper:
         self.keyframes: list[Keyframe] = []
         self.iteration = 0
         self.gen = torch.Generator().manual_seed(config.seed)
+        self.ndfd_gen = torch.Generator().manual_seed(config.seed + 7919)  # NDFD pixel jitter only
         self.opt = SurfelOptimizer(self.surfels, config.lrs, extent)
         self.stats = DensityStats(0, self.device)
         self.lock = threading.RLock()
@@ -140,10 +149,22 @@ class Mapper:
                 self.surfels.sh_degree = min(self.surfels.sh_degree + 1, cfg.sh_degree_max)
             kf = self.keyframes[int(torch.randint(len(self.keyframes), (1,), generator=self.gen))]
             use_ndfd = cfg.ndfd_enabled and kf.target is not None and (cfg.lambda_ext > 0 or cfg.lambda_int > 0)
+            nd_w = None
+            if use_ndfd:
+                stride = cfg.ndfd_stride if cfg.ndfd_stride > 0 else auto_stride(kf.target.scale)
+                if stride > 1:
+                    nd_w = jittered_ndfd_weights(kf.camera.height, kf.camera.width, stride, self.ndfd_gen,
+                                                 self.device)
             res = render(self.surfels, kf.camera, background=self.background,
                          target=kf.target if use_ndfd else None, ndfd=cfg.ndfd if use_ndfd else None,
-                         backend=cfg.backend)
-            loss_rgb = photometric_loss(res.rgb, kf.image, cfg.lambda_dssim)
+                         backend=cfg.backend, ndfd_mask=nd_w > 0 if nd_w is not None else None)
+            gt, pmask = kf.image, None
+            if kf.mask is not None:
+                if cfg.mask_mode == "background":
+                    gt = torch.where(kf.mask[None].to(gt.device), gt, self.background[:, None, None])
+                else:
+                    pmask = kf.mask.to(gt.device)
+            loss_rgb = photometric_loss(res.rgb, gt, cfg.lambda_dssim, pmask)
             loss = loss_rgb
             terms = {"rgb": loss_rgb.item()}
             if cfg.lambda_dist > 0 and sched.dist_on(it):
@@ -162,7 +183,11 @@ class Mapper:
                     loss = loss + cfg.lambda_depth * lz
                     terms["depth"] = lz.item()
             if use_ndfd:
-                le, li = res.ndfd_ext.mean(), res.ndfd_int.mean()
+                if nd_w is None:
+                    le, li = res.ndfd_ext.mean(), res.ndfd_int.mean()
+                else:  # unbiased estimate of the full-resolution means
+                    le = (res.ndfd_ext * nd_w).sum() / nd_w.numel()
+                    li = (res.ndfd_int * nd_w).sum() / nd_w.numel()
                 loss = loss + cfg.lambda_ext * le + cfg.lambda_int * li
                 terms["ext"], terms["int"] = le.item(), li.item()
             loss.backward()

@@ -1,6 +1,6 @@
 """Meshing: TSDF fusion of depth maps in PyTorch, marching cubes (scikit-image), PLY/OBJ I/O.
 
-This replaces the Open3D TSDF volume that 2DGS uses (FHGS_SPEC.md section 5, "Mesh").
+This replaces the Open3D TSDF volume that 2DGS uses (docs/METHOD.md §5.7).
 
 Integration follows Open3D's uniform TSDF:
 - each voxel centre is projected into every view and takes the depth of the nearest pixel
@@ -29,15 +29,14 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
 
 from fhgs_ros.core.camera import Camera
+from fhgs_ros.core.ply import PlyError, read_ply, write_mesh_ply
 from fhgs_ros.core.fileio import atomic_writer
 
 log = logging.getLogger(__name__)
@@ -419,34 +418,12 @@ def vertex_colors_from_surfels(mesh: Mesh, surfel_means: torch.Tensor, surfel_va
 
 
 # ------------------------------------------------------------------------------ file I/O
-def _colors_u8(mesh: Mesh) -> np.ndarray | None:
-    if mesh.colors is None:
-        return None
-    return np.round(np.clip(mesh.colors.numpy(), 0, 1) * 255).astype(np.uint8)
+def save_mesh_ply(mesh: Mesh, path: str | os.PathLike) -> None:
+    """Binary little-endian PLY (float x y z, uchar red green blue when coloured, int face lists). Atomic.
 
-
-def write_mesh_ply(mesh: Mesh, path: str | os.PathLike) -> None:
-    """Binary little-endian PLY: float x y z, uchar red green blue (if coloured), int face lists. Atomic."""
-    v = mesh.vertices.numpy().astype("<f4")
-    c = _colors_u8(mesh)
-    vdt = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")] + ([("red", "u1"), ("green", "u1"), ("blue", "u1")]
-                                                        if c is not None else [])
-    varr = np.empty(len(v), dtype=vdt)
-    varr["x"], varr["y"], varr["z"] = v[:, 0], v[:, 1], v[:, 2]
-    if c is not None:
-        varr["red"], varr["green"], varr["blue"] = c[:, 0], c[:, 1], c[:, 2]
-    farr = np.empty(mesh.num_faces, dtype=[("n", "u1"), ("idx", "<i4", (3,))])
-    farr["n"] = 3
-    farr["idx"] = mesh.faces.numpy().astype("<i4")
-    head = ["ply", "format binary_little_endian 1.0", "comment fhgs_ros mesh", f"element vertex {len(v)}",
-            "property float x", "property float y", "property float z"]
-    if c is not None:
-        head += ["property uchar red", "property uchar green", "property uchar blue"]
-    head += [f"element face {mesh.num_faces}", "property list uchar int vertex_indices", "end_header"]
-    with atomic_writer(path) as f:
-        f.write(("\n".join(head) + "\n").encode("ascii"))
-        f.write(varr.tobytes())
-        f.write(farr.tobytes())
+    A thin adapter on the package's one PLY codec (:mod:`fhgs_ros.core.ply`)."""
+    c = mesh.colors.numpy() if mesh.colors is not None else None
+    write_mesh_ply(path, mesh.vertices.numpy(), mesh.faces.numpy(), vertex_rgb=c, comments=["fhgs_ros mesh"])
 
 
 def write_mesh_obj(mesh: Mesh, path: str | os.PathLike) -> None:
@@ -464,126 +441,22 @@ def write_mesh_obj(mesh: Mesh, path: str | os.PathLike) -> None:
         f.write("\n".join(lines) + "\n")
 
 
-_PLY_TYPES = {"char": "i1", "int8": "i1", "uchar": "u1", "uint8": "u1", "short": "i2", "int16": "i2",
-              "ushort": "u2", "uint16": "u2", "int": "i4", "int32": "i4", "uint": "u4", "uint32": "u4",
-              "float": "f4", "float32": "f4", "double": "f8", "float64": "f8"}
-
-
-class PLYError(ValueError):
-    """A malformed or unsupported PLY file; the message names the file."""
-
-
 def read_mesh_ply(path: str | os.PathLike) -> Mesh:
-    """Read a PLY mesh or point cloud (ascii, binary little- or big-endian).
+    """Read a PLY mesh or point cloud (ascii, binary little- or big-endian) with :func:`fhgs_ros.core.ply.read_ply`.
 
     Uses vertex x/y/z, optional red/green/blue (uchar -> /255, float as is), and the face
     element's ``vertex_indices`` (or ``vertex_index``) list; polygons are fan-triangulated.
     Other elements and properties are skipped. A point cloud comes back with zero faces.
+    Raises PlyError (a ValueError) naming the file.
     """
-    path = Path(path)
-    data = path.read_bytes()
-    end = data.find(b"end_header")
-    if not data.startswith(b"ply") or end < 0:
-        raise PLYError(f"'{path}' is not a PLY file")
-    nl = data.find(b"\n", end)
-    body = memoryview(data)[nl + 1:] if nl >= 0 else memoryview(b"")
-    fmt = None
-    elements: list[dict] = []
-    for line in data[:end].decode("ascii", "replace").splitlines():
-        tok = line.split()
-        if not tok or tok[0] in ("ply", "comment", "obj_info"):
-            continue
-        if tok[0] == "format":
-            fmt = tok[1]
-        elif tok[0] == "element":
-            elements.append({"name": tok[1], "count": int(tok[2]), "props": []})
-        elif tok[0] == "property":
-            if not elements:
-                raise PLYError(f"'{path}': property before any element")
-            if tok[1] == "list":
-                elements[-1]["props"].append((tok[4], "list", _PLY_TYPES[tok[2]], _PLY_TYPES[tok[3]]))
-            else:
-                elements[-1]["props"].append((tok[2], "scalar", _PLY_TYPES[tok[1]], None))
-    if fmt not in ("ascii", "binary_little_endian", "binary_big_endian"):
-        raise PLYError(f"'{path}': unsupported PLY format {fmt!r}")
-    endian = ">" if fmt == "binary_big_endian" else "<"
-    parsed: dict[str, dict] = {}
-    if fmt == "ascii":
-        rows = re.split(rb"\r?\n", bytes(body))
-        pos = 0
-        for el in elements:
-            cols: dict[str, list] = {p[0]: [] for p in el["props"]}
-            for _ in range(el["count"]):
-                while pos < len(rows) and not rows[pos].strip():
-                    pos += 1
-                if pos >= len(rows):
-                    raise PLYError(f"'{path}': truncated (element '{el['name']}')")
-                vals = rows[pos].split()
-                pos += 1
-                k = 0
-                for name, kind, t, it in el["props"]:
-                    if kind == "scalar":
-                        cols[name].append(float(vals[k]))
-                        k += 1
-                    else:
-                        cnt = int(vals[k])
-                        cols[name].append([int(float(x)) for x in vals[k + 1:k + 1 + cnt]])
-                        k += 1 + cnt
-            parsed[el["name"]] = {name: (np.asarray(v, dtype=np.float64).astype(el["props"][i][2])
-                                         if el["props"][i][1] == "scalar" else v)
-                                  for i, (name, v) in enumerate(cols.items())}
-    else:
-        off = 0
-        buf = bytes(body)
-        for el in elements:
-            n = el["count"]
-            if all(p[1] == "scalar" for p in el["props"]):
-                dt = np.dtype([(p[0], endian + p[2]) for p in el["props"]])
-                if off + n * dt.itemsize > len(buf):
-                    raise PLYError(f"'{path}': truncated (element '{el['name']}')")
-                arr = np.frombuffer(buf, dtype=dt, count=n, offset=off)
-                off += n * dt.itemsize
-                parsed[el["name"]] = {p[0]: arr[p[0]] for p in el["props"]}
-                continue
-            # Fast path: one list property and every list of the first row's length.
-            res = None
-            if len(el["props"]) == 1 and n > 0 and off < len(buf):
-                name, _, ct, it = el["props"][0]
-                cdt = np.dtype(endian + ct)
-                first = int(np.frombuffer(buf, dtype=cdt, count=1, offset=off)[0])
-                dt = np.dtype([("n", endian + ct), ("idx", endian + it, (first,))])
-                if off + n * dt.itemsize <= len(buf):
-                    arr = np.frombuffer(buf, dtype=dt, count=n, offset=off)
-                    if (arr["n"] == first).all():
-                        res = {name: arr["idx"]}
-                        off += n * dt.itemsize
-            if res is None:  # general sequential parse
-                cols = {p[0]: [] for p in el["props"]}
-                try:
-                    for _ in range(n):
-                        for name, kind, t, it in el["props"]:
-                            if kind == "scalar":
-                                tdt = np.dtype(endian + t)
-                                cols[name].append(np.frombuffer(buf, dtype=tdt, count=1, offset=off)[0])
-                                off += tdt.itemsize
-                            else:
-                                cdt, idt = np.dtype(endian + t), np.dtype(endian + it)
-                                cnt = int(np.frombuffer(buf, dtype=cdt, count=1, offset=off)[0])
-                                off += cdt.itemsize
-                                cols[name].append(np.frombuffer(buf, dtype=idt, count=cnt, offset=off).tolist())
-                                off += cnt * idt.itemsize
-                except ValueError:
-                    raise PLYError(f"'{path}': truncated (element '{el['name']}')") from None
-                res = {name: (np.asarray(v) if el["props"][i][1] == "scalar" else v)
-                       for i, (name, v) in enumerate(cols.items())}
-            parsed[el["name"]] = res
+    parsed = read_ply(path)
     if "vertex" not in parsed:
-        raise PLYError(f"'{path}': no vertex element")
+        raise PlyError(f"'{path}': no vertex element")
     vx = parsed["vertex"]
     try:
         verts = np.stack([np.asarray(vx[a], dtype=np.float64) for a in "xyz"], 1)
     except KeyError:
-        raise PLYError(f"'{path}': vertex element lacks x/y/z") from None
+        raise PlyError(f"'{path}': vertex element lacks x/y/z") from None
     colors = None
     cn = next((t for t in (("red", "green", "blue"), ("r", "g", "b"), ("diffuse_red", "diffuse_green", "diffuse_blue"))
                if all(k in vx for k in t)), None)
@@ -595,9 +468,9 @@ def read_mesh_ply(path: str | os.PathLike) -> Mesh:
     if fe:
         key = "vertex_indices" if "vertex_indices" in fe else ("vertex_index" if "vertex_index" in fe else None)
         if key is None:
-            raise PLYError(f"'{path}': face element lacks a vertex_indices list")
+            raise PlyError(f"'{path}': face element lacks a vertex_indices list")
         lists = fe[key]
-        if isinstance(lists, np.ndarray) and lists.ndim == 2:
+        if lists.dtype != object:
             polys = lists.astype(np.int64)
             k = polys.shape[1]
             faces = (np.concatenate([polys[:, [0, i, i + 1]] for i in range(1, k - 1)], 0)
@@ -609,9 +482,9 @@ def read_mesh_ply(path: str | os.PathLike) -> Mesh:
         return Mesh(verts.astype(np.float32), faces, None if colors is None else colors.astype(np.float32),
                     {"source": str(path)})
     except ValueError as exc:
-        raise PLYError(f"'{path}': {exc}") from None
+        raise PlyError(f"'{path}': {exc}") from None
 
 
 __all__ = ["Mesh", "TSDFVolume", "DEFAULT_MAX_VOXELS", "estimate_scene_sphere", "default_tsdf_params", "tsdf_fusion",
            "mesh_from_surfels", "largest_component", "remove_unreferenced_vertices", "vertex_colors_from_surfels",
-           "write_mesh_ply", "write_mesh_obj", "read_mesh_ply", "PLYError"]
+           "save_mesh_ply", "write_mesh_obj", "read_mesh_ply"]

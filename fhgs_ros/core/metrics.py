@@ -1,4 +1,4 @@
-"""Evaluation metrics (FHGS_SPEC.md section 6): PSNR, FE, FL1, label accuracy / mIoU, Chamfer.
+"""Evaluation metrics (docs/METHOD.md §6): PSNR, FE, FL1, label accuracy / mIoU, Chamfer.
 
 Conventions and choices:
 - **PSNR** = 10 log10(1 / MSE) on [0, 1] images, over all channels and pixels. It is inf
@@ -6,7 +6,7 @@ Conventions and choices:
   2DGS does, and averages the per-view PSNRs.
 - **FE** = the mean over pixels of the per-pixel L_ext(n) = sum_i sigma_i w_i (1 - phi_i),
   taken from ``render(..., ndfd=, target=)`` with the frozen unit features. ``fe_plain`` is
-  the sigma-free sum_i w_i (1 - phi_i). Pixels without contributors count as 0 (spec 8.5).
+  the sigma-free sum_i w_i (1 - phi_i). Pixels without contributors count as 0 (docs/METHOD.md §8.5).
   ``lam``, ``k`` and ``sigma_increasing`` come from the given NDFDParams; ``ext_use_sigma``
   is forced on for ``fe`` and off for ``fe_plain``. ``fe_int`` (mean L_int) is reported too.
 - **FL1**: the raw features are alpha-blended (background 0) at image resolution, resized
@@ -244,6 +244,10 @@ def evaluate_views(surfels, frames: Sequence, targets: Sequence[FeatureTarget | 
                 raise ValueError(f"evaluate_views: frame {i} ('{fr.path}') image {tuple(img.shape)} does not match "
                                  f"its camera {tuple(out.rgb.shape)}")
             row = {"index": i, "psnr": psnr(out.rgb.clamp(0, 1), img)}
+            fmask = getattr(fr, "mask", None)
+            if fmask is not None and bool(fmask.any()):
+                m = fmask.to(img.device).bool()
+                row["psnr_masked"] = psnr(out.rgb.clamp(0, 1)[:, m], img[:, m])
             if tgt is not None:
                 plain = render(surfels, cam, background=background, target=tgt, ndfd=nd_plain, backend=backend)
                 row["fe"] = float(out.ndfd_ext.double().mean())
@@ -262,6 +266,8 @@ def evaluate_views(surfels, frames: Sequence, targets: Sequence[FeatureTarget | 
 
     res = {"psnr": avg("psnr"), "fe": avg("fe"), "fe_plain": avg("fe_plain"), "fe_int": avg("fe_int"),
            "fl1": avg("fl1"), "num_views": len(per_view), "per_view": per_view}
+    if any("psnr_masked" in r for r in per_view):
+        res["psnr_masked"] = avg("psnr_masked")   # PSNR over the frames' mask pixels (views with a mask)
     if conf is not None:
         s = conf.scores()
         res.update(label_accuracy=s["accuracy"], label_miou=s["miou"], label_per_class_iou=s["per_class_iou"])

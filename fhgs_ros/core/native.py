@@ -4,7 +4,7 @@
 the same ``RenderResult``. It runs the compiled extension ``fhgs_ros._native`` (built by
 ``make setup`` / ``pip install -e .``, see ``setup_ext.py``): the CUDA kernels when the tensors are
 on a GPU and the extension was built with nvcc, the CPU kernels otherwise. The backward is a
-``torch.autograd.Function`` calling the native reverse-order backward (FHGS_SPEC.md section 4);
+``torch.autograd.Function`` calling the native reverse-order backward (docs/METHOD.md §4);
 it produces gradients for means, raw quaternions, scales, opacity, colours and the background.
 Features (unit and raw) and the GT grid never receive gradients, as in the reference.
 
@@ -15,6 +15,8 @@ A missing extension or backend is reported by one log line, never by an import e
 from __future__ import annotations
 
 import logging
+from collections import namedtuple
+from typing import NamedTuple
 
 import torch
 
@@ -91,16 +93,43 @@ class _Static:
     """Non-tensor (and non-differentiable tensor) arguments of one native call."""
 
     def __init__(self, camvec, width, height, feats, grid, lam, ksign, ext_use_sigma, lever, fvalues,
-                 need_backward, stream):
+                 need_backward, stream, ext=None, nd_mask=None):
+        self.ext = ext if ext is not None else _ext  # the compiled module that runs the kernels
         self.camvec, self.width, self.height = camvec, width, height
         self.feats, self.grid = feats, grid
         self.lam, self.ksign, self.ext_use_sigma = lam, ksign, ext_use_sigma
         self.lever, self.fvalues = lever, fvalues
         self.need_backward, self.stream = need_backward, stream
+        self.nd_mask = nd_mask  # uint8 (H, W) or None
 
     def common(self):
         return (self.camvec, self.width, self.height, self.feats, self.grid, self.lam, self.ksign,
                 self.ext_use_sigma, *self.lever)
+
+
+class ForwardOutputs(NamedTuple):
+    """The images of one native forward pass (order of the extension's return list)."""
+
+    rgb: torch.Tensor
+    alpha: torch.Tensor
+    depth: torch.Tensor
+    median: torch.Tensor
+    normal: torch.Tensor
+    dist: torch.Tensor
+    ext: torch.Tensor
+    intl: torch.Tensor
+    feat: torch.Tensor
+    radii: torch.Tensor
+    n_contrib: torch.Tensor
+
+
+def _state_type():
+    """NamedTuple of the tensors the forward pass saves for the backward pass (names from the extension)."""
+    names = tuple(_ext.state_names()) if _ext is not None else ()
+    return namedtuple("NativeState", names) if names else None
+
+
+_NativeState = _state_type()
 
 
 class NativeRasterize(torch.autograd.Function):
@@ -109,14 +138,15 @@ class NativeRasterize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, means, quats, scales, opacity, colors, background, static: _Static):
         bg_cpu = background.detach().to("cpu", torch.float32).contiguous()
-        outs = _ext.forward(means, quats, scales, opacity, colors, bg_cpu, *static.common(), static.fvalues,
-                            static.need_backward, static.stream)
-        main, state = outs[:11], outs[11:]
+        extra = () if static.nd_mask is None else (static.nd_mask,)
+        outs = static.ext.forward(means, quats, scales, opacity, colors, bg_cpu, *static.common(), static.fvalues,
+                                  static.need_backward, static.stream, *extra)
+        n = len(ForwardOutputs._fields)
+        main = ForwardOutputs(*outs[:n])
         ctx.static = static
         ctx.bg_cpu = bg_cpu
-        ctx.save_for_backward(means, quats, scales, opacity, colors, *state)
-        feat, radii, ncontrib = main[8], main[9], main[10]
-        ctx.mark_non_differentiable(feat, radii, ncontrib)
+        ctx.save_for_backward(means, quats, scales, opacity, colors, *outs[n:])
+        ctx.mark_non_differentiable(main.feat, main.radii, main.n_contrib)
         return tuple(main)
 
     @staticmethod
@@ -125,14 +155,18 @@ class NativeRasterize(torch.autograd.Function):
         st: _Static = ctx.static
         saved = ctx.saved_tensors
         means, quats, scales, opacity, colors = saved[:5]
-        state = list(saved[5:])
+        state = _NativeState(*saved[5:])
+        if st.nd_mask is not None:  # NDFD outputs are constant 0 outside the mask: no gradient there
+            keep_px = st.nd_mask.to(torch.bool)
+            g_ext = g_ext * keep_px if g_ext is not None else None
+            g_int = g_int * keep_px if g_int is not None else None
         grads = [g_rgb, g_alpha, g_depth, g_median, g_normal, g_dist, g_ext, g_int]
         grads = [g if g is not None else torch.empty(0, device=means.device) for g in grads]
-        d_means, d_quats, d_scales, d_op, d_colors = _ext.backward(
-            means, quats, scales, opacity, colors, ctx.bg_cpu, *st.common(), state, grads, st.stream)
+        d_means, d_quats, d_scales, d_op, d_colors = st.ext.backward(
+            means, quats, scales, opacity, colors, ctx.bg_cpu, *st.common(), list(state), grads, st.stream)
         d_bg = None
         if ctx.needs_input_grad[5] and g_rgb is not None:
-            t_final = state[9][0]  # pix_state[0] = T_final
+            t_final = state.pix_state[0]  # pix_state[0] = T_final
             d_bg = (g_rgb * t_final[None].to(g_rgb.dtype)).sum(dim=(1, 2))
         return d_means, d_quats, d_scales, d_op, d_colors, d_bg, None
 
@@ -140,17 +174,23 @@ class NativeRasterize(torch.autograd.Function):
 def rasterize_native(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacity: torch.Tensor,
                      colors: torch.Tensor, camera: Camera, background: torch.Tensor | None = None,
                      features_unit: torch.Tensor | None = None, target: FeatureTarget | None = None,
-                     ndfd: NDFDParams | None = None, feature_values: torch.Tensor | None = None) -> RenderResult:
-    """Render one view with the native kernels; same arguments and result as ``rasterize_reference``."""
+                     ndfd: NDFDParams | None = None, feature_values: torch.Tensor | None = None,
+                     ndfd_mask: torch.Tensor | None = None, *, extension=None) -> RenderResult:
+    """Render one view with the native kernels; same arguments and result as ``rasterize_reference``.
+
+    ndfd_mask: (H, W) bool, the pixels where the NDFD losses are evaluated (the CPU kernel skips
+    the feature terms everywhere else; ``ndfd_ext`` / ``ndfd_int`` are 0 there). None: every pixel.
+    ``extension``: another build of the bindings to run instead of ``fhgs_ros._native`` (the tests
+    pass the CUDA-emulator module, see ``fhgs_ros.core.cuda_emu``)."""
     dev, dt = means.device, means.dtype
-    if _ext is None:
+    if _ext is None and extension is None:
         raise RuntimeError(f"fhgs_ros native rasterizer extension is not built ({_IMPORT_ERROR}); run `make setup`")
-    if means.is_cuda and not cuda_backend_available():
+    if means.is_cuda and extension is None and not cuda_backend_available():
         _warn_once("cuda", "fhgs_ros: CUDA tensors but the native CUDA backend is not built "
                            f"({build_info()}); using the PyTorch reference rasterizer")
         from fhgs_ros.core.reference import rasterize_reference
         return rasterize_reference(means, quats, scales, opacity, colors, camera, background, features_unit,
-                                   target, ndfd, feature_values)
+                                   target, ndfd, feature_values, ndfd_mask)
     width, height = int(camera.width), int(camera.height)
     bg = torch.zeros(3, dtype=dt, device=dev) if background is None else background.to(dev, dt)
 
@@ -171,20 +211,31 @@ def rasterize_native(means: torch.Tensor, quats: torch.Tensor, scales: torch.Ten
         ksign = -float(ndfd.k) if ndfd.sigma_increasing else float(ndfd.k)
         ext_use_sigma = bool(ndfd.ext_use_sigma)
         lever = tuple(t.to(dev) for t in lever_tables(target, width, height))
+    mask_u8 = None
+    if ndfd is not None and ndfd_mask is not None:
+        if tuple(ndfd_mask.shape) != (height, width):
+            raise ValueError(f"ndfd_mask has shape {tuple(ndfd_mask.shape)}, expected ({height}, {width})")
+        mask_u8 = ndfd_mask.to(device=dev, dtype=torch.uint8).contiguous()
     fvalues = f32(feature_values.detach()) if feature_values is not None else torch.empty(0)
     diff_inputs = (means, quats, scales, opacity, colors, bg)
     need_backward = torch.is_grad_enabled() and any(t.requires_grad for t in diff_inputs)
     stream = torch.cuda.current_stream(dev).cuda_stream if means.is_cuda else 0
     static = _Static(camera_vector(camera), width, height, feats.to(dev), grid.to(dev), lam, ksign, ext_use_sigma,
-                     lever, fvalues.to(dev), need_backward, stream)
-    rgb, alpha, depth, median, normal, dist, ext, intl, feat, radii, ncontrib = NativeRasterize.apply(
-        f32(means), f32(quats), f32(scales), f32(opacity.reshape(-1)), f32(colors), bg, static)
+                     lever, fvalues.to(dev), need_backward, stream, extension, mask_u8)
+    out = ForwardOutputs(*NativeRasterize.apply(f32(means), f32(quats), f32(scales), f32(opacity.reshape(-1)),
+                                                f32(colors), bg, static))
 
     def back(t: torch.Tensor) -> torch.Tensor:
         return t if t.dtype == dt else t.to(dt)
 
+    ext, intl = out.ext, out.intl
+    runs_cuda_kernels = means.is_cuda or static.ext.__name__.endswith("_cuda_emu")
+    if mask_u8 is not None and runs_cuda_kernels:  # the CUDA kernels evaluate every pixel
+        keep_px = mask_u8.bool()
+        ext, intl = ext * keep_px, intl * keep_px
+
     return RenderResult(
-        rgb=back(rgb), alpha=back(alpha), depth=back(depth), depth_median=back(median), normal=back(normal),
-        distortion=back(dist), ndfd_ext=back(ext) if ndfd is not None else None,
+        rgb=back(out.rgb), alpha=back(out.alpha), depth=back(out.depth), depth_median=back(out.median),
+        normal=back(out.normal), distortion=back(out.dist), ndfd_ext=back(ext) if ndfd is not None else None,
         ndfd_int=back(intl) if ndfd is not None else None,
-        features=back(feat) if feature_values is not None else None, radii=radii, n_contrib=ncontrib)
+        features=back(out.feat) if feature_values is not None else None, radii=out.radii, n_contrib=out.n_contrib)

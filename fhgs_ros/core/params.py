@@ -4,7 +4,7 @@ A parameter is a dataclass field made with :func:`param`: default, unit, range (
 inclusive) or ``choices``, a one-line description, and whether it may change while the node runs
 (``live``). The one validator (:func:`coerce_field` / :func:`from_dict` / :func:`check`) serves
 the YAML file, the CLI ``--set`` overrides and ROS parameter updates alike; the node declares its
-ROS parameters from :func:`walk` (docs/ARCHITECTURE.md §5).
+ROS parameters from :func:`walk` (docs/ARCHITECTURE.md §6).
 
 Values are checked in the precision they are used in: floats must be finite and representable
 as float32 (a double like 1e39 is refused rather than becoming inf later).

@@ -1,4 +1,4 @@
-"""Semantic queries on the map's frozen features, and promptable segmentation of any view.
+"""Semantic queries on the map's frozen features, and which surfels a 2-D mask of a view holds.
 
 Query by example (vectorized, O(N D) for N surfels of width D: one matrix-vector product with
 the unit features, then a threshold; only the K selected surfels are sorted):
@@ -10,25 +10,15 @@ the unit features, then a threshold; only the K selected surfels are sorted):
 - :func:`query_by_point`: the frozen feature of the surfel whose centre is nearest to a 3-D
   point (within ``radius``).
 
-Promptable segmentation (:func:`segment_view`): the surfels' raw frozen features are
-alpha-blended into a feature image of the view, area-averaged onto SAM's embedding grid
-(``input_size / 16`` cells on the image's long side, top-left aligned, zero-padded to a square
-exactly like SAM pads its input) and fed, in place of the image encoder's output, to SAM's
-prompt encoder + mask decoder with point and/or box prompts. The low-resolution mask logits are
-upsampled to the image as ``Sam.postprocess_masks`` does. The result is a 2-D mask plus the
-surfels "inside" it.
-
-Membership of a surfel in a 2-D mask (``membership="dominant"``, default): the surfel's
-*dominant-weight pixel* is the pixel where its blending weight w = alpha T is largest in that
-view (exactly the weights of the rasterizer: same pairs, ordering, skip rules and early
-termination; :func:`pair_weights` is checked against ``render`` in the tests). A surfel is in
-the mask when its dominant pixel is, and its largest weight is at least ``min_weight``
-(occluded or nearly transparent surfels never are). The weights are evaluated on the view at
-full resolution by default (``membership_long_side`` lowers it; the dominant pixel is then
-mapped to the full-resolution mask, and small surfels start to drop out because a neighbour
-within the same coarse pixel hides them). ``membership="centre"`` is a cheaper approximation:
-the surfel centre projects into the mask and its depth is within ``depth_tol`` (relative) of
-the rendered median depth there.
+Membership of a surfel in a 2-D mask (:func:`surfels_in_mask`, ``membership="dominant"``,
+default): the surfel's *dominant-weight pixel* is the pixel where its blending weight w = alpha T
+is largest in that view (exactly the weights of the rasterizer: same pairs, ordering, skip rules
+and early termination; :func:`pair_weights` is checked against ``render`` in the tests). A surfel
+is in the mask when its dominant pixel is, and its largest weight is at least ``min_weight``
+(occluded or nearly transparent surfels never are). ``membership="centre"`` is a cheaper
+approximation: the surfel centre projects into the mask and its depth is within ``depth_tol``
+(relative) of the rendered median depth there. Promptable masks themselves (SAM's decoder on
+rendered features) are :mod:`fhgs_ros.features.segment`.
 """
 
 from __future__ import annotations
@@ -36,7 +26,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -45,10 +35,9 @@ import torch.nn.functional as F
 
 from fhgs_ros.core.camera import Camera
 from fhgs_ros.core.reference import composite_pairs
-from fhgs_ros.core.render import native_rasterizer, render
+from fhgs_ros.core.render import render
 from fhgs_ros.core.surfels import SurfelMap
 
-PATCH = 16  # SAM's ViT patch size: one embedding cell per 16 x 16 input pixels
 
 
 class QueryError(ValueError):
@@ -299,68 +288,13 @@ def write_query_json(path: str | os.PathLike, report: dict[str, Any]) -> None:
     os.replace(tmp, p)
 
 
-# ----------------------------------------------------------------------------- promptable masks
-@dataclass
-class SegmentResult:
-    """mask (H, W) bool; indices (K,) int64 surfels inside; score: SAM's predicted IoU of the mask;
-    logits (H, W) mask logits; feature_grid (256, g, g) the rendered embedding fed to the decoder;
-    valid_grid (gh, gw) its non-padded part."""
-
-    mask: torch.Tensor
-    indices: torch.Tensor
-    score: float
-    logits: torch.Tensor
-    feature_grid: torch.Tensor
-    valid_grid: tuple[int, int]
-    extra: dict = field(default_factory=dict)
-
-
-def _render_camera(camera: Camera, render_long_side: int | None) -> tuple[Camera, float]:
+# ----------------------------------------------------------------------------- masks -> surfels
+def render_camera(camera: Camera, render_long_side: int | None) -> tuple[Camera, float]:
     long_side = max(camera.width, camera.height)
     if render_long_side is None or render_long_side >= long_side:
         return camera, 1.0
     f = render_long_side / long_side
     return camera.scaled(f), f
-
-
-def sam_valid_grid(height: int, width: int, input_size: int) -> tuple[int, int]:
-    """Grid rows/cols with image content after SAM's resize to ``input_size`` (the rest is padding)."""
-    s = input_size / max(height, width)
-    return math.ceil(int(height * s + 0.5) / PATCH), math.ceil(int(width * s + 0.5) / PATCH)
-
-
-def feature_image_to_grid(features: torch.Tensor, image_hw: tuple[int, int], input_size: int = 1024) -> torch.Tensor:
-    """Area-average a (D, h, w) feature image of an (H, W) view onto SAM's (D, g, g) embedding grid.
-
-    g = input_size / 16; grid cell (gx, gy) covers image pixels [gx, gx + 1) * max(H, W) / g (the
-    cells SAM's encoder sees after its longest-side resize); the image is zero-padded bottom/right
-    to whole cells, and the cells beyond the image are zero, as in SAM's padded input.
-    ``features`` may be rendered at a lower resolution than (H, W) (same aspect ratio).
-    """
-    h0, w0 = image_hw
-    d, h, w = features.shape
-    g = input_size // PATCH
-    gh, gw = sam_valid_grid(h0, w0, input_size)
-    px_per_cell = h / h0 * max(h0, w0) / g  # rendered pixels per grid cell
-    ph = max(h, int(round(gh * px_per_cell)))
-    pw = max(w, int(round(gw * px_per_cell)))
-    x = F.pad(features.float()[None], (0, pw - w, 0, ph - h))
-    cells = F.interpolate(x, size=(gh, gw), mode="area")[0]
-    out = torch.zeros(d, g, g, dtype=torch.float32, device=features.device)
-    out[:, :gh, :gw] = cells
-    return out
-
-
-def _prompt_parts(parts: Any):
-    from fhgs_ros.features.sam import SamPromptModel
-    if isinstance(parts, SamPromptModel):
-        return parts
-    if hasattr(parts, "prompt_model"):
-        return parts.prompt_model()
-    if hasattr(parts, "image_encoder") and hasattr(parts, "mask_decoder"):
-        return SamPromptModel.from_sam(parts)
-    raise QueryError(f"segment_view needs a SamPromptModel, a SamExtractor or a segment_anything Sam, got "
-                     f"{type(parts).__name__}")
 
 
 def surfels_in_mask(surfels: SurfelMap, camera: Camera, mask: torch.Tensor, membership: str = "dominant",
@@ -377,7 +311,7 @@ def surfels_in_mask(surfels: SurfelMap, camera: Camera, mask: torch.Tensor, memb
     m = torch.as_tensor(mask).bool().cpu()
     if tuple(m.shape) != (h0, w0):
         raise QueryError(f"mask shape {tuple(m.shape)} does not match the {w0}x{h0} view")
-    rc, f = _render_camera(camera, render_long_side)
+    rc, f = render_camera(camera, render_long_side)
     if membership == "dominant":
         dom, wmax = dominant_pixels(surfels, rc, pairs)
         dom, wmax = dom.cpu(), wmax.cpu()
@@ -408,88 +342,3 @@ def surfels_in_mask(surfels: SurfelMap, camera: Camera, mask: torch.Tensor, memb
     raise QueryError(f"membership must be 'dominant' or 'centre', got '{membership}'")
 
 
-@torch.no_grad()
-def render_feature_grid(surfels: SurfelMap, camera: Camera, input_size: int = 1024,
-                        render_long_side: int | None = 256, backend: str = "auto", pairs=None) -> torch.Tensor:
-    """The surfels' raw frozen features alpha-blended in ``camera``'s view and area-averaged onto
-    SAM's (D, input_size/16, input_size/16) grid (see :func:`feature_image_to_grid`).
-
-    The view is rendered at ``render_long_side`` pixels on its long side (4 samples per cell per
-    axis at the standard 64-cell grid; None = full resolution). backend: any ``render`` backend, or
-    "pairs" (blend :func:`pair_weights` in chunks: bounded memory for D = 256 on the reference
-    path); "auto" uses the native rasterizer when built, else "pairs".
-    """
-    rc, _ = _render_camera(camera, render_long_side)
-    if backend == "auto" and native_rasterizer() is None:
-        backend = "pairs"
-    if backend == "pairs":
-        sid, pix, w = pairs if pairs is not None else pair_weights(surfels, rc)
-        feats = blend_values(sid, pix, w, surfels.features_raw, rc.width, rc.height)
-    else:
-        feats = render(surfels, rc, render_features=True, backend=backend).features
-    return feature_image_to_grid(feats, (camera.height, camera.width), input_size)
-
-
-@torch.no_grad()
-def segment_view(sam_parts: Any, surfels: SurfelMap, camera: Camera, points: Any = None, labels: Any = None,
-                 box: Any = None, multimask_output: bool = True, membership: str = "dominant",
-                 min_weight: float = 0.02, render_long_side: int | None = 256,
-                 membership_long_side: int | None = None, backend: str = "auto") -> SegmentResult:
-    """SAM mask for prompts on a *rendered* view, and the surfels inside it.
-
-    sam_parts: a ``SamPromptModel`` (``SamExtractor.prompt_model()``), a ``SamExtractor`` or a
-    ``segment_anything`` ``Sam``. points: (P, 2) pixel coordinates (x, y) in ``camera``'s image;
-    labels: (P,) 1 = foreground, 0 = background (default all 1); box: (x0, y0, x1, y1) pixels.
-    multimask_output: ask SAM for 3 masks and keep the one with the best predicted IoU (SAM's
-    advice for single-point prompts). Surfel membership: see the module docstring.
-    render_long_side: resolution of the feature render that is area-averaged onto SAM's grid
-    (256 = 4 x 4 samples per cell at the 64-cell grid; None = full resolution);
-    membership_long_side: resolution at which dominant-weight pixels are found (None = full).
-    """
-    parts = _prompt_parts(sam_parts)
-    if points is None and box is None:
-        raise QueryError("segment_view needs point prompts and/or a box")
-    d_sam = int(parts.prompt_encoder.embed_dim)
-    if surfels.feature_dim != d_sam:
-        raise QueryError(f"segment_view needs SAM features ({d_sam}-d) in the map, but it holds "
-                         f"{surfels.feature_dim}-d features (extractor '{surfels.meta.get('feature_extractor', '?')}')")
-    h0, w0 = camera.height, camera.width
-    s = parts.input_size
-    new_h, new_w = parts.preprocess_shape(h0, w0)
-    dev = parts.device
-    rc, _ = _render_camera(camera, render_long_side)
-    mc, _ = _render_camera(camera, membership_long_side)
-    use_pairs = backend == "pairs" or (backend == "auto" and native_rasterizer() is None)
-    pairs = pair_weights(surfels, rc) if use_pairs else None
-    grid = render_feature_grid(surfels, camera, s, render_long_side, "pairs" if use_pairs else backend, pairs)
-    if membership == "dominant" and (pairs is None or (mc.width, mc.height) != (rc.width, rc.height)):
-        pairs = pair_weights(surfels, mc)
-
-    # Prompts in SAM's resized-image frame (ResizeLongestSide.apply_coords / apply_boxes).
-    sx, sy = new_w / w0, new_h / h0
-    pts = None
-    if points is not None:
-        c = torch.as_tensor(points, dtype=torch.float32).reshape(-1, 2)
-        lab = torch.ones(c.shape[0]) if labels is None else torch.as_tensor(labels, dtype=torch.float32).reshape(-1)
-        if lab.numel() != c.shape[0]:
-            raise QueryError(f"{c.shape[0]} points but {lab.numel()} labels")
-        c = c * torch.tensor([sx, sy])
-        pts = (c[None].to(dev), lab[None].to(dev, torch.int))
-    bx = None
-    if box is not None:
-        b = torch.as_tensor(box, dtype=torch.float32).reshape(1, 4)
-        bx = (b * torch.tensor([sx, sy, sx, sy])).to(dev)
-    pe, md = parts.prompt_encoder, parts.mask_decoder
-    sparse, dense = pe(points=pts, boxes=bx, masks=None)
-    low, iou = md(image_embeddings=grid[None].to(dev, next(md.parameters()).dtype), image_pe=pe.get_dense_pe(),
-                  sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=multimask_output)
-    best = int(torch.argmax(iou[0])) if multimask_output else 0
-    low = low[:, best:best + 1].float()
-    # Sam.postprocess_masks: to the padded input size, crop the padding, to the original size.
-    up = F.interpolate(low, (s, s), mode="bilinear", align_corners=False)[..., :new_h, :new_w]
-    logits = F.interpolate(up, (h0, w0), mode="bilinear", align_corners=False)[0, 0].cpu()
-    mask = logits > parts.mask_threshold
-    idx = surfels_in_mask(surfels, camera, mask, membership, min_weight, membership_long_side, pairs=pairs,
-                          backend=backend if backend != "pairs" else "auto")
-    return SegmentResult(mask, idx, float(iou[0, best]), logits, grid.cpu(), sam_valid_grid(h0, w0, s),
-                         {"low_res_logits": low[0, 0].cpu(), "all_iou": iou[0].float().cpu()})

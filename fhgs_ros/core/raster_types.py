@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from fhgs_ros.core.params import param
 
-# Constants of the 2DGS surfel rasterizer (FHGS_SPEC.md section 2); the native header repeats them.
+# Constants of the 2DGS surfel rasterizer (docs/METHOD.md §2); the native header repeats them.
 TILE = 16
 CUTOFF = 3.0            # sigma cutoff of the screen-space bounding box
 FILTER_SIZE = 0.7071068  # low-pass filter radius in pixels (sigma_filter = sqrt(2)/2)
@@ -19,11 +19,11 @@ T_MIN = 1e-4
 
 @dataclass
 class NDFDParams:
-    """Parameters of the NDFD losses (FHGS_SPEC.md section 3).
+    """Parameters of the NDFD losses (docs/METHOD.md §3).
 
     lam, k: threshold and slope of the similarity gate sigma(phi) = 1 / (1 + exp(k (phi - lam)))
-    (decreasing in phi; ``sigma_increasing`` flips the sign for the ablation of spec 8.1).
-    ext_use_sigma: include sigma in the external term (spec 8.2).
+    (decreasing in phi; ``sigma_increasing`` flips the sign for the ablation of docs/METHOD.md §8.1).
+    ext_use_sigma: include sigma in the external term (docs/METHOD.md §8.2).
     """
 
     lam: float = param(0.5, 'similarity threshold lambda of the gate sigma (docs/METHOD.md §3)')

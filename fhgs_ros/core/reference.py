@@ -2,7 +2,7 @@
 
 Written for clarity, not speed: it is the ground truth the native kernels are tested
 against, and autograd provides its backward pass. The algorithm is exactly the one of
-FHGS_SPEC.md sections 2-3 and ``fhgs_ros/cuda/raster_math.h``:
+docs/METHOD.md §2-§3 and ``fhgs_ros/cuda/raster_math.h``:
 
 1. per surfel: the 3x3 ray-splat matrix T = P [s_u t_u, s_v t_v, p] (P = K [R|t], world ->
    homogeneous pixels), its 3-sigma screen bounding box (2DGS ``compute_aabb``) and centre,
@@ -219,14 +219,16 @@ def composite_pairs(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tens
 def rasterize_reference(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacity: torch.Tensor,
                         colors: torch.Tensor, camera: Camera, background: torch.Tensor | None = None,
                         features_unit: torch.Tensor | None = None, target: FeatureTarget | None = None,
-                        ndfd: NDFDParams | None = None, feature_values: torch.Tensor | None = None) -> RenderResult:
+                        ndfd: NDFDParams | None = None, feature_values: torch.Tensor | None = None,
+                        ndfd_mask: torch.Tensor | None = None) -> RenderResult:
     """Render one view.
 
     Args (N surfels, activated values, world frame):
         means (N, 3); quats (N, 4) (w, x, y, z), normalized inside; scales (N, 2) metres;
         opacity (N,) in (0, 1); colors (N, 3) RGB (already evaluated from SH);
         background (3,) RGB; features_unit (N, D) unit features and ``target`` for NDFD (both
-        needed when ``ndfd`` is given); feature_values (N, Dr) to alpha-blend into a feature image.
+        needed when ``ndfd`` is given); feature_values (N, Dr) to alpha-blend into a feature image;
+        ndfd_mask (H, W) bool: pixels where the NDFD losses are evaluated (0 elsewhere; None: all).
     """
     dev, dt = means.device, means.dtype
     width, height = int(camera.width), int(camera.height)
@@ -284,6 +286,10 @@ def rasterize_reference(means: torch.Tensor, quats: torch.Tensor, scales: torch.
         intl = seg_sum(sig * w * (w_prev - (f_prev * fi).sum(-1)))
         ext = ext.reshape(height, width)
         intl = intl.reshape(height, width)
+        if ndfd_mask is not None:
+            keep_px = ndfd_mask.to(dev, torch.bool)
+            ext = torch.where(keep_px, ext, torch.zeros_like(ext))
+            intl = torch.where(keep_px, intl, torch.zeros_like(intl))
 
     feats = None
     if feature_values is not None:

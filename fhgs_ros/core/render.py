@@ -63,13 +63,16 @@ def surfel_colors(surfels: SurfelMap, camera: Camera, sh_degree: int | None = No
 
 def render(surfels: SurfelMap, camera: Camera, *, background: torch.Tensor | None = None,
            target: FeatureTarget | None = None, ndfd: NDFDParams | None = None, render_features: bool = False,
-           backend: str = "auto", sh_degree: int | None = None) -> RenderResult:
+           backend: str = "auto", sh_degree: int | None = None,
+           ndfd_mask: torch.Tensor | None = None) -> RenderResult:
     """Render ``surfels`` from ``camera``; NDFD losses when ``ndfd`` and ``target`` are given.
 
     render_features: also alpha-blend the raw frozen features into a (D, H, W) image.
+    ndfd_mask: (H, W) bool, evaluate the NDFD losses only at these pixels (see ``core/ndfd_sampling.py``).
     """
     fn = rasterizer(backend)
     colors = surfel_colors(surfels, camera, sh_degree)
     return fn(surfels.means, surfels.quats, surfels.scales, surfels.opacity, colors, camera, background,
               surfels.features_unit if ndfd is not None else None, target if ndfd is not None else None, ndfd,
-              surfels.features_raw.float() if render_features else None)
+              surfels.features_raw.float() if render_features else None,
+              **({"ndfd_mask": ndfd_mask} if ndfd_mask is not None and ndfd is not None else {}))

@@ -1,7 +1,7 @@
 """Training schedules the Mapper consults each iteration (which losses are on, when density
 control and opacity resets run), in the way gsplat's ``Strategy`` owns densification.
 
-- :class:`OfflineSchedule`: the global iteration numbers of ``MapperConfig`` (docs/METHOD.md §8.8);
+- :class:`OfflineSchedule`: the global iteration numbers of ``MapperConfig`` (docs/METHOD.md §5.6);
 - :class:`KeyframeBudgetSchedule`: the online per-keyframe budget of docs/METHOD.md §8.9: each
   new keyframe opens a budget of ``steps_per_keyframe`` iterations; the depth-distortion loss
   starts after 30 % of it, the normal loss after 70 %, densification runs in its first 70 %.

@@ -1,4 +1,4 @@
-"""New surfels from 3-D points, depth images or a new keyframe, with frozen features (FHGS_SPEC.md section 1).
+"""New surfels from 3-D points, depth images or a new keyframe, with frozen features (docs/METHOD.md §1).
 
 The projection index ("spatial hash table" of the paper) maps each 3-D point to the views that
 see it and the pixel in each; COLMAP/SfM tracks are such an index, and
@@ -147,12 +147,13 @@ def points_from_depth(image: torch.Tensor, depth: torch.Tensor, camera: Camera, 
 
 @dataclass
 class KeyframeSeedParams:
-    """How a new online keyframe seeds surfels (node parameters; docs/METHOD.md §8.11)."""
+    """How a new online keyframe seeds surfels (node parameters; docs/METHOD.md §9.3)."""
 
     max_new: int = 4000             # cap of new surfels per keyframe
     depth_stride: int = 4           # [px] pixel stride of depth / nominal-depth seeding
     depth_max: float = 20.0         # [m] depth beyond is ignored
-    mono_depth: float = 2.0         # [m] no depth and no seed points: nominal depth along the rays ...
+    init_geometry: str = "nominal"  # no depth, no seed points: mvs (stereo, core/mvs.py) | nominal
+    mono_depth: float = 2.0         # [m] init_geometry nominal: nominal depth along the rays ...
     mono_jitter: float = 0.5        # [m] ... +- this (uniform)
     opacity: float = 0.1
     scale_multiplier: float = 1.0
@@ -161,14 +162,17 @@ class KeyframeSeedParams:
 
 def seed_keyframe(image: torch.Tensor, depth: torch.Tensor | None, cam: Camera, target: FeatureTarget,
                   surfels: SurfelMap, seed_xyz: torch.Tensor, seed_rgb: torch.Tensor, p: KeyframeSeedParams,
-                  gen: torch.Generator) -> tuple[SurfelMap | None, torch.Tensor]:
+                  gen: torch.Generator, stereo=None) -> tuple[SurfelMap | None, torch.Tensor]:
     """New surfels for the pixels of a keyframe that the current map does not explain yet.
 
     Sources, in order: pending seed points (world frame, (P, 3)) that the keyframe sees (and its
     depth does not contradict); the keyframe's depth (metres, 0 = unknown) back-projected where
-    the map's render is not opaque or disagrees by more than 10 %; without either, a nominal
-    depth along the rays of uncovered pixels. Each surfel's frozen feature is sampled from the
-    keyframe's feature ``target``. Returns (surfels or None, indices of the seed points used).
+    the map's render is not opaque or disagrees by more than 10 %; without either, stereo depth
+    against earlier keyframes (``p.init_geometry == "mvs"``, ``stereo`` a
+    :class:`fhgs_ros.core.mvs.KeyframeBuffer`: no reliable estimate yet -> no surfels, the map
+    waits) or a nominal depth along the rays of uncovered pixels. Each surfel's frozen feature is
+    sampled from the feature target of the keyframe it comes from. Returns (surfels or None,
+    indices of the seed points used).
     """
     used = torch.zeros(0, dtype=torch.long)
     if p.max_new <= 0:
@@ -209,8 +213,15 @@ def seed_keyframe(image: torch.Tensor, depth: torch.Tensor | None, cam: Camera, 
             xyzs.append(xyz)
             rgbs.append(rgb)
             feats.append(sample_grid(target, xy))
+    elif not xyzs and p.init_geometry == "mvs" and stereo is not None:
+        # 3. no depth, no seed points: stereo depth against earlier keyframes (none yet: the map waits)
+        from fhgs_ros.core.mvs import online_seed_points
+        for sp in online_seed_points(stereo, image, cam, target, max(1, stride // 2), covered, rdepth):
+            xyzs.append(sp.xyz)
+            rgbs.append(sp.rgb)
+            feats.append(sample_grid(sp.token, sp.xy))
     elif not xyzs:
-        # 3. no depth, no seed points: nominal depth along the rays of uncovered pixels
+        # 3'. init_geometry nominal: nominal depth along the rays of uncovered pixels
         ys, xs = torch.meshgrid(torch.arange(0, cam.height, stride), torch.arange(0, cam.width, stride),
                                 indexing="ij")
         xs, ys = xs.reshape(-1), ys.reshape(-1)

@@ -16,10 +16,6 @@ def rgb_to_sh0(rgb: torch.Tensor) -> torch.Tensor:
     return (rgb - 0.5) / C0
 
 
-def sh0_to_rgb(sh0: torch.Tensor) -> torch.Tensor:
-    return sh0 * C0 + 0.5
-
-
 def eval_sh(degree: int, sh: torch.Tensor, dirs: torch.Tensor) -> torch.Tensor:
     """Colour from SH.
 

@@ -91,10 +91,6 @@ class SurfelMap:
         return torch.sigmoid(self.opacity_logit).squeeze(-1)
 
     @property
-    def unit_quats(self) -> torch.Tensor:
-        return F.normalize(self.quats, dim=-1)
-
-    @property
     def sh(self) -> torch.Tensor:
         return torch.cat([self.sh_dc, self.sh_rest], dim=1)
 

@@ -29,6 +29,22 @@ constexpr bool kHasCuda = true;
 constexpr bool kHasCuda = false;
 #endif
 
+// FHGS_CUDA_EMU (the test extension fhgs_ros._native_cuda_emu, see emu/cuda_emu.h): the CUDA
+// stages run on the CPU execution harness, with CPU tensors.
+#ifdef FHGS_CUDA_EMU
+constexpr bool kCudaEmu = true;
+extern "C" void fhgs_cuda_emu_configure(int schedule, uint64_t seed, int poison_shared);
+extern "C" void fhgs_cuda_emu_stats(int64_t* out, int reset);
+#else
+constexpr bool kCudaEmu = false;
+#endif
+
+// Which backend runs: the CUDA one for CUDA tensors (and always in the emulator build).
+bool use_cuda(const Tensor& means) {
+  TORCH_CHECK(!kCudaEmu || means.device().is_cpu(), "fhgs native: the CUDA emulator takes CPU tensors");
+  return means.is_cuda() || kCudaEmu;
+}
+
 // FHGS_NATIVE_PROFILE=1 prints the wall and process CPU time of every stage to stderr.
 struct StageTimer {
   bool on = std::getenv("FHGS_NATIVE_PROFILE") != nullptr;
@@ -147,11 +163,11 @@ std::vector<Tensor> forward(Tensor means, Tensor quats, Tensor scales, Tensor op
                             Tensor camvec, int64_t width, int64_t height, Tensor feats, Tensor grid, double lam,
                             double ksign, bool ext_use_sigma, Tensor col_c0, Tensor col_dx1, Tensor col_f,
                             Tensor row_c0, Tensor row_dy1, Tensor row_f, Tensor fvalues, bool need_backward,
-                            int64_t stream) {
+                            int64_t stream, Tensor nd_mask) {
   fhgs::RasterArgs a;
   fill_common(a, means, quats, scales, opacity, colors, bg, camvec, width, height, feats, grid, lam, ksign,
               ext_use_sigma, col_c0, col_dx1, col_f, row_c0, row_dy1, row_f);
-  const bool cuda = means.is_cuda();
+  const bool cuda = use_cuda(means);
   TORCH_CHECK(!cuda || kHasCuda,
               "fhgs native: CUDA tensors given but the extension was built without CUDA (no nvcc at build time)");
   c10::DeviceGuard guard(means.device());
@@ -166,6 +182,12 @@ std::vector<Tensor> forward(Tensor means, Tensor quats, Tensor scales, Tensor op
     TORCH_CHECK(fvalues.dim() == 2 && fvalues.size(0) == N, "feature_values must be (N, Dr)");
     a.Dr = (int)fvalues.size(1);
     a.fvalues = ptr_or_null<float>(fvalues);
+  }
+  if (a.D > 0 && nd_mask.defined() && nd_mask.numel() > 0) {
+    TORCH_CHECK(nd_mask.scalar_type() == at::kByte && nd_mask.is_contiguous() && nd_mask.numel() == npix &&
+                    nd_mask.device() == means.device(),
+                "fhgs native: ndfd mask must be a contiguous uint8 (H, W) tensor on the inputs' device");
+    if (!cuda) a.nd_mask = nd_mask.data_ptr<uint8_t>();  // the CUDA kernels evaluate every pixel
   }
   char err[256] = {0};
   StageTimer timer;
@@ -232,7 +254,7 @@ std::vector<Tensor> forward(Tensor means, Tensor quats, Tensor scales, Tensor op
 
   Tensor lever = alloc({a.lever_total}, fopt);
   Tensor invn = alloc({a.D > 0 ? npix : 0}, fopt);
-  if (a.D > 0) {
+  if (a.D > 0 && a.nd_mask == nullptr) {  // subsampled NDFD (CPU) reads the GT per pixel instead
     Tensor gram = alloc({5, (int64_t)a.gh * a.gw}, fopt);
     a.lever = ptr_or_null<float>(lever);
     a.invn = invn.data_ptr<float>();
@@ -292,6 +314,17 @@ std::vector<Tensor> forward(Tensor means, Tensor quats, Tensor scales, Tensor op
           contrib, tile_coff, pix_coff, contrib_idx};
 }
 
+// The forward without an NDFD pixel mask (the original signature).
+std::vector<Tensor> forward_all(Tensor means, Tensor quats, Tensor scales, Tensor opacity, Tensor colors, Tensor bg,
+                                Tensor camvec, int64_t width, int64_t height, Tensor feats, Tensor grid, double lam,
+                                double ksign, bool ext_use_sigma, Tensor col_c0, Tensor col_dx1, Tensor col_f,
+                                Tensor row_c0, Tensor row_dy1, Tensor row_f, Tensor fvalues, bool need_backward,
+                                int64_t stream) {
+  return forward(means, quats, scales, opacity, colors, bg, camvec, width, height, feats, grid, lam, ksign,
+                 ext_use_sigma, col_c0, col_dx1, col_f, row_c0, row_dy1, row_f, fvalues, need_backward, stream,
+                 Tensor());
+}
+
 // grads: [rgb, alpha, depth, median, normal, dist, ext, int]; returns
 // [d_means, d_quats, d_scales, d_opacity, d_colors].
 std::vector<Tensor> backward(Tensor means, Tensor quats, Tensor scales, Tensor opacity, Tensor colors, Tensor bg,
@@ -304,7 +337,7 @@ std::vector<Tensor> backward(Tensor means, Tensor quats, Tensor scales, Tensor o
               ext_use_sigma, col_c0, col_dx1, col_f, row_c0, row_dy1, row_f);
   TORCH_CHECK((int)state.size() == kStateCount, "fhgs native backward: wrong state");
   TORCH_CHECK(grads.size() == 8, "fhgs native backward: expected 8 gradients");
-  const bool cuda = means.is_cuda();
+  const bool cuda = use_cuda(means);
   TORCH_CHECK(!cuda || kHasCuda, "fhgs native: built without CUDA");
   c10::DeviceGuard guard(means.device());
   const int64_t N = a.N, npix = width * height;
@@ -391,7 +424,9 @@ std::string build_info() {
 #ifdef _OPENMP
   s += "+openmp";
 #endif
-#ifdef FHGS_WITH_CUDA
+#ifdef FHGS_CUDA_EMU
+  s = "cuda-emu";
+#elif defined(FHGS_WITH_CUDA)
   s += "+cuda";
 #endif
   return s;
@@ -401,11 +436,24 @@ std::string build_info() {
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "FHGS native surfel rasterizer (C++/OpenMP CPU backend, optional CUDA backend)";
-  m.def("forward", &forward, "rasterize forward");
+  m.def("forward", &forward_all, "rasterize forward");
+  m.def("forward", &forward, "rasterize forward; last argument: uint8 (H, W) NDFD pixel mask");
   m.def("backward", &backward, "rasterize backward");
   m.def("has_cuda", &has_cuda, "built with the CUDA backend");
   m.def("cuda_devices", &cuda_devices, "number of CUDA devices seen by the CUDA backend (0 or negative error)");
   m.def("build_info", &build_info, "backends compiled in");
   m.def("set_poison", [](bool on) { g_poison = on; }, "fill uninitialized buffers with NaN / sentinels (tests)");
   m.def("state_names", &state_names, "names of the state tensors saved for backward");
+#ifdef FHGS_CUDA_EMU
+  m.def("emu_configure", [](int64_t schedule, int64_t seed, bool poison_shared) {
+    TORCH_CHECK(schedule >= 0 && schedule <= 2, "schedule: 0 sequential, 1 random, 2 uniform");
+    fhgs_cuda_emu_configure((int)schedule, (uint64_t)seed, poison_shared ? 1 : 0);
+  }, "CUDA emulator: schedule (0 FIFO, 1 random priorities per barrier, 2 uniform random), seed, 0xFF-filled "
+     "shared memory per block");
+  m.def("emu_stats", [](bool reset) {
+    std::vector<int64_t> v(7);
+    fhgs_cuda_emu_stats(v.data(), reset ? 1 : 0);
+    return v;
+  }, "CUDA emulator counters: launches, blocks, threads, barriers, warp_ops, resumes, schedule_hash");
+#endif
 }

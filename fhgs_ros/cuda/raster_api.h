@@ -47,6 +47,10 @@ struct RasterArgs {
   const int* row_c0 = nullptr;      // (H,)
   const int* row_dy1 = nullptr;     // (H,)
   const float* row_f = nullptr;     // (H,)
+  // (H * W,) nonzero where the NDFD terms are evaluated (pixel subsampling); null: every pixel.
+  // The CPU backend evaluates NDFD only there (ext / int are 0 elsewhere); the CUDA backend
+  // evaluates every pixel and the caller masks its outputs.
+  const uint8_t* nd_mask = nullptr;
 
   // per-surfel state
   float* geom = nullptr;            // (N, GEOM_STRIDE)

@@ -1,6 +1,6 @@
 // CPU backend of the FHGS surfel rasterizer: plain C++ + OpenMP on raw pointers.
 //
-// Structure (FHGS_SPEC.md sections 2 and 4): project and cull every surfel, bin them into 16x16
+// Structure (docs/METHOD.md §2 and §4): project and cull every surfel, bin them into 16x16
 // tiles (lists sorted by centre depth, ties by index), then one OpenMP task per tile runs the
 // per-pixel front-to-back forward, and the backward visits each pixel's contributors in reverse,
 // reusing the forward prefix (T_final, the distortion sums and, per kept contributor, its list
@@ -81,7 +81,33 @@ struct Scratch {
   std::vector<Ent> ents;
   std::vector<int> rows;
   std::vector<float> F, S, FV;
+  std::vector<float> G;          // unit GT feature of a subsampled NDFD pixel
+  std::vector<int> nd_sid;       // its kept contributors (surfel id, w, T before), front to back
+  std::vector<float> nd_w, nd_T;
 };
+
+// Unit GT feature of pixel (x, y): bilinear sample of the raw grid (reference.sample_grid), then
+// divided by max(|.|, 1e-12) (reference.sample_feature_target).
+void pixel_gt(const RasterArgs& a, int x, int y, float* G) {
+  const int D = a.D;
+  const int c0x = a.col_c0[x], c1x = c0x + a.col_dx1[x], c0y = a.row_c0[y], c1y = c0y + a.row_dy1[y];
+  const float fx = a.col_f[x], fy = a.row_f[y];
+  const float* g00 = a.grid + ((int64_t)c0y * a.gw + c0x) * D;
+  const float* g01 = a.grid + ((int64_t)c0y * a.gw + c1x) * D;
+  const float* g10 = a.grid + ((int64_t)c1y * a.gw + c0x) * D;
+  const float* g11 = a.grid + ((int64_t)c1y * a.gw + c1x) * D;
+  float n2 = 0.0f;
+  for (int d = 0; d < D; ++d) {
+    const float top = g00[d] * (1.0f - fx) + g01[d] * fx;
+    const float bot = g10[d] * (1.0f - fx) + g11[d] * fx;
+    const float v = top * (1.0f - fy) + bot * fy;
+    G[d] = v;
+    n2 += v * v;
+  }
+  const float n = sqrtf(n2);
+  const float inv = 1.0f / (n > 1e-12f ? n : 1e-12f);
+  for (int d = 0; d < D; ++d) G[d] *= inv;
+}
 
 FHGS_CLONES
 void forward_tile(const RasterArgs& a, int tile, Scratch& sc) {
@@ -94,6 +120,7 @@ void forward_tile(const RasterArgs& a, int tile, Scratch& sc) {
   const Ent* ents = sc.ents.data();
   const int D = a.D, Dr = a.Dr;
   const bool ndfd = D > 0;
+  const bool nd_direct = ndfd && a.nd_mask != nullptr;  // subsampled NDFD: GT per pixel, no lever
   const float zn = a.cam.znear, zf = a.cam.zfar;
   float* F = ndfd ? sc.F.data() : nullptr;
   float* FV = Dr > 0 ? sc.FV.data() : nullptr;
@@ -110,9 +137,14 @@ void forward_tile(const RasterArgs& a, int tile, Scratch& sc) {
       PixelState st;
       pixel_init(st);
       PixLever pl;
-      if (ndfd) {
-        memset(F, 0, sizeof(float) * D);
-        pl = pixel_lever(a, px, py, pix);
+      const bool nd_px = ndfd && (a.nd_mask == nullptr || a.nd_mask[pix] != 0);
+      const bool nd_lever = nd_px && !nd_direct;  // NDFD inside the compositing loop (lever tables)
+      if (nd_px) memset(F, 0, sizeof(float) * D);
+      if (nd_lever) pl = pixel_lever(a, px, py, pix);
+      if (nd_px && nd_direct) {
+        sc.nd_sid.clear();
+        sc.nd_w.clear();
+        sc.nd_T.clear();
       }
       if (Dr > 0) memset(FV, 0, sizeof(float) * Dr);
       float* rec = nullptr;  // this pixel's contributor records
@@ -134,7 +166,11 @@ void forward_tile(const RasterArgs& a, int tile, Scratch& sc) {
         const float* nrm = a.geom + (int64_t)en.sid * GEOM_STRIDE + G_N;
         const float w = pixel_composite(st, pe.alpha, pe.z, col, nrm, (int)j, zn, zf);
         if (ridx != nullptr) *ridx++ = (int)j;
-        if (ndfd) {
+        if (nd_px && nd_direct) {  // deferred: the feature passes run after the compositing
+          sc.nd_sid.push_back(en.sid);
+          sc.nd_w.push_back(w);
+          sc.nd_T.push_back(Tprev);
+        } else if (nd_lever) {
           const float phi = lever_phi(a.lever + en.loff, en.lcx0, en.lcy0, en.lncx, pl);
           const float sig = ndfd_sigma(a.nd, phi);
           const float gate = a.nd.ext_use_sigma ? sig : 1.0f;
@@ -149,6 +185,32 @@ void forward_tile(const RasterArgs& a, int tile, Scratch& sc) {
           }
         }
         if (Dr > 0) feature_blend_pass_host(FV, a.fvalues + (int64_t)en.sid * Dr, Dr, w);
+      }
+      if (nd_px && nd_direct && !sc.nd_sid.empty()) {
+        // Subsampled NDFD pixel: phi_i = G . f_i with the pixel's unit GT G, fused into the
+        // F_{i-1} . f_i pass; the contributors' feature rows are prefetched two ahead (each row
+        // is a cache miss: this is a sparse set of pixels).
+        float* G = sc.G.data();
+        pixel_gt(a, px, py, G);
+        const int n = (int)sc.nd_sid.size();
+        prefetch_row(a.feats + (int64_t)sc.nd_sid[0] * D, D);
+        if (n > 1) prefetch_row(a.feats + (int64_t)sc.nd_sid[1] * D, D);
+        for (int k = 0; k < n; ++k) {
+          if (k + 2 < n) prefetch_row(a.feats + (int64_t)sc.nd_sid[k + 2] * D, D);
+          const float w = sc.nd_w[k];
+          float phi;
+          const float dotp = ndfd_forward_pass_gt_host(F, G, a.feats + (int64_t)sc.nd_sid[k] * D, D, w, &phi);
+          const float sig = ndfd_sigma(a.nd, phi);
+          const float gate = a.nd.ext_use_sigma ? sig : 1.0f;
+          st.ext += gate * w * (1.0f - phi);
+          st.intl += sig * w * ((1.0f - sc.nd_T[k]) - dotp);
+          if (rec != nullptr) {
+            rec[0] = phi;
+            rec[1] = sig;
+            rec[2] = dotp;
+            rec += 3;
+          }
+        }
       }
       store_pixel(a, st, pix, npix);
       coff += st.n_contrib;
@@ -199,9 +261,11 @@ void backward_tile(const RasterArgs& a, int tile, Scratch& sc) {
       // NDFD, (phi, sigma, F_{k-1} . f_k). Walking them in reverse visits exactly the forward's
       // contributors (no validity decision is re-taken) and skips every other list entry.
       const int64_t base = a.pix_coff[pix];
+      if (nd_pass) prefetch_row(a.feats + (int64_t)ents[a.contrib_idx[base + n - 1] - s].sid * D, D);
       for (int r = n - 1; r >= 0; --r) {
         const int64_t j = a.contrib_idx[base + r];
         const Ent& en = ents[j - s];
+        if (nd_pass && r > 0) prefetch_row(a.feats + (int64_t)ents[a.contrib_idx[base + r - 1] - s].sid * D, D);
         PairEval pe;
         eval_pair(en.T, en.KL, en.cx, en.cy, en.op, fx, fy, zn, INFINITY, pe);
         if (pe.p[2] == 0.0f) continue;  // cannot happen for a forward contributor
@@ -229,7 +293,7 @@ inline int64_t count_of(const int64_t* excl, int64_t total, int n, int i) {
 }  // namespace
 
 void cpu_preprocess(RasterArgs& a) {
-  const bool lever = a.D > 0 && a.col_c0 != nullptr;
+  const bool lever = a.D > 0 && a.col_c0 != nullptr && a.nd_mask == nullptr;  // subsampled: no lever
 #pragma omp parallel for num_threads(a.nthreads) schedule(static)
   for (int i = 0; i < a.N; ++i) {
     float* g = a.geom + (int64_t)i * GEOM_STRIDE;
@@ -366,6 +430,7 @@ void cpu_forward(RasterArgs& a) {
   {
     Scratch sc;
     sc.F.assign((size_t)std::max(a.D, 1), 0.0f);
+    sc.G.assign((size_t)std::max(a.D, 1), 0.0f);
     sc.FV.assign((size_t)std::max(a.Dr, 1), 0.0f);
 #pragma omp for schedule(dynamic, 1)
     for (int t = 0; t < ntiles; ++t) forward_tile(a, t, sc);

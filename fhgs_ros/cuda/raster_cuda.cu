@@ -25,6 +25,12 @@
 #include "raster_api.h"
 #include "raster_math.h"
 
+// Every kernel launch goes through FHGS_LAUNCH so that the same file also runs on the CPU
+// execution harness (emu/cuda_emu.h defines its own FHGS_LAUNCH; see README.md).
+#ifndef FHGS_LAUNCH
+#define FHGS_LAUNCH(kernel, grid, block, smem, stream, ...) kernel<<<grid, block, smem, stream>>>(__VA_ARGS__)
+#endif
+
 namespace fhgs {
 
 namespace {
@@ -360,7 +366,7 @@ int cuda_device_count(char* err) {
 int cuda_preprocess(RasterArgs& a, intptr_t stream, char* err) {
   if (a.N == 0) return 0;
   cudaStream_t st = (cudaStream_t)stream;
-  k_preprocess<<<(a.N + 255) / 256, 256, 0, st>>>(a);
+  FHGS_LAUNCH(k_preprocess, (a.N + 255) / 256, 256, 0, st, a);
   return launch_check("preprocess", err);
 }
 
@@ -379,7 +385,7 @@ int cuda_bin(RasterArgs& a, intptr_t stream, char* err) {
   const int W = a.cam.width, H = a.cam.height;
   const int ntx = tiles_x(W), ntiles = ntx * tiles_y(H);
   if (a.E > 0) {
-    k_duplicate<<<(a.N + 255) / 256, 256, 0, st>>>(a, ntx);
+    FHGS_LAUNCH(k_duplicate, (a.N + 255) / 256, 256, 0, st, a, ntx);
     if (launch_check("duplicate", err)) return 1;
     size_t bytes = (size_t)a.sort_temp_bytes;
     cudaError_t e = cub::DeviceRadixSort::SortPairs(a.sort_temp, bytes, (const uint64_t*)a.keys_in,
@@ -387,7 +393,7 @@ int cuda_bin(RasterArgs& a, intptr_t stream, char* err) {
                                                     (int)a.E, 0, 32 + tile_bits(ntiles), st);
     if (fail(e, "radix sort", err)) return 1;
   }
-  k_ranges<<<(ntiles + 1 + 255) / 256, 256, 0, st>>>(a, ntiles);
+  FHGS_LAUNCH(k_ranges, (ntiles + 1 + 255) / 256, 256, 0, st, a, ntiles);
   return launch_check("ranges", err);
 }
 
@@ -395,12 +401,12 @@ int cuda_lever(RasterArgs& a, intptr_t stream, char* err) {
   cudaStream_t st = (cudaStream_t)stream;
   const int64_t ncell = (int64_t)a.gh * a.gw;
   const int64_t npix = (int64_t)a.cam.width * a.cam.height;
-  k_gram<<<(unsigned)((ncell + 127) / 128), 128, 0, st>>>(a);
+  FHGS_LAUNCH(k_gram, (unsigned)((ncell + 127) / 128), 128, 0, st, a);
   if (launch_check("lever gram", err)) return 1;
-  k_invn<<<(unsigned)((npix + 255) / 256), 256, 0, st>>>(a);
+  FHGS_LAUNCH(k_invn, (unsigned)((npix + 255) / 256), 256, 0, st, a);
   if (launch_check("lever norm", err)) return 1;
   if (a.N > 0 && a.lever_total > 0) {
-    k_lever_table<<<a.N, 64, 0, st>>>(a);
+    FHGS_LAUNCH(k_lever_table, a.N, 64, 0, st, a);
     if (launch_check("lever table", err)) return 1;
   }
   return 0;
@@ -409,17 +415,17 @@ int cuda_lever(RasterArgs& a, intptr_t stream, char* err) {
 int cuda_forward(RasterArgs& a, intptr_t stream, char* err) {
   cudaStream_t st = (cudaStream_t)stream;
   dim3 grid(tiles_x(a.cam.width), tiles_y(a.cam.height)), block(TILE, TILE);
-  k_forward<<<grid, block, 0, st>>>(a);
+  FHGS_LAUNCH(k_forward, grid, block, 0, st, a);
   return launch_check("forward", err);
 }
 
 int cuda_backward(RasterArgs& a, intptr_t stream, char* err) {
   cudaStream_t st = (cudaStream_t)stream;
   dim3 grid(tiles_x(a.cam.width), tiles_y(a.cam.height)), block(TILE, TILE);
-  k_backward<<<grid, block, 0, st>>>(a);
+  FHGS_LAUNCH(k_backward, grid, block, 0, st, a);
   if (launch_check("backward", err)) return 1;
   if (a.N > 0) {
-    k_surfel_backward<<<(a.N + 255) / 256, 256, 0, st>>>(a);
+    FHGS_LAUNCH(k_surfel_backward, (a.N + 255) / 256, 256, 0, st, a);
     if (launch_check("surfel backward", err)) return 1;
   }
   return 0;

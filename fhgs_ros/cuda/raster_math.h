@@ -2,7 +2,7 @@
 // CPU backend (raster_cpu.cpp) and the CUDA backend (raster_cuda.cu).
 //
 // Every function here is a plain inline function usable as __host__ __device__. The algorithm is
-// the one of FHGS_SPEC.md sections 2-4 and of fhgs_ros/core/reference.py, which is the ground
+// the one of docs/METHOD.md §2-§4 and of fhgs_ros/core/reference.py, which is the ground
 // truth these functions are tested against (test/test_native_equivalence.py):
 //   * projection: T = P [s_u t_u, s_v t_v, p] (rows Tu, Tv, Tw), 2DGS screen bounds, culling;
 //   * ray-surfel intersection (u, v) = (k x l).xy / (k x l).z, k = x Tw - Tu, l = y Tw - Tv;
@@ -621,6 +621,42 @@ inline void ndfd_backward_pass_host(float* V, float* S, const float* f, int D, f
   }
   *a_out = a;
   *b_out = b;
+}
+
+// Forward feature pass of a subsampled NDFD pixel, which reads its GT directly (no lever table):
+// returns F_{i-1} . f_i, writes G . f_i (G: the pixel's unit GT feature) to *gdot, F += w f_i.
+inline float ndfd_forward_pass_gt_host(float* F, const float* G, const float* f, int D, float w, float* gdot) {
+  fv16 a0 = {}, a1 = {}, g0 = {}, g1 = {};
+  int d = 0;
+  for (; d + 32 <= D; d += 32) {
+    fv16 F0 = fv_load(F + d), F1 = fv_load(F + d + 16), f0 = fv_load(f + d), f1 = fv_load(f + d + 16);
+    a0 += F0 * f0;
+    a1 += F1 * f1;
+    g0 += fv_load(G + d) * f0;
+    g1 += fv_load(G + d + 16) * f1;
+    fv_store(F + d, F0 + w * f0);
+    fv_store(F + d + 16, F1 + w * f1);
+  }
+  for (; d + 16 <= D; d += 16) {
+    fv16 F0 = fv_load(F + d), f0 = fv_load(f + d);
+    a0 += F0 * f0;
+    g0 += fv_load(G + d) * f0;
+    fv_store(F + d, F0 + w * f0);
+  }
+  float a = fv_sum(a0 + a1), g = fv_sum(g0 + g1);
+  for (; d < D; ++d) {
+    float Fd = F[d];
+    a += Fd * f[d];
+    g += G[d] * f[d];
+    F[d] = Fd + w * f[d];
+  }
+  *gdot = g;
+  return a;
+}
+
+// Prefetch a feature row (D floats) into the cache ahead of its pass.
+inline void prefetch_row(const float* f, int D) {
+  for (int d = 0; d < D; d += 16) __builtin_prefetch(f + d, 0, 1);
 }
 
 // CPU backward pass when F_{k-1} . f_k is known from the forward record: returns

@@ -296,6 +296,8 @@ def load_colmap(path: str | Path, downscale: float = 1.0, load_images: bool = Tr
     img_dir = _images_dir(model_dir)
     root = img_dir.parent
     order = sorted(imgs.values(), key=lambda im: im.name)
+    from fhgs_ros.datasets.masks import find_mask, load_mask, mask_folder
+    mask_dir = mask_folder(root, img_dir.name)
     frames: list[Frame] = []
     for im in order:
         field = f"image {im.image_id} ('{im.name}')"
@@ -333,7 +335,13 @@ def load_colmap(path: str | Path, downscale: float = 1.0, load_images: bool = Tr
             lp = find_side_file(root, "labels", stem, exts=(".png",))
             if lp is not None:
                 labels = load_labels(lp, lp, "labels", size=size)
+            mp = find_mask(mask_dir, im.name)
+            if mp is not None:  # masks/<name>.png (COLMAP convention) or masks/<stem>[_mask].png: True = object
+                mk = load_mask(mp, size, mp)
+                mask = mk if mask is None else mask & mk
             if c.dist.has_distortion:
+                if mask is not None:
+                    mask = undistort_frame(mask[None].double(), c.dist, cam, nearest=True)[0][0] > 0.5
                 image, valid = undistort_frame(image, c.dist, cam)
                 mask = valid if mask is None else mask & valid
         frames.append(Frame(cam, image, path=str(ipath.relative_to(root)), depth=depth, labels=labels, mask=mask))

@@ -325,7 +325,7 @@ def depth_to_u16(depth: torch.Tensor, scale: float = DEPTH_SCALE_MM) -> np.ndarr
 def load_extras(ds: Dataset, root: Path, load_points: bool = True) -> None:
     """Fill ``ds`` with the optional GT files in ``root`` (scene.json, gt_mesh.ply, gt_points.ply,
     points3d.ply + tracks.npz). Missing files are skipped; unreadable ones raise DatasetError."""
-    from fhgs_ros.datasets.ply import PlyError, read_ply
+    from fhgs_ros.core.ply import PlyError, read_ply
 
     scene = root / SCENE_JSON
     if scene.is_file():
@@ -422,7 +422,7 @@ def write_extras(ds: Dataset, out: Path, write_points: bool = True, scene_extra:
     """Write scene.json (label names/colours + ``scene_extra``), gt_mesh.ply, gt_points.ply and
     points3d.ply + tracks.npz for whatever ``ds`` has."""
     from fhgs_ros.core.fileio import atomic_write_bytes, atomic_write_json
-    from fhgs_ros.datasets.ply import write_mesh_ply, write_point_ply
+    from fhgs_ros.core.ply import write_mesh_ply, write_point_ply
 
     if ds.label_names is not None or scene_extra:
         s = dict(ds.meta.get("scene", {})) if isinstance(ds.meta.get("scene"), dict) else {}

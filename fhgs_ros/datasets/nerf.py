@@ -87,7 +87,7 @@ def load_nerf(path: str | Path, downscale: float = 1.0, background: float = 1.0,
     ply_rel = meta0.get("ply_file_path") if isinstance(meta0, dict) else None
     if isinstance(ply_rel, str) and ply_rel and Path(ply_rel).name != "points3d.ply" and (root / ply_rel).is_file():
         from fhgs_ros.datasets.common import _ply_points
-        from fhgs_ros.datasets.ply import PlyError, read_ply
+        from fhgs_ros.core.ply import PlyError, read_ply
         try:
             ds.points = _ply_points(read_ply(root / ply_rel), root / ply_rel)
         except (PlyError, OSError) as exc:

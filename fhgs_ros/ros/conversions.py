@@ -63,10 +63,6 @@ def depth_to_array(msg: Image) -> np.ndarray:
                         what=f"depth ({msg.width}x{msg.height} {msg.encoding})")
 
 
-def camera_info_to_intrinsics(msg: CameraInfo) -> Intrinsics:
-    return make_intrinsics(msg.width, msg.height, list(msg.k), list(msg.d), msg.distortion_model)
-
-
 def intrinsics_to_camera_info(intr: Intrinsics, header: Header | None = None) -> CameraInfo:
     m = CameraInfo()
     if header is not None:

@@ -229,12 +229,13 @@ class FHGSNode(Node):
         self.engine.start(self.supervisor)  # worker loops restarted when they raise; health in /diagnostics
         self._render_thread = self.supervisor.spawn("fhgs-render", self._render_loop)
         from fhgs_ros.core.render import native_rasterizer
+        from fhgs_ros.features.selection import describe_extractor
         raster = "native" if self.cfg.mapper.backend != "reference" and native_rasterizer() is not None else \
             "PyTorch reference (slow: build the native extension with make setup)"
         self.log.info(f"fhgs_node ready: features {self.engine.model_id} ({self.engine.dim}-d), pose from "
                       f"{nc.pose_source}, map_frame '{nc.map_frame}', map_path '{nc.map_path}', "
                       f"{len(self.engine.state.surfels)} surfels, rasterizer {raster}, torch threads "
-                      f"{torch.get_num_threads()}")
+                      f"{torch.get_num_threads()}; {describe_extractor(self.extractor)}")
 
     # ------------------------------------------------------------------ parameters
     def _on_set_parameters(self, params) -> SetParametersResult:
@@ -793,7 +794,8 @@ class FHGSNode(Node):
         return self.sam_parts
 
     def _srv_segment(self, req, res):
-        from fhgs_ros.core.query import QueryError, segment_view
+        from fhgs_ros.core.query import QueryError
+        from fhgs_ros.features.segment import segment_view
 
         self.counters.inc("service_calls")
         st = self.engine.state
@@ -827,7 +829,7 @@ class FHGSNode(Node):
         return res
 
     def _srv_export_mesh(self, req, res):
-        from fhgs_ros.core.mesh import vertex_colors_from_surfels, write_mesh_obj, write_mesh_ply
+        from fhgs_ros.core.mesh import save_mesh_ply, vertex_colors_from_surfels, write_mesh_obj
 
         self.counters.inc("service_calls")
         st = self.engine.state
@@ -849,7 +851,7 @@ class FHGSNode(Node):
             elif color == "none":
                 mesh.colors = None
             self.map_dir.prepare_write(p, "export_mesh")  # never replaces a file that is not ours
-            (write_mesh_ply if fmt == "ply" else write_mesh_obj)(mesh, p)
+            (save_mesh_ply if fmt == "ply" else write_mesh_obj)(mesh, p)
         except (InputError, Rejected) as exc:
             res.success, res.message = False, self._srv_error(exc.kind, str(exc))
             return res

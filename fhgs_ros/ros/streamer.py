@@ -82,7 +82,7 @@ class Capture:
 
 
 class SceneStreamer(Node):
-    """Publishes a synthetic stream to a node under ``target_ns`` (topic names of DESIGN.md)."""
+    """Publishes a synthetic stream to a node under ``target_ns`` (topic names of docs/ARCHITECTURE.md §4)."""
 
     def __init__(self, name: str = "fhgs_test_streamer", target_ns: str = "", map_frame: str = "map",
                  camera_frame: str = "camera_optical", base_frame: str = "base_link", **kwargs):

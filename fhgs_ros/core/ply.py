@@ -1,4 +1,7 @@
-"""Minimal PLY reader/writer (numpy only; no trimesh / plyfile dependency).
+"""The package's one PLY codec (numpy only; no trimesh / plyfile dependency).
+
+Meshes (``core.mesh``), map export (``core.storage.export_ply``) and the dataset point clouds and
+ground-truth meshes (``datasets``) are thin adapters on :func:`write_ply` / :func:`read_ply`.
 
 Writes ``binary_little_endian`` (default) or ``ascii`` PLY; reads both plus
 ``binary_big_endian``. Elements are given as ``{name: {property: array}}`` in order; a property
@@ -120,7 +123,7 @@ def write_ply(path: str | os.PathLike, elements: dict[str, dict[str, np.ndarray]
 
 
 def write_point_ply(path: str | os.PathLike, xyz, rgb=None, extra: dict[str, np.ndarray] | None = None,
-                    binary: bool = True) -> None:
+                    binary: bool = True, comments: list[str] | None = None) -> None:
     """Points as PLY: float x, y, z; uchar red, green, blue (``rgb`` in [0, 1]); extra scalar properties."""
     xyz = np.asarray(xyz, dtype=np.float32).reshape(-1, 3)
     props = {"x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2]}
@@ -129,11 +132,11 @@ def write_point_ply(path: str | os.PathLike, xyz, rgb=None, extra: dict[str, np.
         props.update(red=c[:, 0], green=c[:, 1], blue=c[:, 2])
     for k, v in (extra or {}).items():
         props[k] = np.asarray(v)
-    write_ply(path, {"vertex": props}, binary=binary)
+    write_ply(path, {"vertex": props}, binary=binary, comments=comments)
 
 
 def write_mesh_ply(path: str | os.PathLike, vertices, faces, face_labels=None, vertex_rgb=None,
-                   binary: bool = True) -> None:
+                   binary: bool = True, comments: list[str] | None = None) -> None:
     """Triangle mesh as PLY: float x, y, z (+ uchar rgb); faces as ``vertex_indices`` (+ ``label``)."""
     v = np.asarray(vertices, dtype=np.float32).reshape(-1, 3)
     f = np.asarray(faces, dtype=np.int32).reshape(-1, 3)
@@ -144,7 +147,7 @@ def write_mesh_ply(path: str | os.PathLike, vertices, faces, face_labels=None, v
     fp = {"vertex_indices": f}
     if face_labels is not None:
         fp["label"] = np.asarray(face_labels).astype(np.int32)
-    write_ply(path, {"vertex": vp, "face": fp}, binary=binary)
+    write_ply(path, {"vertex": vp, "face": fp}, binary=binary, comments=comments)
 
 
 def _parse_header(data: bytes, name: str):

@@ -1,0 +1,273 @@
+"""``fhgs-bench step``: one full mapper step, FHGS (NDFD on) against plain 2DGS (NDFD off).
+
+For each configuration (image size, surfel count, D = 256) it builds the synthetic room of
+``fhgs-bench raster`` (``bench_scene``) as a ``SurfelMap`` (SH degree 3, as after the first
+3000 iterations), a ground-truth image rendered from the unperturbed scene and the scene's
+64-cell GT feature grid, two ``Mapper``s (``ndfd_enabled`` True / False, otherwise the same
+``MapperConfig``) on a copy of a perturbed map each, and times ``Mapper.step()`` (render, L1 +
+D-SSIM, NDFD losses, backward, density statistics, Adam) interleaved FHGS / 2DGS, median over
+``--repeats`` after a warm-up. It also reports, in the same run:
+
+* ``rgb_kernel_ms``: the native RGB-only forward + backward (the loss of ``fhgs-bench raster``);
+  with ``--baseline-so PATH`` also the same for another build of the extension (for example the
+  previous commit's ``fhgs_ros/_native*.so``), interleaved, and the speed-up;
+* ``ndfd_full_step_ms``: the FHGS step with NDFD evaluated at every pixel
+  (``MapperConfig.ndfd_stride = 1``, the pre-subsampling behaviour) when the default subsamples;
+* ``bytes_per_surfel_memory``: every tensor of the map plus the Adam moments, per surfel;
+  ``bytes_per_surfel_file``: the size of the compact ``save_map(..., compact=True)`` file per
+  surfel (``bytes_per_surfel_file_v1``: the default, bit-exact version-1 file);
+* with ``--f3dgs``: a Feature-3DGS-style step (blended D-channel feature image, L1 against the
+  bilinearly upsampled GT features, gradients into the features and the geometry, plus the RGB
+  loss, Adam over features and geometry). The native kernel composites 3 channels per pass, so
+  the D channels are rendered in ceil(D/3) passes of the colour path (forward, L1, backward per
+  chunk: the L1 is separable by channel, so the gradients are exact); this repeats the
+  per-pair geometry work per chunk, which a dedicated D-channel kernel would share, so the ratio
+  is an upper bound of what a Feature-3DGS CPU kernel would cost here.
+
+Writes ``bench/results/step.json`` (a list of records with ``width, height, surfels, dim,
+fhgs_step_ms, twodgs_step_ms, ratio, rgb_kernel_ms, bytes_per_surfel_memory,
+bytes_per_surfel_file`` and the extras above) and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+import torch.nn.functional as F
+
+from fhgs_ros.core import native
+from fhgs_ros.core.mapper import Keyframe, Mapper, MapperConfig
+from fhgs_ros.core.reference import sample_grid
+from fhgs_ros.core.storage import save_map
+from fhgs_ros.core.surfels import SurfelMap
+
+from fhgs_ros.bench.raster import PARAMS, bench_scene
+
+DEFAULT_CONFIGS = ((480, 270, 50_000), (640, 480, 150_000))
+QUICK_CONFIGS = ((160, 96, 4_000),)
+
+
+# ------------------------------------------------------------------------------------------ setup
+def scene_map(scene: dict, seed: int = 1) -> SurfelMap:
+    """The bench scene as a SurfelMap (features raw = the unit features), geometry and colours perturbed."""
+    g = torch.Generator().manual_seed(seed)
+    n = scene["means"].shape[0]
+    m = SurfelMap.create(scene["means"] + 0.01 * torch.randn(n, 3, generator=g),
+                         (scene["colors"] + 0.1 * torch.randn(n, 3, generator=g)).clamp(0, 1),
+                         scene["features_unit"], scales=scene["scales"], quats=scene["quats"],
+                         opacity=scene["opacity"])
+    m.sh_rest.data.normal_(0.0, 0.02, generator=g)
+    m.sh_degree = 3
+    return m
+
+
+def gt_image(scene: dict) -> torch.Tensor:
+    with torch.no_grad():
+        r = native.rasterize_native(*[scene[k] for k in PARAMS], scene["camera"])
+    return r.rgb.clamp(0, 1).contiguous()
+
+
+def make_mapper(scene: dict, image: torch.Tensor, ndfd: bool, **cfg_over) -> Mapper:
+    cfg = MapperConfig(ndfd_enabled=ndfd, **cfg_over)
+    m = Mapper(cfg, scene["features_unit"].shape[1], extent=6.0)
+    m.add_surfels(scene_map(scene))
+    m.surfels.sh_degree = 3
+    m.add_keyframe(Keyframe(scene["camera"], image, scene["target"]))
+    return m
+
+
+def bytes_per_surfel_memory(m: Mapper) -> float:
+    """Bytes of every map tensor plus the optimizer state, per surfel."""
+    total = sum(t.numel() * t.element_size() for t in m.surfels._tensor_fields().values())
+    for st in m.opt.opt.state.values():
+        total += sum(v.numel() * v.element_size() for v in st.values()
+                     if isinstance(v, torch.Tensor) and v.dim() > 0)
+    return total / max(len(m.surfels), 1)
+
+
+def bytes_per_surfel_file(m: Mapper, compact: bool = True) -> float:
+    """Size of the ``save_map`` file per surfel (compact: the version-2 layout, see core/storage.py)."""
+    with tempfile.TemporaryDirectory() as d:
+        p = os.path.join(d, "map.safetensors")
+        save_map(p, m.surfels, compact=compact)
+        return os.path.getsize(p) / max(len(m.surfels), 1)
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return 1000 * (time.perf_counter() - t0)
+
+
+# ------------------------------------------------------------------------------------- kernels
+def rgb_kernel(scene: dict) -> None:
+    """Native RGB-only forward + backward with the loss of ``fhgs-bench raster``."""
+    ps = [scene[k].detach().clone().requires_grad_(True) for k in PARAMS]
+    r = native.rasterize_native(*ps, scene["camera"])
+    loss = r.rgb.sum() + r.alpha.sum() + r.depth.sum() + r.normal.sum() + 100.0 * r.distortion.sum()
+    loss.backward()
+
+
+def load_extension(path: str):
+    """Load another build of ``fhgs_ros._native`` (e.g. the previous commit's) under a private name."""
+    spec = importlib.util.spec_from_file_location("fhgs_bench_baseline._native", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(f"cannot load {path}")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def with_extension(ext, fn):
+    """Run ``fn`` with ``native._ext`` swapped for ``ext``."""
+    saved = native._ext
+    native._ext = ext
+    try:
+        return fn()
+    finally:
+        native._ext = saved
+
+
+# --------------------------------------------------------------------------- Feature-3DGS style
+def f3dgs_step(scene: dict, image: torch.Tensor, state: dict) -> None:
+    """One Feature-3DGS-style step (see the module docstring); ``state`` keeps the Adam optimizer."""
+    if "params" not in state:
+        m = scene_map(scene)
+        ps = {"means": m.means, "quats": m.quats, "log_scales": m.log_scales, "opacity_logit": m.opacity_logit,
+              "sh_dc": m.sh_dc, "features": torch.nn.Parameter(scene["features_unit"].clone())}
+        state["params"] = ps
+        state["opt"] = torch.optim.Adam(list(ps.values()), lr=1e-3, eps=1e-15)
+        cam = scene["camera"]
+        with torch.no_grad():
+            ys, xs = torch.meshgrid(torch.arange(cam.height), torch.arange(cam.width), indexing="ij")
+            raw = sample_grid(scene["target"], torch.stack([xs.reshape(-1), ys.reshape(-1)], -1))
+            state["gt_feat"] = raw.T.reshape(-1, cam.height, cam.width).float().contiguous()  # (D, H, W)
+    ps, cam = state["params"], scene["camera"]
+    scales, op = torch.exp(ps["log_scales"]), torch.sigmoid(ps["opacity_logit"]).squeeze(-1)
+    colors = torch.clamp_min(0.28209479177387814 * ps["sh_dc"][:, 0] + 0.5, 0.0)
+    geo = (ps["means"], ps["quats"], scales, op)
+    r = native.rasterize_native(*geo, colors, cam)
+    loss = 0.8 * (r.rgb - image).abs().mean() + 0.2 * (1 - _ssim(r.rgb, image))
+    loss.backward(retain_graph=True)
+    d = ps["features"].shape[1]
+    gt = state["gt_feat"]
+    for c in range(0, d, 3):
+        chunk = ps["features"][:, c:c + 3]
+        pad = 3 - chunk.shape[1]
+        if pad:
+            chunk = F.pad(chunk, (0, pad))
+        rf = native.rasterize_native(*geo, chunk, cam)
+        lf = (rf.rgb[:3 - pad] - gt[c:c + 3]).abs().sum() / gt.numel()
+        lf.backward(retain_graph=c + 3 < d)
+    state["opt"].step()
+    state["opt"].zero_grad(set_to_none=True)
+
+
+def _ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    from fhgs_ros.core.losses import ssim
+    return ssim(a, b)
+
+
+# ------------------------------------------------------------------------------------------- main
+def measure(width: int, height: int, n: int, dim: int, repeats: int, baseline, f3dgs: bool) -> dict:
+    scene = bench_scene(width, height, n, dim)
+    image = gt_image(scene)
+    fh = make_mapper(scene, image, True)
+    tw = make_mapper(scene, image, False)
+    full = make_mapper(scene, image, True, ndfd_stride=1) if fh.cfg.ndfd_stride != 1 else None
+    for m in (fh, tw) + ((full,) if full else ()):
+        m.step()  # warm-up (allocations, first-touch)
+    rgb_kernel(scene)
+    if baseline is not None:
+        with_extension(baseline, lambda: rgb_kernel(scene))
+    t_fh, t_tw, t_full, t_k, t_kb = [], [], [], [], []
+    for _ in range(repeats):
+        t_fh.append(_timed(fh.step))
+        t_tw.append(_timed(tw.step))
+        if full is not None:
+            t_full.append(_timed(full.step))
+        t_k.append(_timed(lambda: rgb_kernel(scene)))
+        if baseline is not None:
+            t_kb.append(with_extension(baseline, lambda: _timed(lambda: rgb_kernel(scene))))
+    med = statistics.median
+    rec = {
+        "width": width, "height": height, "surfels": n, "dim": dim,
+        "fhgs_step_ms": med(t_fh), "twodgs_step_ms": med(t_tw), "ratio": med(t_fh) / med(t_tw),
+        "rgb_kernel_ms": med(t_k),
+        "bytes_per_surfel_memory": bytes_per_surfel_memory(fh),
+        "bytes_per_surfel_file": bytes_per_surfel_file(fh),
+        "bytes_per_surfel_file_v1": bytes_per_surfel_file(fh, compact=False),
+        "ndfd_stride": fh.cfg.ndfd_stride,
+        "ndfd_full_step_ms": med(t_full) if t_full else med(t_fh),
+        "ndfd_full_ratio": (med(t_full) if t_full else med(t_fh)) / med(t_tw),
+        "rgb_kernel_baseline_ms": med(t_kb) if t_kb else None,
+        "rgb_kernel_speedup": med(t_kb) / med(t_k) if t_kb else None,
+        "repeats": repeats, "threads": torch.get_num_threads(),
+        "samples_ms": {"fhgs": t_fh, "twodgs": t_tw, "ndfd_full": t_full, "rgb_kernel": t_k,
+                       "rgb_kernel_baseline": t_kb},
+    }
+    if f3dgs:
+        st: dict = {}
+        f3dgs_step(scene, image, st)  # warm-up
+        t = [_timed(lambda: f3dgs_step(scene, image, st)) for _ in range(max(1, repeats // 3))]
+        rec["f3dgs_step_ms"] = med(t)
+        rec["f3dgs_over_fhgs"] = med(t) / med(t_fh)
+    return rec
+
+
+def run(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="fhgs-bench step", description=__doc__.split("\n")[0])
+    ap.add_argument("--configs", default=",".join(f"{w}x{h}x{n}" for w, h, n in DEFAULT_CONFIGS),
+                    help="comma-separated WIDTHxHEIGHTxSURFELS, default %(default)s")
+    ap.add_argument("--quick", action="store_true", help=f"smoke-test size {QUICK_CONFIGS[0]}, 2 repeats")
+    ap.add_argument("--dim", type=int, default=256, help="feature width D")
+    ap.add_argument("--repeats", type=int, default=5, help="interleaved steps per variant (median)")
+    ap.add_argument("--baseline-so", default=None,
+                    help="another build of fhgs_ros/_native*.so to time the RGB kernel against")
+    ap.add_argument("--f3dgs", action="store_true",
+                    help="also time a Feature-3DGS-style step at the first configuration (slow)")
+    ap.add_argument("--out", default=os.path.join("bench", "results", "step.json"))
+    args = ap.parse_args(argv)
+    if not native.native_available():
+        print(f"fhgs-bench step: native extension not built ({native.native_import_error()}); run `make setup`")
+        return 1
+    configs = QUICK_CONFIGS if args.quick else [tuple(int(v) for v in tok.lower().split("x"))
+                                                for tok in args.configs.split(",")]
+    repeats = 2 if args.quick else args.repeats
+    baseline = load_extension(args.baseline_so) if args.baseline_so else None
+    print(f"fhgs-bench step: {native.build_info()}, {torch.get_num_threads()} threads, "
+          f"{platform.processor() or platform.machine()}")
+    header = (f"{'size':>9} {'surfels':>7} {'D':>4} {'fhgs ms':>8} {'2dgs ms':>8} {'ratio':>6} {'full ms':>8} "
+              f"{'fullratio':>9} {'rgb ms':>7} {'base ms':>8} {'B/mem':>6} {'B/file':>6} {'f3dgs':>7}")
+    print(header)
+    print("-" * len(header))
+    records = []
+    for i, (w, h, n) in enumerate(configs):
+        rec = measure(w, h, n, args.dim, repeats, baseline, args.f3dgs and i == 0)
+        records.append(rec)
+        base = f"{rec['rgb_kernel_baseline_ms']:8.1f}" if rec["rgb_kernel_baseline_ms"] else f"{'-':>8}"
+        f3 = f"{rec['f3dgs_over_fhgs']:6.1f}x" if "f3dgs_over_fhgs" in rec else f"{'-':>7}"
+        print(f"{w:>4}x{h:<4} {n:>7} {args.dim:>4} {rec['fhgs_step_ms']:8.1f} {rec['twodgs_step_ms']:8.1f} "
+              f"{rec['ratio']:6.3f} {rec['ndfd_full_step_ms']:8.1f} {rec['ndfd_full_ratio']:9.3f} "
+              f"{rec['rgb_kernel_ms']:7.1f} {base} {rec['bytes_per_surfel_memory']:6.0f} "
+              f"{rec['bytes_per_surfel_file']:6.0f} {f3}", flush=True)
+    ok = all(r["ratio"] <= 1.15 for r in records)
+    print(f"target: FHGS step <= 1.15x the 2DGS step: {'met' if ok else 'NOT met'}")
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as fh:
+        json.dump(records, fh, indent=2)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(run())

@@ -1,0 +1,646 @@
+"""Depth from posed RGB keyframes alone: plane-sweep stereo (dense) and feature triangulation (sparse).
+
+For cameras without a depth sensor. Everything is derived from the images and their known poses;
+nothing assumes the scene's metric scale (scaling the world scales every depth returned here).
+
+Dense (:func:`estimate_depth`): fronto-parallel plane sweep in the reference camera at a reduced
+working resolution (``MVSConfig.long_side``), with ``num_depths`` hypotheses uniform in inverse
+depth, a zero-mean normalised cross-correlation (ZNCC) cost over a ``window`` x ``window`` patch
+on grey images, and occlusion-robust aggregation over the source views (mean of the best half).
+Winner-takes-all with parabolic sub-hypothesis refinement. The confidence per pixel (0 = none,
+else the aggregated ZNCC in (0, 1]) is zero where the patch is textureless, where the best ZNCC is
+low, where a different depth scores nearly as well (repetitive texture), where the optimum sits at
+the end of the range, or outside the caller's mask.
+
+Inverse-depth range, first match wins: the caller's ``depth_range``; the 5th-95th percentile of
+sparse ORB points triangulated against the sources (widened by ``range_margin``); else the
+disparity range the baselines allow: from ``max_disparity`` x image width down to half a pixel.
+
+Sparse (:func:`triangulate_pair`): ORB (or SIFT) features matched with a ratio test, filtered by
+the epipolar constraint of the known poses, triangulated (``cv2.triangulatePoints``) and kept
+when they reproject within tolerance, lie in front of both cameras and have a usable parallax.
+
+Source views (:func:`select_source_views`): MVSNet-style score of the triangulation angle at a
+point on the reference ray at a scene-depth hint (from the caller, e.g. the map's rendered depth,
+or where the optical axes of the two cameras pass closest), which must project into the source.
+
+Online use (:class:`KeyframeBuffer`): a bounded buffer of downscaled grey keyframes; each new
+keyframe is matched against the best of them. A keyframe without usable sources (the first one)
+gets no depth; it waits in the buffer (until ``min_sources`` usable sources exist: with the default 1,
+the first keyframe waits for the second) and is estimated then.
+
+Frames: cameras are :class:`fhgs_ros.core.camera.Camera` (OpenCV axes, world -> camera); depth is
+camera z in world units.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from fhgs_ros.core.camera import Camera
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class MVSConfig:
+    """Plane-sweep stereo settings (pixels are working-resolution pixels)."""
+
+    long_side: int = 160              # working resolution: long image side in pixels
+    num_depths: int = 64              # inverse-depth hypotheses
+    window: int = 7                   # ZNCC patch side (odd)
+    num_sources: int = 4              # source views per reference
+    min_sources: int = 1              # online (KeyframeBuffer): fewer usable sources -> the keyframe waits
+    min_zncc: float = 0.5             # aggregated ZNCC below this: no depth
+    min_texture: float = 0.015        # patch intensity std (grey in [0, 1]) below this: textureless
+    min_margin: float = 0.05          # best minus best score outside +-3 hypotheses below this: ambiguous
+    edge_ratio: float = 0.1           # depth jump (relative) that marks an edge; 0 disables the edge filter
+    fill_radius: int = 8              # holes filled from measured depths within this many pixels (0: no filling)
+    fill_max_spread: float = 0.05     # ... where their inverse depths vary by at most this share
+    fill_confidence: float = 0.25     # confidence given to filled pixels
+    fill_passes: int = 2              # further passes double the radius and spread and halve the confidence
+    min_agree: int = 2                # sources whose own ZNCC peak is within +-2 hypotheses of the result
+    max_disparity: float = 0.25       # fallback range: largest disparity, fraction of the image width
+    range_margin: float = 1.5         # sparse range widened by this factor at both ends
+    sparse_features: int = 1000       # ORB features per image for the range (0: skip the sparse step)
+    min_angle_deg: float = 1.0        # source views with less parallax at the hint depth are not used
+    ideal_angle_deg: float = 10.0     # preferred triangulation angle for source selection
+
+
+@dataclass
+class MVSView:
+    """A keyframe prepared for stereo: grey image at working resolution and its camera."""
+
+    gray: np.ndarray                  # (h, w) float32 in [0, 1]
+    camera: Camera                    # intrinsics scaled to ``gray``
+    name: str = ""
+
+
+@dataclass
+class MVSResult:
+    """Depth (H, W) camera z (0 = none) and confidence (H, W) in [0, 1] (0 = do not use)."""
+
+    depth: torch.Tensor
+    confidence: torch.Tensor
+    depth_range: tuple[float, float] = (0.0, 0.0)
+    sources: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+
+# ----------------------------------------------------------------------------- image helpers
+def to_gray(image: np.ndarray | torch.Tensor) -> np.ndarray:
+    """(H, W, 3) uint8 / (3, H, W) float in [0, 1] / (H, W) -> (H, W) float32 grey in [0, 1]."""
+    if isinstance(image, torch.Tensor):
+        a = image.detach().cpu()
+        if a.dim() == 3 and a.shape[0] in (1, 3):
+            a = a.permute(1, 2, 0)
+        a = a.numpy()
+    else:
+        a = np.asarray(image)
+    if a.dtype == np.uint8:
+        a = a.astype(np.float32) / 255.0
+    a = a.astype(np.float32, copy=False)
+    if a.ndim == 3 and a.shape[2] == 3:
+        return cv2.cvtColor(np.ascontiguousarray(a), cv2.COLOR_RGB2GRAY)
+    return np.ascontiguousarray(a.reshape(a.shape[0], a.shape[1]))
+
+
+def prepare_view(image: np.ndarray | torch.Tensor, camera: Camera, long_side: int = 160) -> MVSView:
+    """Grey, area-downscaled copy of ``image`` with ``long_side`` pixels on its long side (never upscaled)."""
+    g = to_gray(image)
+    h, w = g.shape
+    if (w, h) != (camera.width, camera.height):
+        raise ValueError(f"image {w}x{h} does not match camera {camera.width}x{camera.height}")
+    f = min(1.0, long_side / max(w, h))
+    cam = camera.scaled(f) if f < 1.0 else camera
+    if (cam.width, cam.height) != (w, h):
+        g = cv2.resize(g, (cam.width, cam.height), interpolation=cv2.INTER_AREA)
+    return MVSView(g, cam, camera.name)
+
+
+def _rel(ref: Camera, src: Camera) -> tuple[np.ndarray, np.ndarray]:
+    """(R, t) mapping reference-camera points to source-camera points (float64)."""
+    t_rs = src.world_to_cam.double().numpy() @ ref.cam_to_world.double().numpy()
+    return t_rs[:3, :3], t_rs[:3, 3]
+
+
+def _K(c: Camera) -> np.ndarray:
+    return np.array([[c.fx, 0, c.cx], [0, c.fy, c.cy], [0, 0, 1]], dtype=np.float64)
+
+
+# ----------------------------------------------------------------------------- source views
+def axis_convergence_depth(ref: Camera, src: Camera) -> float | None:
+    """Depth along the reference optical axis where it passes closest to the source's axis
+    (None when the axes are near-parallel or the point lies behind either camera)."""
+    c1, c2 = ref.center.double().numpy(), src.center.double().numpy()
+    d1 = ref.cam_to_world[:3, 2].double().numpy()
+    d2 = src.cam_to_world[:3, 2].double().numpy()
+    b = d1 @ d2
+    den = 1 - b * b
+    if den < 1e-4:
+        return None
+    w0 = c1 - c2
+    s = (b * (d2 @ w0) - (d1 @ w0)) / den
+    t = ((d2 @ w0) - b * (d1 @ w0)) / den
+    if s <= 0 or t <= 0:
+        return None
+    return float(s)
+
+
+def default_depth_hint(ref: Camera, cams: list[Camera]) -> float | None:
+    """Scene-depth guess from the poses alone: median axis-convergence depth over ``cams``, else
+    5 x the median distance to the nearest cameras (None without other cameras)."""
+    conv = [d for d in (axis_convergence_depth(ref, c) for c in cams) if d is not None]
+    if len(conv) >= max(1, len(cams) // 4):
+        return float(np.median(conv))
+    dist = sorted(float((c.center - ref.center).norm()) for c in cams)
+    dist = [d for d in dist if d > 0]
+    return 5.0 * float(np.median(dist[:4])) if dist else None
+
+
+def select_source_views(ref: Camera, cams: list[Camera], k: int = 4, depth_hint: float | None = None,
+                        min_angle_deg: float = 1.0, ideal_angle_deg: float = 10.0) -> list[int]:
+    """Indices into ``cams`` of up to ``k`` source views for ``ref``, best first.
+
+    Score (MVSNet view selection) of the triangulation angle theta at the point
+    ``ref.center + depth_hint * ref optical axis``: exp(-(theta - ideal)^2 / (2 sigma^2)) with sigma 5 deg
+    below the ideal angle and 15 deg above; the point must project inside the source image in front of
+    it, and theta must reach ``min_angle_deg``. ``depth_hint`` defaults to :func:`default_depth_hint`.
+    """
+    if not cams:
+        return []
+    if depth_hint is None:
+        depth_hint = default_depth_hint(ref, cams)
+    if depth_hint is None or not math.isfinite(depth_hint) or depth_hint <= 0:
+        return []
+    c_ref = ref.center.double().numpy()
+    p = c_ref + depth_hint * ref.cam_to_world[:3, 2].double().numpy()
+    scores = []
+    for i, c in enumerate(cams):
+        cc = c.center.double().numpy()
+        if np.linalg.norm(cc - c_ref) < 1e-9 * max(depth_hint, 1e-12):
+            continue
+        w2c = c.world_to_cam.double().numpy()
+        q = w2c[:3, :3] @ p + w2c[:3, 3]
+        if q[2] <= 0:
+            continue
+        u, v = c.fx * q[0] / q[2] + c.cx, c.fy * q[1] / q[2] + c.cy
+        if not (-0.5 <= u < c.width - 0.5 and -0.5 <= v < c.height - 0.5):
+            continue
+        a, b = c_ref - p, cc - p
+        cosang = a @ b / max(np.linalg.norm(a) * np.linalg.norm(b), 1e-300)
+        theta = math.degrees(math.acos(max(-1.0, min(1.0, cosang))))
+        if theta < min_angle_deg:
+            continue
+        sigma = 5.0 if theta <= ideal_angle_deg else 15.0
+        scores.append((math.exp(-((theta - ideal_angle_deg) ** 2) / (2 * sigma ** 2)), i))
+    scores.sort(key=lambda s: -s[0])
+    return [i for _, i in scores[:k]]
+
+
+# ----------------------------------------------------------------------------- sparse triangulation
+def triangulate_pair(gray_a: np.ndarray, cam_a: Camera, gray_b: np.ndarray, cam_b: Camera, max_features: int = 1000,
+                     detector: str = "orb", max_epipolar_px: float = 1.5, max_reproj_px: float = 1.5,
+                     min_angle_deg: float = 0.5, ratio: float | None = 0.8) -> tuple[np.ndarray, np.ndarray]:
+    """Matched features of two posed grey images (float [0, 1] or uint8) triangulated with the known poses.
+
+    Returns (world points (P, 3) float64, pixels in image a (P, 2) float64). Matches: ``detector``
+    ORB (Hamming) or SIFT (L2), brute force with Lowe's ratio test (``ratio``; None: cross-check); kept when within ``max_epipolar_px`` of
+    the epipolar line of the known poses, in front of both cameras, reprojecting within
+    ``max_reproj_px`` in both images, with a triangulation angle of at least ``min_angle_deg``.
+    """
+    def u8(g):
+        return g if g.dtype == np.uint8 else np.clip(g * 255.0 + 0.5, 0, 255).astype(np.uint8)
+
+    ia, ib = u8(gray_a), u8(gray_b)
+    if detector == "sift":
+        det, norm = cv2.SIFT_create(nfeatures=max_features), cv2.NORM_L2
+    else:
+        det, norm = cv2.ORB_create(nfeatures=max_features, edgeThreshold=15, patchSize=15), cv2.NORM_HAMMING
+    ka, da = det.detectAndCompute(ia, None)
+    kb, db = det.detectAndCompute(ib, None)
+    empty = (np.zeros((0, 3)), np.zeros((0, 2)))
+    if da is None or db is None or len(ka) < 8 or len(kb) < 8:
+        return empty
+    if ratio is None:
+        matches = cv2.BFMatcher(norm, crossCheck=True).match(da, db)
+    else:
+        knn = cv2.BFMatcher(norm).knnMatch(da, db, k=2)
+        matches = [m[0] for m in knn if len(m) == 2 and m[0].distance < ratio * m[1].distance]
+    if len(matches) < 8:
+        return empty
+    pa = np.array([ka[m.queryIdx].pt for m in matches], dtype=np.float64)
+    pb = np.array([kb[m.trainIdx].pt for m in matches], dtype=np.float64)
+    r, t = _rel(cam_a, cam_b)
+    tx = np.array([[0, -t[2], t[1]], [t[2], 0, -t[0]], [-t[1], t[0], 0]])
+    Ka, Kb = _K(cam_a), _K(cam_b)
+    fm = np.linalg.inv(Kb).T @ tx @ r @ np.linalg.inv(Ka)
+    ha = np.c_[pa, np.ones(len(pa))]
+    hb = np.c_[pb, np.ones(len(pb))]
+    lines = ha @ fm.T  # epipolar lines in b
+    epi = np.abs((lines * hb).sum(1)) / np.maximum(np.hypot(lines[:, 0], lines[:, 1]), 1e-12)
+    ok = epi <= max_epipolar_px
+    if ok.sum() < 1:
+        return empty
+    pa, pb = pa[ok], pb[ok]
+    Pa = Ka @ cam_a.world_to_cam.double().numpy()[:3]
+    Pb = Kb @ cam_b.world_to_cam.double().numpy()[:3]
+    xh = cv2.triangulatePoints(Pa, Pb, pa.T.copy(), pb.T.copy())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = (xh[:3] / xh[3]).T
+    ok = np.isfinite(x).all(1)
+    for P, pix in ((Pa, pa), (Pb, pb)):
+        q = np.c_[x, np.ones(len(x))] @ P.T
+        with np.errstate(divide="ignore", invalid="ignore"):
+            err = np.hypot(q[:, 0] / q[:, 2] - pix[:, 0], q[:, 1] / q[:, 2] - pix[:, 1])
+            ok &= (q[:, 2] > 0) & (err <= max_reproj_px)
+    ca, cb = cam_a.center.double().numpy(), cam_b.center.double().numpy()
+    va, vb = ca - x, cb - x
+    cosang = (va * vb).sum(1) / np.maximum(np.linalg.norm(va, axis=1) * np.linalg.norm(vb, axis=1), 1e-300)
+    ok &= cosang <= math.cos(math.radians(min_angle_deg))
+    return x[ok], pa[ok]
+
+
+def _sparse_range(ref: MVSView, srcs: list[MVSView], cfg: MVSConfig) -> tuple[float, float] | None:
+    zs = []
+    w2c = ref.camera.world_to_cam.double().numpy()
+    for s in srcs:
+        x, _ = triangulate_pair(ref.gray, ref.camera, s.gray, s.camera, cfg.sparse_features, ratio=None)
+        if len(x):
+            zs.append(x @ w2c[2, :3] + w2c[2, 3])
+    if not zs:
+        return None
+    z = np.concatenate(zs)
+    z = z[z > 0]
+    if len(z) < 15:
+        return None
+    lo, hi = np.percentile(z, [5, 95])
+    return float(lo / cfg.range_margin), float(hi * cfg.range_margin)
+
+
+def _disparity_range(ref: MVSView, srcs: list[MVSView], cfg: MVSConfig) -> tuple[float, float]:
+    """Depths whose disparity against the widest source baseline spans [0.5 px, max_disparity * W]."""
+    f = ref.camera.fx
+    b = max(float((s.camera.center - ref.camera.center).norm()) for s in srcs)
+    near = f * b / (cfg.max_disparity * ref.camera.width)
+    far = f * b / 0.5
+    return near, far
+
+
+# ----------------------------------------------------------------------------- dense plane sweep
+def _box(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Mean over the k x k window around each pixel of (N, C, H, W), windows clipped at the border
+    (integral image: O(1) per pixel; avg_pool2d is an order of magnitude slower on CPU)."""
+    r = k // 2
+    n, c, h, w = x.shape
+    s = F.pad(x, (r + 1, r, r + 1, r)).cumsum(2).cumsum(3)
+    tot = s[:, :, k:, k:] - s[:, :, :-k, k:] - s[:, :, k:, :-k] + s[:, :, :-k, :-k]
+    ys = torch.arange(h)
+    xs = torch.arange(w)
+    cy = ((ys + r).clamp(max=h - 1) - (ys - r).clamp(min=0) + 1).to(x.dtype)
+    cx = ((xs + r).clamp(max=w - 1) - (xs - r).clamp(min=0) + 1).to(x.dtype)
+    return tot / (cy[:, None] * cx[None, :])
+
+
+def sweep(ref: MVSView, srcs: list[MVSView], inv_depths: torch.Tensor, window: int = 7
+          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """ZNCC cost volume: (scores (S, D, h, w) in [-1, 1], NaN where the patch leaves the source;
+    reference patch std (h, w))."""
+    h, w = ref.gray.shape
+    I = torch.from_numpy(ref.gray)[None, None]
+    mr = _box(torch.cat([I, I * I], 1), window)
+    mu_r = mr[:, :1]
+    var_r = (mr[:, 1:] - mu_r * mu_r).clamp_min(0)
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
+    pix = torch.stack([xs.reshape(-1), ys.reshape(-1), torch.ones(h * w, dtype=torch.float64)])  # (3, hw)
+    depths = (1.0 / inv_depths.double()).float()
+    nd = len(depths)
+    out = []
+    for s in srcs:
+        r, t = _rel(ref.camera, s.camera)
+        Ks = torch.from_numpy(_K(s.camera))
+        A = (Ks @ torch.from_numpy(r) @ torch.linalg.inv(torch.from_numpy(_K(ref.camera))) @ pix).float()  # (3, hw)
+        b = (Ks @ torch.from_numpy(t)).float()                                                              # (3,)
+        z = depths[:, None] * A[2] + b[2]                                                                    # (D, hw)
+        front = z > 1e-6 * depths[:, None]
+        zi = 1.0 / torch.where(front, z, torch.ones_like(z))
+        u = (depths[:, None] * A[0] + b[0]) * zi
+        v = (depths[:, None] * A[1] + b[1]) * zi
+        sh, sw = s.gray.shape
+        inside = front & (u >= 0) & (u <= sw - 1) & (v >= 0) & (v <= sh - 1)
+        gx = torch.where(inside, u * (2.0 / max(sw - 1, 1)) - 1, torch.full_like(u, -2.0))
+        gy = v * (2.0 / max(sh - 1, 1)) - 1
+        grid = torch.stack([gx, gy], -1).reshape(nd, h, w, 2)
+        S = torch.from_numpy(s.gray)[None, None].expand(nd, 1, sh, sw)
+        warped = F.grid_sample(S, grid, mode="bilinear", padding_mode="zeros", align_corners=True)  # (D, 1, h, w)
+        st = _box(torch.cat([warped, warped * warped, warped * I, inside.reshape(nd, 1, h, w).float()], 1), window)
+        mu_s = st[:, 0]
+        var_s = (st[:, 1] - mu_s * mu_s).clamp_min(0)
+        cov = st[:, 2] - mu_s * mu_r[:, 0]
+        zncc = (cov * torch.rsqrt(var_s * var_r[:, 0] + 1e-8)).clamp(-1, 1)
+        out.append(torch.where(st[:, 3] > 0.999, zncc, torch.full_like(zncc, float("nan"))))
+    return torch.stack(out), var_r[0, 0].sqrt()
+
+
+def depth_from_views(ref: MVSView, srcs: list[MVSView], cfg: MVSConfig | None = None,
+                     depth_range: tuple[float, float] | None = None, mask: np.ndarray | torch.Tensor | None = None
+                     ) -> MVSResult:
+    """Plane-sweep depth and confidence of ``ref`` at its (working) resolution; see the module docstring."""
+    cfg = cfg or MVSConfig()
+    t0 = time.perf_counter()
+    h, w = ref.gray.shape
+    if not srcs:
+        return MVSResult(torch.zeros(h, w), torch.zeros(h, w), seconds=time.perf_counter() - t0)
+    if depth_range is None and cfg.sparse_features > 0:
+        depth_range = _sparse_range(ref, srcs, cfg)
+    if depth_range is None:
+        depth_range = _disparity_range(ref, srcs, cfg)
+    near, far = float(depth_range[0]), float(depth_range[1])
+    if not (0 < near < far and math.isfinite(far)):
+        return MVSResult(torch.zeros(h, w), torch.zeros(h, w), seconds=time.perf_counter() - t0)
+    inv = torch.linspace(1.0 / near, 1.0 / far, cfg.num_depths, dtype=torch.float64)
+    scores, tex = sweep(ref, srcs, inv, cfg.window)          # (S, D, h, w)
+    ns = scores.shape[0]
+    m = max(1, (ns + 1) // 2)
+    filled = torch.nan_to_num(scores, nan=-1.0)
+    agg = filled.topk(m, dim=0).values.mean(0) if ns > 1 else filled[0]   # (D, h, w)
+    best, idx = agg.max(0)
+    D = agg.shape[0]
+    # sub-hypothesis refinement (parabola through the neighbours), in index units
+    im, ip = (idx - 1).clamp(0, D - 1), (idx + 1).clamp(0, D - 1)
+    sm, sp = agg.gather(0, im[None])[0], agg.gather(0, ip[None])[0]
+    den = sm - 2 * best + sp
+    off = torch.where(den < -1e-6, 0.5 * (sm - sp) / den, torch.zeros_like(den)).clamp(-0.5, 0.5)
+    fidx = idx.double() + off.double()
+    step = (inv[-1] - inv[0]) / max(D - 1, 1)
+    inv_best = inv[0] + fidx * step
+    depth = (1.0 / inv_best).float()
+    # distinctness: best score more than 3 hypotheses away
+    ar = torch.arange(D)[:, None, None]
+    far_mask = (ar - idx[None]).abs() > 3
+    second = torch.where(far_mask, agg, torch.full_like(agg, -2.0)).max(0).values
+    conf = best.clamp(0, 1).float()
+    ok = (best >= cfg.min_zncc) & (best - second >= cfg.min_margin) & (tex >= cfg.min_texture)
+    ok &= (idx > 0) & (idx < D - 1)
+    if cfg.min_agree > 1 and ns > 1:
+        # at least min_agree sources must each have their own ZNCC peak at this depth
+        s_best, s_idx = filled.max(1)                                         # (S, h, w)
+        agree = ((s_idx - idx[None]).abs() <= 2) & (s_best >= cfg.min_zncc)
+        ok &= agree.sum(0) >= min(cfg.min_agree, ns)
+    if cfg.edge_ratio > 0:
+        # patches straddling a depth edge take the foreground depth ("fattening"): drop pixels within
+        # half a window of a jump of more than edge_ratio in the estimated depth
+        k = np.ones((cfg.window, cfg.window), np.uint8)
+        dz = torch.where(ok, depth, torch.zeros_like(depth)).numpy()
+        dmax = cv2.dilate(dz, k)
+        dmin = -cv2.dilate(-np.where(dz > 0, dz, np.inf).astype(np.float32), k)
+        with np.errstate(over="ignore", invalid="ignore"):
+            ok &= torch.from_numpy(dmax <= dmin * (1 + cfg.edge_ratio))
+    mk = None
+    if mask is not None:
+        mk = torch.as_tensor(np.asarray(mask) if not isinstance(mask, torch.Tensor) else mask).float()
+        if mk.shape != (h, w):
+            mk = torch.from_numpy(cv2.resize(mk.numpy(), (w, h), interpolation=cv2.INTER_AREA))
+        ok &= mk > 0.99
+    conf = torch.where(ok, conf, torch.zeros_like(conf))
+    depth = torch.where(ok, depth, torch.zeros_like(depth))
+    for p in range(cfg.fill_passes if cfg.fill_radius > 0 else 0):
+        # pass p: radius and allowed spread doubled, confidence halved
+        depth, conf = fill_holes(depth, conf, cfg.fill_radius * 2 ** p, cfg.fill_max_spread * 2 ** p,
+                                 cfg.fill_confidence / 2 ** p, None if mask is None else mk > 0.99)
+    return MVSResult(depth, conf, (near, far), seconds=time.perf_counter() - t0)
+
+
+def fill_holes(depth: torch.Tensor, conf: torch.Tensor, radius: int, max_spread: float, fill_conf: float,
+               mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fill pixels without depth from the measured depths within ``radius`` pixels where those agree.
+
+    Normalised convolution of the inverse depth (weights: confidence) over a (2 radius + 1)^2 box; a hole
+    is filled when at least 10 % of the box is measured and the weighted std of the inverse depth is
+    below ``max_spread`` times its mean (a locally smooth surface: textureless walls, floors). Filled
+    pixels get confidence ``fill_conf`` (below any measured pixel's when ``fill_conf`` < min_zncc)."""
+    k = 2 * radius + 1
+    w = conf.clamp_min(0)[None, None]
+    inv = torch.where(depth > 0, 1.0 / depth.clamp_min(1e-30), torch.zeros_like(depth))[None, None]
+    st = _box(torch.cat([w, w * inv, w * inv * inv, (w > 0).float()], 1), k)[0]
+    wsum = st[0].clamp_min(1e-12)
+    mean = st[1] / wsum
+    std = (st[2] / wsum - mean * mean).clamp_min(0).sqrt()
+    hole = (depth <= 0) & (st[3] >= 0.1) & (mean > 0) & (std <= max_spread * mean)
+    if mask is not None:
+        hole &= mask
+    depth = torch.where(hole, 1.0 / mean.clamp_min(1e-30), depth)
+    conf = torch.where(hole, torch.full_like(conf, fill_conf), conf)
+    return depth, conf
+
+
+def upsample(res: MVSResult, width: int, height: int) -> MVSResult:
+    """Nearest-neighbour resize of depth and confidence to ``width`` x ``height``."""
+    if res.depth.shape == (height, width):
+        return res
+    d = cv2.resize(res.depth.numpy(), (width, height), interpolation=cv2.INTER_NEAREST)
+    c = cv2.resize(res.confidence.numpy(), (width, height), interpolation=cv2.INTER_NEAREST)
+    return MVSResult(torch.from_numpy(d), torch.from_numpy(c), res.depth_range, res.sources, res.seconds)
+
+
+def estimate_depth(ref_rgb: np.ndarray | torch.Tensor, ref_cam: Camera, src_rgbs: list, src_cams: list[Camera],
+                   cfg: MVSConfig | None = None, depth_range: tuple[float, float] | None = None,
+                   mask: np.ndarray | torch.Tensor | None = None, depth_hint: float | None = None) -> MVSResult:
+    """Depth (H, W) and confidence (H, W) of the reference image (at its own size) from posed source images.
+
+    Images: (H, W, 3) uint8 or (3, H, W) float in [0, 1] (any sizes matching their cameras). The best
+    ``cfg.num_sources`` sources are chosen by :func:`select_source_views`; ``mask`` (H, W), True = may
+    carry depth. Pixels without a reliable estimate have depth 0 and confidence 0.
+    """
+    cfg = cfg or MVSConfig()
+    t0 = time.perf_counter()
+    sel = select_source_views(ref_cam, list(src_cams), cfg.num_sources, depth_hint, cfg.min_angle_deg,
+                              cfg.ideal_angle_deg)
+    ref = prepare_view(ref_rgb, ref_cam, cfg.long_side)
+    srcs = [prepare_view(src_rgbs[i], src_cams[i], cfg.long_side) for i in sel]
+    res = depth_from_views(ref, srcs, cfg, depth_range, mask)
+    res = upsample(res, ref_cam.width, ref_cam.height)
+    res.sources = sel
+    res.seconds = time.perf_counter() - t0
+    return res
+
+
+def backproject(depth: torch.Tensor, camera: Camera, confidence: torch.Tensor | None = None, stride: int = 1,
+                min_confidence: float = 1e-6) -> tuple[torch.Tensor, torch.Tensor]:
+    """World points (P, 3) and their pixels (P, 2) of every ``stride``-th pixel with depth > 0
+    (and confidence >= ``min_confidence`` when given)."""
+    h, w = depth.shape
+    ys, xs = torch.meshgrid(torch.arange(0, h, stride), torch.arange(0, w, stride), indexing="ij")
+    xs, ys = xs.reshape(-1), ys.reshape(-1)
+    z = depth[ys, xs]
+    ok = z > 0
+    if confidence is not None:
+        ok &= confidence[ys, xs] >= min_confidence
+    xs, ys, z = xs[ok], ys[ok], z[ok]
+    pc = torch.stack([(xs.float() - camera.cx) / camera.fx * z, (ys.float() - camera.cy) / camera.fy * z, z], -1)
+    c2w = camera.cam_to_world
+    return pc @ c2w[:3, :3].T + c2w[:3, 3], torch.stack([xs, ys], -1).float()
+
+
+# ----------------------------------------------------------------------------- online buffer
+@dataclass
+class _Buffered:
+    view: MVSView
+    full_camera: Camera
+    image: torch.Tensor | None        # (3, H, W) full-res colour, only while waiting for a depth
+    token: object = None              # caller's handle (e.g. the keyframe's feature target)
+    estimated: bool = False
+
+
+class KeyframeBuffer:
+    """Bounded memory of recent keyframes (grey, working resolution) for online stereo.
+
+    ``add(image, camera, token)`` estimates the new keyframe's depth against the best buffered
+    keyframes (at least ``cfg.min_sources`` of them) and returns a list of (camera, image, token, MVSResult
+    at full size): the new keyframe's and those of earlier keyframes that had no estimate yet.
+    Memory: ``capacity`` grey images at ``cfg.long_side`` plus at most ``max_waiting`` full-size colour
+    images of keyframes still waiting.
+    """
+
+    def __init__(self, cfg: MVSConfig | None = None, capacity: int = 12, max_waiting: int = 2):
+        self.cfg = cfg or MVSConfig()
+        self.capacity = capacity
+        self.max_waiting = max_waiting
+        self.items: list[_Buffered] = []
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def clear(self) -> None:
+        self.items.clear()
+
+    def _estimate(self, item: _Buffered, others: list[_Buffered], depth_hint: float | None,
+                  mask: torch.Tensor | None) -> MVSResult | None:
+        cams = [o.view.camera for o in others]
+        sel = select_source_views(item.view.camera, cams, self.cfg.num_sources, depth_hint, self.cfg.min_angle_deg,
+                                  self.cfg.ideal_angle_deg)
+        if len(sel) < max(1, self.cfg.min_sources):
+            return None
+        res = depth_from_views(item.view, [others[i].view for i in sel], self.cfg, None, mask)
+        if not bool((res.confidence > 0).any()):
+            return None
+        res = upsample(res, item.full_camera.width, item.full_camera.height)
+        res.sources = sel
+        return res
+
+    def add(self, image: torch.Tensor, camera: Camera, token: object = None, depth_hint: float | None = None,
+            mask: torch.Tensor | None = None) -> list[tuple[Camera, torch.Tensor, object, MVSResult]]:
+        """Insert a keyframe ((3, H, W) float colour, full-size camera); returns the new depth estimates."""
+        new = _Buffered(prepare_view(image, camera, self.cfg.long_side), camera, image, token)
+        out = []
+        res = self._estimate(new, self.items, depth_hint, mask)
+        if res is not None:
+            new.estimated, new.image = True, None
+            out.append((camera, image, token, res))
+        for old in self.items:
+            if old.estimated or old.image is None:
+                continue
+            r = self._estimate(old, [o for o in self.items if o is not old] + [new], depth_hint, None)
+            if r is not None:
+                out.append((old.full_camera, old.image, old.token, r))
+                old.estimated, old.image = True, None
+        self.items.append(new)
+        waiting = [o for o in self.items if not o.estimated and o.image is not None]
+        for o in waiting[:-self.max_waiting] if len(waiting) > self.max_waiting else []:
+            o.image, o.token = None, None   # gave up waiting: keep only the grey view as a source
+        while len(self.items) > self.capacity:
+            self.items.pop(0)
+        return out
+
+
+# ----------------------------------------------------------------------------- seeding helpers
+@dataclass
+class SeedPoints:
+    """Points back-projected from one keyframe's stereo depth (world frame)."""
+
+    camera: Camera
+    xyz: torch.Tensor                 # (P, 3) world
+    rgb: torch.Tensor                 # (P, 3) in [0, 1], from the keyframe's image
+    xy: torch.Tensor                  # (P, 2) pixels in that keyframe (sample its feature grid here)
+    token: object = None              # the caller's handle of that keyframe (e.g. its feature target)
+
+
+def _points(cam: Camera, image: torch.Tensor, res: MVSResult, stride: int, token: object,
+            keep: torch.Tensor | None = None) -> SeedPoints:
+    xyz, xy = backproject(res.depth, cam, res.confidence, stride)
+    if keep is not None and len(xy):
+        k = keep[xy[:, 1].long(), xy[:, 0].long()]
+        xyz, xy = xyz[k], xy[k]
+    rgb = image[:, xy[:, 1].long(), xy[:, 0].long()].T if len(xy) else torch.zeros(0, 3)
+    return SeedPoints(cam, xyz, rgb, xy, token)
+
+
+def online_seed_points(buffer: KeyframeBuffer, image: torch.Tensor, camera: Camera, token: object = None,
+                       stride: int = 4, covered: torch.Tensor | None = None, rendered_depth: torch.Tensor | None = None,
+                       mask: torch.Tensor | None = None, explained_tolerance: float = 0.1) -> list[SeedPoints]:
+    """Seed points of a new keyframe without a depth image (the online path), from stereo against ``buffer``.
+
+    ``covered`` (H, W) bool and ``rendered_depth`` (H, W): the current map rendered in ``camera``;
+    pixels the map already explains (covered, rendered depth within ``explained_tolerance`` relative) are
+    skipped, and the median rendered depth is the scene-depth hint for source selection (scale from the
+    map itself). Returns the new keyframe's points and those of earlier keyframes that were waiting for
+    a stereo partner (an empty list when nothing is reliable yet: the map waits instead of guessing).
+    The keyframe is added to ``buffer``.
+    """
+    hint = None
+    if covered is not None and rendered_depth is not None and bool(covered.any()):
+        d = rendered_depth[covered]
+        d = d[torch.isfinite(d) & (d > 0)]
+        hint = float(d.median()) if d.numel() else None
+    out = []
+    for cam, img, tok, res in buffer.add(image, camera, token, hint, mask):
+        keep = None
+        if cam is camera and covered is not None and rendered_depth is not None:
+            z = res.depth
+            keep = ~(covered & ((rendered_depth - z).abs() <= explained_tolerance * z))
+        sp = _points(cam, img, res, stride, tok, keep)
+        log.debug("stereo depth of '%s': %d points from %d sources in %.3f s", cam.name, len(sp.xyz),
+                  len(res.sources), res.seconds)
+        if len(sp.xyz):
+            out.append(sp)
+    return out
+
+
+def multi_view_points(images: list[torch.Tensor], cameras: list[Camera], masks: list[torch.Tensor | None] | None = None,
+                      cfg: MVSConfig | None = None, stride: int = 4) -> list[SeedPoints]:
+    """Seed points of every view of a posed image set (the offline path): each view's stereo depth
+    against its best sources among all the others, back-projected at ``stride``; ``token`` is the view index."""
+    cfg = cfg or MVSConfig()
+    views = [prepare_view(im, c, cfg.long_side) for im, c in zip(images, cameras)]
+    cams = [v.camera for v in views]
+    out = []
+    t0 = time.perf_counter()
+    for i, (im, cam) in enumerate(zip(images, cameras)):
+        others = [j for j in range(len(views)) if j != i]
+        sel = select_source_views(cams[i], [cams[j] for j in others], cfg.num_sources, None, cfg.min_angle_deg,
+                                  cfg.ideal_angle_deg)
+        if not sel:
+            continue
+        mk = masks[i] if masks is not None else None
+        res = depth_from_views(views[i], [views[others[j]] for j in sel], cfg, None, mk)
+        res = upsample(res, cam.width, cam.height)
+        sp = _points(cam, im, res, stride, i)
+        if len(sp.xyz):
+            out.append(sp)
+    log.info("stereo depth for %d views: %d points in %.1f s", len(images), sum(len(p.xyz) for p in out),
+             time.perf_counter() - t0)
+    return out
+
+
+__all__ = ["MVSConfig", "MVSView", "MVSResult", "KeyframeBuffer", "prepare_view", "to_gray", "select_source_views",
+           "default_depth_hint", "axis_convergence_depth", "triangulate_pair", "sweep", "depth_from_views",
+           "estimate_depth", "upsample", "backproject", "SeedPoints", "online_seed_points",
+           "multi_view_points"]
