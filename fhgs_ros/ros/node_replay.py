@@ -45,6 +45,7 @@ def map_bag_with_node(bag: str | Path, params: dict, out_dir: str | Path, remap:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     dom = free_domain_id()
+    params = {**params, "node": {"map_dir": str(out), **params.get("node", {})}}  # save_map / export_mesh go there
     pfile = write_params(out / "node_params.yaml", params)
     node = NodeProcess(pfile, out / "node.log", dom, ["-p", "use_sim_time:=true"] + list(node_args or []))
     res = NodeReplayResult(out / "map.safetensors", None, node_log=out / "node.log")
