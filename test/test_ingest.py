@@ -54,7 +54,7 @@ def test_decode_labels_encodings():
 def test_labels_are_synced_and_every_image_is_accounted_for(scene):
     ds, ext = scene
     nc = NodeConfig(pose_source="pose", kf_min_translation=0.0, steps_per_keyframe=3, sync_timeout=0.5,
-                    max_new_surfels_per_keyframe=200)
+                    max_new_surfels_per_keyframe=200, init_geometry="nominal")  # no depth: seed at once
     eng = MappingEngine(FHGSConfig(), nc, ext, Problems(), Counters())
     ing = Ingest(nc, eng, eng.problems, eng.counters, need_labels=True, submit=eng.process_sync)
     now = 100.0
@@ -93,7 +93,7 @@ def test_budget_mode_gives_each_keyframe_exactly_its_steps_and_saves_on_shutdown
     path = tmp_path / "final.safetensors"
     nc = NodeConfig(pose_source="pose", kf_min_translation=0.0, kf_min_rotation_deg=0.0, steps_per_keyframe=7,
                     step_mode="budget", max_new_surfels_per_keyframe=200, map_path=str(path),
-                    autosave_every_keyframes=0, autosave_period=0.0)
+                    autosave_every_keyframes=0, autosave_period=0.0, init_geometry="nominal")
     eng = MappingEngine(FHGSConfig(), nc, ext, Problems(), Counters())
     done = []
     ing = Ingest(nc, eng, eng.problems, eng.counters, need_labels=True)
