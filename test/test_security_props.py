@@ -460,6 +460,7 @@ meta_key = st.sampled_from(["feature_dim", "sh_degree", "next_uid", "num_surfels
 def _rewrite(data: bytes, fn) -> bytes:
     n = struct.unpack("<Q", data[:8])[0]
     header = json.loads(data[8:8 + n])
+    header["__metadata__"].pop("fhgs_meta_crc32", None)  # reach the schema checks behind the metadata CRC
     fn(header)
     raw = json.dumps(header).encode()
     raw += b" " * ((8 - len(raw) % 8) % 8)
@@ -500,6 +501,11 @@ def test_map_reader_issue_examples(tmp_path, good_map):
         p.write_bytes(_rewrite(data, fn))
         with pytest.raises(MapFileError):
             load_map(p)
+    i = data.index(b'iteration\\": 3')  # one changed digit inside the metadata: caught by its CRC-32
+    flipped = tmp_path / "flipped.safetensors"
+    flipped.write_bytes(data[:i + 13] + b"4" + data[i + 14:])
+    with pytest.raises(MapFileError, match="metadata fails its CRC"):
+        load_map(flipped)
     deep_header = tmp_path / "deep_header.safetensors"
     raw = ("{" + '"a":{' * 100_000 + "}" * 100_001).encode()
     deep_header.write_bytes(struct.pack("<Q", len(raw)) + raw)
@@ -592,3 +598,28 @@ def test_supervisor_restarts_and_gives_up():
     assert not sup.all_ok()
     stop.set()
     sup.join(2)
+
+
+def test_sros2_policy_matches_the_node_interface():
+    """config/sros2/policy.xml grants the node exactly the services it offers and the topics it uses."""
+    import re
+    import xml.etree.ElementTree as ET
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    src = (repo / "fhgs_ros/ros/mapper_node.py").read_text()
+    services = set(re.findall(r'create_service\(\w+, "([\w/]+)"', src))
+    subs = {t.lstrip("/") for t in re.findall(r'create_subscription\(\w+, "([\w/]+)"', src)}
+    pubs = {t.lstrip("/") for t in re.findall(r'create_publisher\(\w+, "([\w/]+)"', src)}
+    assert len(services) == 7 and "image" in subs and "render/rgb" in pubs
+    root = ET.parse(repo / "config/sros2/policy.xml").getroot()
+    assert root.tag == "policy" and root.get("version") == "0.2.0"
+    node = root.find("./enclaves/enclave[@path='/fhgs/mapper']/profiles/profile[@node='fhgs_node']")
+    assert node is not None
+    replies = {s.text for s in node.findall("./services[@reply='ALLOW']/service")}
+    assert services <= replies and not {r for r in replies if not r.startswith("~/")} - services
+    assert subs <= {t.text for t in node.findall("./topics[@subscribe='ALLOW']/topic")}
+    assert pubs <= {t.text for t in node.findall("./topics[@publish='ALLOW']/topic")}
+    viewer = root.find("./enclaves/enclave[@path='/fhgs/viewer']/profiles/profile")
+    assert {s.text for s in viewer.findall("./services[@request='ALLOW']/service")} == \
+        {"render_view", "query_feature", "segment_view"}  # viewers cannot save, load, reset or export

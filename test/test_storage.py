@@ -143,6 +143,7 @@ def _tampered(path, *, tensors=None, header=None, meta_doc=None):
     if meta_doc:
         meta_doc(doc)
     h["fhgs_meta"] = json.dumps(doc)
+    h.pop("fhgs_meta_crc32")  # (optional: older files have none) so the deeper checks are reached
     if header:
         header(h)
     _write_raw(path, t, h)

@@ -154,7 +154,8 @@ def build_map_payload(surfels: SurfelMap, meta: dict | None = None,
         doc = json.dumps(to_jsonable(meta), allow_nan=False, sort_keys=True)
     except (TypeError, ValueError) as exc:
         raise TypeError(f"save_map: metadata is not JSON-serializable ({exc})") from exc
-    header = {"format": FORMAT_NAME, "version": str(version), "fhgs_meta": doc}
+    header = {"format": FORMAT_NAME, "version": str(version), "fhgs_meta": doc,
+              "fhgs_meta_crc32": str(zlib.crc32(doc.encode("utf-8")))}  # the metadata is checked like the tensors
     return tensors, header
 
 
@@ -278,6 +279,9 @@ def load_map(path: str | os.PathLike, device: str | torch.device = "cpu", max_by
                    f"{COMPACT_VERSION}. Upgrade fhgs_ros to load it")
     if version < 1:
         raise fail(f"invalid format version {version}")
+    meta_crc = md.get("fhgs_meta_crc32")
+    if meta_crc is not None and meta_crc != str(zlib.crc32(md.get("fhgs_meta", "").encode("utf-8", "replace"))):
+        raise fail("corrupt: the metadata fails its CRC-32 check (file damaged)")
     meta = bounded_json(md.get("fhgs_meta", ""), "corrupt metadata: 'fhgs_meta'", fail)
     if not isinstance(meta, dict):
         raise fail("corrupt metadata ('fhgs_meta' is not a JSON object)")

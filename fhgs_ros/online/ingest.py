@@ -57,6 +57,7 @@ class Ingest:
                                         max_stamp_jump=ncfg.max_stamp_jump, recover_frames=ncfg.motion_recover_frames)
         from fhgs_ros.online.motion import MotionGate, MotionLimits
         self.motion = MotionGate(MotionLimits.from_node(ncfg))  # speed / rotation plausibility of frame poses
+        self.assembler.on_reanchor = self._timeline_reanchored
         self.poses = PoseBuffer(maxlen=2000, slop=max(ncfg.sync_slop, 1e-3))
         self.extrinsic = pose_matrix(ncfg.camera_extrinsic[:3], ncfg.camera_extrinsic[3:], 1e-3,
                                      "node.camera_extrinsic")
@@ -252,6 +253,13 @@ class Ingest:
         """Images received and not yet finished."""
         with self.lock:
             return self.images_received - self.images_done
+
+    def _timeline_reanchored(self, stamp: float) -> None:
+        """The image stamps moved to a new timeline (clock glitch, restarted bag): poses of the old one
+        after ``stamp`` and the motion anchor no longer apply."""
+        self.poses.drop_newer(stamp + max(self.ncfg.sync_slop, 1e-3))
+        self.motion.reset()
+        self.counters.inc("time_reanchors")
 
     def reset(self) -> None:
         """Forget every buffered input (sync queue, camera_info / depth / label buffers, poses, timeline,

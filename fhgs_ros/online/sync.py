@@ -95,6 +95,12 @@ class PoseBuffer:
         with self.lock:
             self.buf.clear()
 
+    def drop_newer(self, t: float) -> None:
+        """Forget the poses stamped after ``t`` (the input timeline was re-anchored at t)."""
+        with self.lock:
+            i = bisect.bisect_right(self.buf.stamps, t)
+            del self.buf.stamps[i:], self.buf.items[i:]
+
     def lookup(self, t: float) -> tuple[np.ndarray | None, str, bool]:
         with self.lock:
             st, it = self.buf.stamps, self.buf.items
@@ -175,6 +181,7 @@ class FrameAssembler:
         self.lock = threading.Lock()
         from fhgs_ros.online.motion import Timeline
         self.timeline = Timeline(max_stamp_jump, recover_frames)  # stamp plausibility + glitch recovery
+        self.on_reanchor: Callable[[float], None] | None = None   # told the stamp of a re-anchored timeline
 
     def reset(self) -> None:
         with self.lock:
@@ -217,6 +224,10 @@ class FrameAssembler:
                                                            f"{stamp:.3f}"))
                 self.pending.clear()
                 self.last_stamp = None
+                for buf in (self.infos, self.depths, self.labels):
+                    buf.clear()
+                if self.on_reanchor is not None:
+                    self.on_reanchor(stamp)
             self.pending.append(PendingImage(stamp, now, data, frame_id))
             while len(self.pending) > self.queue_size:
                 old = self.pending.popleft()

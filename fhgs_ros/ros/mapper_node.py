@@ -282,7 +282,7 @@ class FHGSNode(Node):
         try:
             from rclpy.clock import JumpThreshold
             from rclpy.duration import Duration
-            self._jump_handle = self.get_clock().create_jump_handler(
+            self._jump_handle = self.get_clock().create_jump_callback(
                 JumpThreshold(min_forward=Duration(seconds=3600), min_backward=Duration(seconds=-0.5),
                               on_clock_change=True),
                 post_callback=self.guard.callback("time_jump", self._on_time_jump))
