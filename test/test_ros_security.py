@@ -36,6 +36,7 @@ from fhgs_ros.core.camera import Camera  # noqa: E402
 from fhgs_ros.ros import conversions as conv  # noqa: E402
 from fhgs_ros.ros.harness import NodeProcess, Spinner, free_domain_id, write_params  # noqa: E402
 from fhgs_ros.ros.streamer import Capture, SceneStreamer, call, synthetic_frames  # noqa: E402
+from test_ros_node import wait_diag  # noqa: E402  (one poll-the-diagnostics helper for both suites)
 
 W, H = 64, 48
 REQUEST_MB = 256
@@ -123,19 +124,6 @@ def live(tmp_path_factory):
     finally:
         sp.close()
         node.stop()
-
-
-def wait_diag(lv, pred, timeout=30.0, what=""):
-    end = time.monotonic() + timeout
-    last = None
-    while time.monotonic() < end:
-        m = lv.diag.wait(1, 1.0)
-        if m is not None:
-            last = diag_values(m)
-            if pred(last):
-                return last
-        time.sleep(0.1)
-    raise AssertionError(f"diagnostics condition not met ({what}); last values: {last}\n{lv.node.text()[-3000:]}")
 
 
 def wait_idle(lv, timeout: float = 30.0) -> dict:

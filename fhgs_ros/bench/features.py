@@ -18,7 +18,6 @@ Prints a table and writes ``bench/results/features.json`` (relative to the worki
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import tempfile
@@ -27,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from fhgs_ros.core.fileio import atomic_write_json
 
 MODEL_NAMES = {"mobile_sam": "vit_t", "vgg16": "vgg16", "tiny": "vit_tiny", "vit_b": "vit_b", "vit_l": "vit_l",
                "vit_h": "vit_h"}
@@ -149,9 +150,7 @@ def run(argv: list[str] | None = None) -> int:
                    "and lower feature quality; use 1024 when a GPU is available. MobileSAM (TinyViT) has no "
                    "absolute position embedding. RSS includes the Python/torch runtime of the process."}
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = a.out.with_name(f".{a.out.name}.tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    os.replace(tmp, a.out)
+    atomic_write_json(a.out, out)
     print(f"wrote {a.out}")
     return 0
 

@@ -16,12 +16,13 @@ time (total and share of wall), iterations, keyframes. Writes ``bench/results/pi
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import time
 from pathlib import Path
 
 import torch
+
+from fhgs_ros.core.fileio import atomic_write_json
 
 
 def _frames(width: int, height: int, n: int):
@@ -100,9 +101,7 @@ def run(argv: list[str] | None = None) -> int:
     out = {"benchmark": "pipeline", "extractor": ext.model_id, "image": [width, height], "steps": a.steps,
            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "results": rows, "table": table}
     a.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = a.out.with_name(f".{a.out.name}.tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    os.replace(tmp, a.out)
+    atomic_write_json(a.out, out)
     print(f"wrote {a.out}")
     return 0
 

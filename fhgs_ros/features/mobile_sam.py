@@ -301,22 +301,14 @@ def build_mobile_sam(input_size: int = 1024):
     Same modules and hyper-parameters as MobileSAM's ``build_sam_vit_t`` (prompt encoder, two-way
     transformer mask decoder, SAM's pixel mean/std), with the encoder input ``input_size``.
     """
-    from fhgs_ros.features.sam import PROMPT_DIM, SAM_PIXEL_MEAN, SAM_PIXEL_STD
+    from fhgs_ros.features.sam import SAM_PIXEL_MEAN, SAM_PIXEL_STD, sam_prompt_modules
     from fhgs_ros.features.tv_compat import import_segment_anything
 
     import_segment_anything()
-    from segment_anything.modeling import MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    from segment_anything.modeling import Sam
 
     size = int(input_size)
-    grid = size // 16
-    cfg = {k: v for k, v in TINY_VIT_5M.items()}
-    sam = Sam(image_encoder=TinyViT(img_size=size, **cfg),
-              prompt_encoder=PromptEncoder(embed_dim=PROMPT_DIM, image_embedding_size=(grid, grid),
-                                           input_image_size=(size, size), mask_in_chans=16),
-              mask_decoder=MaskDecoder(num_multimask_outputs=3,
-                                       transformer=TwoWayTransformer(depth=2, embedding_dim=PROMPT_DIM, mlp_dim=2048,
-                                                                     num_heads=8),
-                                       transformer_dim=PROMPT_DIM, iou_head_depth=3, iou_head_hidden_dim=256),
+    sam = Sam(image_encoder=TinyViT(img_size=size, **TINY_VIT_5M), **sam_prompt_modules(size),
               pixel_mean=list(SAM_PIXEL_MEAN), pixel_std=list(SAM_PIXEL_STD))
     sam.image_encoder.to(memory_format=torch.channels_last)  # conv weights NHWC (keys and values unchanged)
     sam.eval()

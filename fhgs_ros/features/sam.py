@@ -161,7 +161,7 @@ def build_sam_model(model_type: str, input_size: int | None = None):
     ``img_size`` and the prompt encoder's embedding size following ``input_size``.
     """
     import_segment_anything()
-    from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
+    from segment_anything.modeling import ImageEncoderViT, Sam
 
     arch = _arch(model_type)
     size = int(input_size or arch.img_size)
@@ -172,22 +172,29 @@ def build_sam_model(model_type: str, input_size: int | None = None):
         return build_mobile_sam(size)
     if size % PATCH or size < PATCH:
         raise FeatureError(f"SAM input_size must be a positive multiple of {PATCH}, got {size}")
-    grid = size // PATCH
     sam = Sam(
         image_encoder=ImageEncoderViT(
             depth=arch.depth, embed_dim=arch.embed_dim, img_size=size, mlp_ratio=4,
             norm_layer=partial(torch.nn.LayerNorm, eps=1e-6), num_heads=arch.num_heads, patch_size=PATCH,
             qkv_bias=True, use_rel_pos=True, global_attn_indexes=list(arch.global_attn_indexes),
             window_size=arch.window_size, out_chans=PROMPT_DIM),
-        prompt_encoder=PromptEncoder(embed_dim=PROMPT_DIM, image_embedding_size=(grid, grid),
-                                     input_image_size=(size, size), mask_in_chans=16),
-        mask_decoder=MaskDecoder(num_multimask_outputs=3,
-                                 transformer=TwoWayTransformer(depth=2, embedding_dim=PROMPT_DIM, mlp_dim=2048,
-                                                               num_heads=8),
-                                 transformer_dim=PROMPT_DIM, iou_head_depth=3, iou_head_hidden_dim=256),
-        pixel_mean=list(SAM_PIXEL_MEAN), pixel_std=list(SAM_PIXEL_STD))
+        **sam_prompt_modules(size), pixel_mean=list(SAM_PIXEL_MEAN), pixel_std=list(SAM_PIXEL_STD))
     sam.eval()
     return sam
+
+
+def sam_prompt_modules(input_size: int) -> dict:
+    """SAM's prompt encoder and mask decoder for an ``input_size`` input (shared by SAM and MobileSAM)."""
+    import_segment_anything()
+    from segment_anything.modeling import MaskDecoder, PromptEncoder, TwoWayTransformer
+
+    grid = input_size // PATCH
+    return dict(prompt_encoder=PromptEncoder(embed_dim=PROMPT_DIM, image_embedding_size=(grid, grid),
+                                             input_image_size=(input_size, input_size), mask_in_chans=16),
+                mask_decoder=MaskDecoder(num_multimask_outputs=3,
+                                         transformer=TwoWayTransformer(depth=2, embedding_dim=PROMPT_DIM,
+                                                                       mlp_dim=2048, num_heads=8),
+                                         transformer_dim=PROMPT_DIM, iou_head_depth=3, iou_head_hidden_dim=256))
 
 
 def guess_model_type(state: dict[str, torch.Tensor]) -> str | None:
