@@ -4,6 +4,7 @@ Installed with ``pip install --no-build-isolation -e .`` after torch (see the Ma
 the native rasterizer extension is described in ``setup_ext.py``.
 """
 
+import os
 from glob import glob
 
 from setuptools import find_packages, setup
@@ -28,7 +29,8 @@ setup(
         ("share/ament_index/resource_index/packages", ["resource/fhgs_ros"]),
         ("share/fhgs_ros", ["package.xml"]),
         ("share/fhgs_ros/launch", glob("launch/*.py")),
-        ("share/fhgs_ros/config", glob("config/*")),
+        ("share/fhgs_ros/config", [f for f in glob("config/*") if os.path.isfile(f)]),
+        ("share/fhgs_ros/config/sros2", glob("config/sros2/*")),
     ],
     python_requires=">=3.10",
     install_requires=["numpy", "scipy", "pillow", "pyyaml", "tqdm", "safetensors", "scikit-image"],

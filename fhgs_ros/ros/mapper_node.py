@@ -290,6 +290,13 @@ class FHGSNode(Node):
             self.log.warning(f"no ROS time jump handler ({type(exc).__name__}: {exc})")
 
     def _on_time_jump(self, jump) -> None:
+        from rclpy.clock import ClockChange
+
+        if getattr(jump, "clock_change", None) in (ClockChange.ROS_TIME_ACTIVATED, ClockChange.ROS_TIME_DEACTIVATED):
+            return  # sim time switched on / off (start-up): not a jump of the input timeline
+        delta = getattr(getattr(jump, "delta", None), "nanoseconds", 0)
+        if self.get_clock().now().nanoseconds - delta <= 0:
+            return  # the first /clock message: the sim clock leaves 0, nothing was buffered on the old timeline
         self.ingest.reset()
         self.counters.inc("time_jumps")
         self.problems.report(InputError("ros_time_jump", "ROS time jumped: the input buffers were cleared"))
