@@ -496,7 +496,7 @@ def test_engine_seed_points_mono_init_and_online_schedule(tmp_path):
     from fhgs_ros.core.seeding import project, sample_grid
     xy, _ = project(torch.as_tensor(xyz, dtype=torch.float32), prep.keyframe.camera)
     want = sample_grid(prep.keyframe.target, xy)
-    assert torch.allclose(prep.surfels.features_raw.float(), want.half().float(), atol=1e-3)
+    assert torch.allclose(prep.surfels.features_raw.float(), want, rtol=2e-3, atol=1e-3)  # float16 unit x norm
     # no depth, no seeds: nominal-depth surfels along the rays
     eng2 = MappingEngine(FHGSConfig(), NodeConfig(kf_min_translation=0.0, init_geometry="nominal", mono_init_depth=2.0,
                                                   mono_init_jitter=0.25), ext)

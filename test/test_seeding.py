@@ -57,7 +57,7 @@ def test_point_init_follows_2dgs():
     assert torch.allclose(s.opacity, torch.full((200,), 0.1), atol=1e-6)
     assert torch.allclose(s.scales[:, 0], s.scales[:, 1])
     assert torch.allclose(s.scales[:, 0], knn_scales(xyz), rtol=1e-5)
-    assert torch.allclose(s.features_unit.norm(dim=1), torch.ones(200), atol=1e-5)
+    assert torch.allclose(s.features_unit.norm(dim=1), torch.ones(200), atol=2 ** -11)  # float16 storage
     n = torch.nn.functional.normalize(torch.randn(50, 3, generator=g), dim=-1)
     r = quat_wxyz_to_matrix(quats_from_normals(n, g))
     assert torch.allclose(r[:, :, 2], n, atol=1e-5)

@@ -10,8 +10,8 @@ import torch
 from fhgs_ros.core import fileio
 from fhgs_ros.core.camera import Camera, look_at
 from fhgs_ros.core.fileio import atomic_write_json, atomic_writer, save_png
-from fhgs_ros.core.storage import (MAP_FIELDS, MapFileError, build_map_payload, export_ply, load_map, save_map,
-                                   tensor_checksums)
+from fhgs_ros.core.storage import (COMPACT_VERSION, MAP_FIELDS, MapFileError, build_map_payload, export_ply,
+                                   load_map, save_map, tensor_checksums)
 from fhgs_ros.core.surfels import TRAINABLE, SurfelMap
 
 D = 12
@@ -41,20 +41,45 @@ def extras():
     return {"pca_mean": torch.randn(D, generator=g), "pca_basis": torch.randn(D, 3, generator=g)}
 
 
-def save_good(path, m=None):
+def save_good(path, m=None, compact=False):
+    """A version-1 file by default (the validation cases below tamper with its field names)."""
     m = m if m is not None else make_map()
-    save_map(path, m, {"feature_extractor": "sam_vit_b", "keyframes": keyframes(), "stamp": 1.5}, extras())
+    save_map(path, m, {"feature_extractor": "sam_vit_b", "keyframes": keyframes(), "stamp": 1.5}, extras(),
+             compact=compact)
     return m
 
 
-def test_round_trip_bit_identical(tmp_path):
+def test_default_format_round_trip(tmp_path):
+    """The default (version 2) file: every in-memory field bit-identical except sh_rest (float16 on disk)."""
+    p = tmp_path / "map.fhgs"
+    m = make_map()
+    save_map(p, m, {"feature_extractor": "sam_vit_b"})
+    back, meta, _ = load_map(p)
+    assert meta["version"] == COMPACT_VERSION
+    for name, a in m._tensor_fields().items():
+        b = back._tensor_fields()[name]
+        assert a.dtype == b.dtype, name
+        if name == "sh_rest":
+            assert torch.allclose(a, b, rtol=2 ** -11, atol=6e-8) and not torch.equal(a, b)
+        else:
+            assert torch.equal(a, b), name
+    assert torch.equal(back.features_raw, m.features_raw) and torch.equal(back.features_unit, m.features_unit)
+
+
+def test_round_trip_version1(tmp_path):
+    """Version 1 files: every file field bit-identical, the in-memory features too (norm within 1e-3)."""
     p = tmp_path / "map.fhgs"
     m = save_good(p)
     back, meta, extra = load_map(p)
     for name in MAP_FIELDS:
         a, b = getattr(m, name), getattr(back, name)
         assert a.dtype == b.dtype, name
-        assert torch.equal(a.detach(), b.detach()), name
+        if name == "features_raw":
+            assert torch.allclose(a.float(), b.float(), rtol=1e-3, atol=1e-4), name
+        else:
+            assert torch.equal(a.detach(), b.detach()), name
+    assert torch.equal(back.features_unit16, m.features_unit16)
+    assert torch.allclose(back.features_norm, m.features_norm, rtol=1e-3)
     for name in TRAINABLE:
         assert isinstance(getattr(back, name), torch.nn.Parameter)
     assert back.features_raw.dtype == torch.float16
@@ -71,9 +96,13 @@ def test_round_trip_bit_identical(tmp_path):
     # Saving the loaded map again preserves everything (the safetensors metadata order is not deterministic,
     # so compare contents, not bytes).
     p2 = tmp_path / "again.fhgs"
-    save_map(p2, back, {"feature_extractor": "sam_vit_b", "keyframes": meta["keyframes"], "stamp": 1.5}, extra)
+    save_map(p2, back, {"feature_extractor": "sam_vit_b", "keyframes": meta["keyframes"], "stamp": 1.5}, extra,
+             compact=False)
     again, meta2, extra2 = load_map(p2)
-    assert all(torch.equal(getattr(again, k), getattr(m, k)) for k in MAP_FIELDS)
+    assert all(torch.equal(getattr(again, k), getattr(back, k)) for k in MAP_FIELDS if k != "features_raw")
+    assert torch.allclose(again.features_raw.float(), back.features_raw.float(), rtol=1e-3, atol=1e-4)
+    for d in (meta, meta2):  # features_raw is recomputed from the float16 unit vector and the norm
+        d["crc32"].pop("features_raw")
     assert {k: v for k, v in meta2.items() if k != "keyframes"} == {k: v for k, v in meta.items() if k != "keyframes"}
 
 
@@ -135,7 +164,7 @@ def _write_raw(path, tensors, metadata):
 
 
 def _tampered(path, *, tensors=None, header=None, meta_doc=None):
-    t, h = build_map_payload(make_map(), {"keyframes": keyframes()}, extras())
+    t, h = build_map_payload(make_map(), {"keyframes": keyframes()}, extras(), compact=False)
     doc = json.loads(h["fhgs_meta"])
     if tensors:
         tensors(t)
@@ -167,7 +196,7 @@ CASES = {
     "no_format": (lambda p: _write_raw(p, {"a": torch.zeros(3)}, None) or p, "without a 'format'"),
     "foreign_format": (lambda p: _tampered(p, header=lambda h: _set(h, "format", "gsplat_ckpt")),
                        "its format is 'gsplat_ckpt'"),
-    "newer": (lambda p: _tampered(p, header=lambda h: _set(h, "version", "2")), "newer"),
+    "newer": (lambda p: _tampered(p, header=lambda h: _set(h, "version", "3")), "newer"),
     "bad_version": (lambda p: _tampered(p, header=lambda h: _set(h, "version", "one")), "invalid format version"),
     "bad_meta_json": (lambda p: _tampered(p, header=lambda h: _set(h, "fhgs_meta", "{oops")), "fhgs_meta"),
     "missing_field": (lambda p: _tampered(p, tensors=lambda t: t.pop("quats")), "missing tensor field(s): quats"),

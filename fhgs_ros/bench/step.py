@@ -13,9 +13,13 @@ D-SSIM, NDFD losses, backward, density statistics, Adam) interleaved FHGS / 2DGS
   previous commit's ``fhgs_ros/_native*.so``), interleaved, and the speed-up;
 * ``ndfd_full_step_ms``: the FHGS step with NDFD evaluated at every pixel
   (``MapperConfig.ndfd_stride = 1``, the pre-subsampling behaviour) when the default subsamples;
-* ``bytes_per_surfel_memory``: every tensor of the map plus the Adam moments, per surfel;
-  ``bytes_per_surfel_file``: the size of the compact ``save_map(..., compact=True)`` file per
-  surfel (``bytes_per_surfel_file_v1``: the default, bit-exact version-1 file);
+* ``bytes_per_surfel_memory``: every per-surfel tensor the mapper holds between steps (map
+  fields, Adam moments, density statistics; ``memory_breakdown`` itemizes them), per surfel;
+  ``feature_fp32_copy_ms``: the float32 copy of the float16 unit features that each NDFD
+  step makes for the kernel (included in ``fhgs_step_ms``);
+  ``sh_colors_ms`` / ``adam_ms``: SH colours forward + backward and one Adam update alone;
+  ``bytes_per_surfel_file``: the size of the default (version-2) ``save_map`` file per surfel
+  (``bytes_per_surfel_file_v1``: the version-1 file);
 * with ``--f3dgs``: a Feature-3DGS-style step (blended D-channel feature image, L1 against the
   bilinearly upsampled GT features, gradients into the features and the geometry, plus the RGB
   loss, Adam over features and geometry). The native kernel composites 3 channels per pass, so
@@ -33,7 +37,6 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import json
 import os
 import platform
 import statistics
@@ -46,7 +49,9 @@ import torch.nn.functional as F
 
 from fhgs_ros.core import native
 from fhgs_ros.core.mapper import Keyframe, Mapper, MapperConfig
+from fhgs_ros.core.fileio import atomic_write_json
 from fhgs_ros.core.reference import sample_grid
+from fhgs_ros.core.render import surfel_colors
 from fhgs_ros.core.storage import save_map
 from fhgs_ros.core.surfels import SurfelMap
 
@@ -85,13 +90,26 @@ def make_mapper(scene: dict, image: torch.Tensor, ndfd: bool, **cfg_over) -> Map
     return m
 
 
+def memory_breakdown(m: Mapper) -> dict[str, float]:
+    """Bytes per surfel of every per-surfel tensor the mapper holds between steps: each map field
+    (features once: float16 unit vectors + float32 norm), the Adam moments, gradients still held
+    (none: ``zero_grad`` frees them) and the density statistics."""
+    n = max(len(m.surfels), 1)
+
+    def nb(t: torch.Tensor) -> int:
+        return t.numel() * t.element_size()
+
+    out = {k: nb(t) / n for k, t in m.surfels._tensor_fields().items()}
+    out["adam_moments"] = sum(nb(v) for st in m.opt.opt.state.values() for v in st.values()
+                              if isinstance(v, torch.Tensor) and v.dim() > 0) / n
+    out["gradients"] = sum(nb(p.grad) for p in m.surfels.parameters().values() if p.grad is not None) / n
+    out["density_stats"] = sum(nb(t) for t in (m.stats.grad_accum, m.stats.count, m.stats.max_radii)) / n
+    return out
+
+
 def bytes_per_surfel_memory(m: Mapper) -> float:
-    """Bytes of every map tensor plus the optimizer state, per surfel."""
-    total = sum(t.numel() * t.element_size() for t in m.surfels._tensor_fields().values())
-    for st in m.opt.opt.state.values():
-        total += sum(v.numel() * v.element_size() for v in st.values()
-                     if isinstance(v, torch.Tensor) and v.dim() > 0)
-    return total / max(len(m.surfels), 1)
+    """Bytes per surfel of the map, the optimizer state and the density statistics (see memory_breakdown)."""
+    return sum(memory_breakdown(m).values())
 
 
 def bytes_per_surfel_file(m: Mapper, compact: bool = True) -> float:
@@ -100,6 +118,21 @@ def bytes_per_surfel_file(m: Mapper, compact: bool = True) -> float:
         p = os.path.join(d, "map.safetensors")
         save_map(p, m.surfels, compact=compact)
         return os.path.getsize(p) / max(len(m.surfels), 1)
+
+
+def sh_colors_fwd_bwd(m: Mapper, camera) -> None:
+    """SH colours of every surfel (the mapper's degree) forward + backward into the SH and centres."""
+    surfel_colors(m.surfels, camera).sum().backward()
+    for p in m.surfels.parameters().values():
+        p.grad = None
+
+
+def adam_step(m: Mapper) -> None:
+    """One Adam update of all trainable fields of the bench's auxiliary mapper (gradients set to ones)."""
+    for p in m.surfels.parameters().values():
+        p.grad = torch.ones_like(p)
+    m.opt.step()
+    m.opt.zero_grad()
 
 
 def _timed(fn) -> float:
@@ -189,8 +222,12 @@ def measure(width: int, height: int, n: int, dim: int, repeats: int, baseline, f
     rgb_kernel(scene)
     if baseline is not None:
         with_extension(baseline, lambda: rgb_kernel(scene))
-    t_fh, t_tw, t_full, t_k, t_kb = [], [], [], [], []
+    t_fh, t_tw, t_full, t_k, t_kb, t_conv, t_sh, t_adam = [], [], [], [], [], [], [], []
+    aux = make_mapper(scene, image, True)  # SH / Adam component timings on a map of its own
     for _ in range(repeats):
+        t_sh.append(_timed(lambda: sh_colors_fwd_bwd(aux, scene["camera"])))
+        t_adam.append(_timed(lambda: adam_step(aux)))
+        t_conv.append(_timed(lambda: fh.surfels.features_unit))  # the per-step float16 -> float32 copy for NDFD
         t_fh.append(_timed(fh.step))
         t_tw.append(_timed(tw.step))
         if full is not None:
@@ -204,6 +241,9 @@ def measure(width: int, height: int, n: int, dim: int, repeats: int, baseline, f
         "fhgs_step_ms": med(t_fh), "twodgs_step_ms": med(t_tw), "ratio": med(t_fh) / med(t_tw),
         "rgb_kernel_ms": med(t_k),
         "bytes_per_surfel_memory": bytes_per_surfel_memory(fh),
+        "memory_breakdown": memory_breakdown(fh),
+        "feature_fp32_copy_ms": med(t_conv),
+        "sh_colors_ms": med(t_sh), "adam_ms": med(t_adam),
         "bytes_per_surfel_file": bytes_per_surfel_file(fh),
         "bytes_per_surfel_file_v1": bytes_per_surfel_file(fh, compact=False),
         "ndfd_stride": fh.cfg.ndfd_stride,
@@ -247,7 +287,8 @@ def run(argv: list[str] | None = None) -> int:
     print(f"fhgs-bench step: {native.build_info()}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}")
     header = (f"{'size':>9} {'surfels':>7} {'D':>4} {'fhgs ms':>8} {'2dgs ms':>8} {'ratio':>6} {'full ms':>8} "
-              f"{'fullratio':>9} {'rgb ms':>7} {'base ms':>8} {'B/mem':>6} {'B/file':>6} {'f3dgs':>7}")
+              f"{'fullratio':>9} {'rgb ms':>7} {'base ms':>8} {'B/mem':>6} {'B/file':>6} {'f16->32':>7} "
+              f"{'sh ms':>6} {'adam ms':>7} {'f3dgs':>7}")
     print(header)
     print("-" * len(header))
     records = []
@@ -259,12 +300,12 @@ def run(argv: list[str] | None = None) -> int:
         print(f"{w:>4}x{h:<4} {n:>7} {args.dim:>4} {rec['fhgs_step_ms']:8.1f} {rec['twodgs_step_ms']:8.1f} "
               f"{rec['ratio']:6.3f} {rec['ndfd_full_step_ms']:8.1f} {rec['ndfd_full_ratio']:9.3f} "
               f"{rec['rgb_kernel_ms']:7.1f} {base} {rec['bytes_per_surfel_memory']:6.0f} "
-              f"{rec['bytes_per_surfel_file']:6.0f} {f3}", flush=True)
+              f"{rec['bytes_per_surfel_file']:6.0f} {rec['feature_fp32_copy_ms']:7.1f} "
+              f"{rec['sh_colors_ms']:6.1f} {rec['adam_ms']:7.1f} {f3}", flush=True)
     ok = all(r["ratio"] <= 1.15 for r in records)
     print(f"target: FHGS step <= 1.15x the 2DGS step: {'met' if ok else 'NOT met'}")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as fh:
-        json.dump(records, fh, indent=2)
+    atomic_write_json(args.out, records)
     print(f"wrote {args.out}")
     return 0
 

@@ -58,7 +58,7 @@ def surfel_colors(surfels: SurfelMap, camera: Camera, sh_degree: int | None = No
         return eval_sh(0, surfels.sh_dc, surfels.means)
     dirs = surfels.means - camera.center.to(surfels.means.device)
     dirs = dirs / dirs.norm(dim=-1, keepdim=True).clamp_min(1e-9)
-    return eval_sh(deg, surfels.sh, dirs)
+    return eval_sh(deg, surfels.sh_dc, dirs, surfels.sh_rest)
 
 
 def render(surfels: SurfelMap, camera: Camera, *, background: torch.Tensor | None = None,

@@ -12,16 +12,14 @@ Map file layout (one file, format ``fhgs_map``, version 1): a safetensors file.
   ``surfel_meta`` (``SurfelMap.meta``), ``extra_tensors`` (their names) and ``crc32`` (a CRC-32
   of every tensor's bytes, so that damaged data is detected as well as truncation).
 
-Compact layout (``save_map(..., compact=True)``, format version 2, for D = 256 about 675 bytes
-per surfel instead of 1784): the features are stored once, as float16 unit vectors
-``features_unit16`` (N, D) plus the float32 norm of the raw feature ``features_norm`` (N,), and
-``sh_rest`` is stored as float16; every other field as in version 1. Loading rebuilds
-``features_unit`` = normalize(float(features_unit16)) and ``features_raw`` =
-float16(float(features_unit16) * features_norm). It is lossy: the cosine between a loaded and the
-saved unit feature is >= 1 - 2e-7 (float16 keeps 11 significant bits per component; measured
-max 1 - cos = 3.3e-8 over 10^5 random unit vectors at D = 256), raw features change by <= 1e-3
-relative (measured max 4.1e-4), higher SH coefficients by <= 2^-11 relative. Version 1 files (bit-exact) are still
-written by default and both versions are read.
+Compact layout (format version 2, the default of ``save_map``; for D = 256 about 675 bytes per
+surfel instead of 1784): the features are stored once, exactly as ``SurfelMap`` holds them, as
+float16 unit vectors ``features_unit16`` (N, D) plus the float32 norm of the raw feature
+``features_norm`` (N,), and ``sh_rest`` is stored as float16; every other field as in version 1.
+The features round-trip bit-for-bit; the only loss is ``sh_rest`` (<= 2^-11 relative).
+``save_map(..., compact=False)`` writes version 1 (the float32 ``features_unit`` and float16
+``features_raw`` computed from the map's float16 features; reading it back gives the same unit
+features and a norm within 1e-3 relative). Both versions are read.
 
 Nothing is ever pickled, and ``torch.load`` is never used. Loading parses and checks the
 header itself before it hands the bytes to safetensors. Any problem raises ``MapFileError``,
@@ -98,18 +96,13 @@ def compact_tensors(surfels: SurfelMap) -> dict[str, torch.Tensor]:
     """The version-2 (compact) tensors of a map: see the module docstring."""
     out: dict[str, torch.Tensor] = {}
     for name in COMPACT_FIELDS:
-        if name == "features_unit16":
-            t = torch.nn.functional.normalize(surfels.features_unit.detach().float(), dim=-1).half()
-        elif name == "features_norm":
-            t = surfels.features_raw.detach().float().norm(dim=-1)
-        else:
-            t = getattr(surfels, name).detach()
+        t = getattr(surfels, name).detach()
         out[name] = t.to("cpu", COMPACT_FIELDS[name][0]).contiguous().clone()
     return out
 
 
 def build_map_payload(surfels: SurfelMap, meta: dict | None = None,
-                      extra_tensors: dict[str, torch.Tensor] | None = None, compact: bool = False
+                      extra_tensors: dict[str, torch.Tensor] | None = None, compact: bool = True
                       ) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
     """(tensors, safetensors metadata) that ``save_map`` writes. Exposed for tests and tools.
 
@@ -122,7 +115,7 @@ def build_map_payload(surfels: SurfelMap, meta: dict | None = None,
     meta = dict(meta or {})
     extra_tensors = dict(extra_tensors or {})
     tensors: dict[str, torch.Tensor] = {}
-    for name, value in ({} if compact else surfels._tensor_fields()).items():
+    for name, value in ({} if compact else {k: getattr(surfels, k) for k in MAP_FIELDS}).items():
         want = MAP_FIELDS[name][0]
         t = value.detach().to("cpu")
         if t.dtype != want:
@@ -160,10 +153,11 @@ def build_map_payload(surfels: SurfelMap, meta: dict | None = None,
 
 
 def save_map(path: str | os.PathLike, surfels: SurfelMap, meta: dict | None = None,
-             extra_tensors: dict[str, torch.Tensor] | None = None, compact: bool = False) -> None:
+             extra_tensors: dict[str, torch.Tensor] | None = None, compact: bool = True) -> None:
     """Save ``surfels`` (+ ``meta`` and ``extra_tensors``) to one safetensors file, atomically.
 
-    compact: write the lossy version-2 layout (features once in float16, see the module docstring).
+    compact: write the version-2 layout (default; ``sh_rest`` in float16, see the module docstring);
+    False writes the version-1 layout that older fhgs_ros releases read.
 
     The file is written to a temporary name in the same directory, fsynced, renamed over
     ``path`` and the directory fsynced: an interrupted save leaves the previous file intact.
@@ -348,16 +342,16 @@ def load_map(path: str | os.PathLike, device: str | torch.device = "cpu", max_by
     meta["format"], meta["version"] = fmt, version
     meta.setdefault("feature_extractor", "")
 
-    if version == COMPACT_VERSION:  # rebuild the version-1 fields
-        u = tensors["features_unit16"].float()
-        tensors["features_unit"] = torch.nn.functional.normalize(u, dim=-1)
-        tensors["features_raw"] = (u * tensors["features_norm"][:, None]).half()
+    if version == COMPACT_VERSION:
         tensors["sh_rest"] = tensors["sh_rest"].float()
+    else:  # version 1: the features in the in-memory layout (float16 unit vector + float32 norm)
+        tensors["features_unit16"] = tensors["features_unit"].half()
+        tensors["features_norm"] = tensors["features_raw"].float().norm(dim=-1)
     dev = torch.device(device)
     p = lambda t: torch.nn.Parameter(t.to(dev).contiguous())  # noqa: E731
     surfels = SurfelMap(*(p(tensors[k]) for k in TRAINABLE),
-                        features_raw=tensors["features_raw"].to(dev).contiguous(),
-                        features_unit=tensors["features_unit"].to(dev).contiguous(),
+                        features_unit16=tensors["features_unit16"].to(dev).contiguous(),
+                        features_norm=tensors["features_norm"].to(dev).contiguous(),
                         uid=tensors["uid"].to(dev).contiguous(), parent_uid=tensors["parent_uid"].to(dev).contiguous(),
                         next_uid=next_uid, sh_degree=sh_degree,
                         meta=dict(meta.get("surfel_meta") or {}))

@@ -29,7 +29,11 @@ class SurfelMap:
         means (N, 3) world centre; quats (N, 4) rotation (w, x, y, z) whose columns are
         t_u, t_v, t_w = normal; log_scales (N, 2) log of (s_u, s_v) in metres;
         opacity_logit (N, 1); sh_dc (N, 1, 3); sh_rest (N, 15, 3);
-        features_raw (N, D) float16 frozen raw feature; features_unit (N, D) float32 L2-normalized copy;
+        features_unit16 (N, D) float16 frozen L2-normalized feature; features_norm (N,) float32 norm of the
+        raw feature. The feature is stored once (D * 2 + 4 bytes); ``features_unit`` (float32) and
+        ``features_raw`` (float16, = unit * norm) are computed from them on each access. float16 keeps
+        11 significant bits: ``features_unit`` has norm 1 to within 2^-11 (5e-4) and cos(stored, input) >= 1 - 2e-7;
+        raw features are within 1e-3 relative of the input.
         uid (N,) int64 unique id (children get new ids); parent_uid (N,) id of the surfel a
         clone/split child copied its feature from (its own uid for seeded surfels).
     """
@@ -40,8 +44,8 @@ class SurfelMap:
     opacity_logit: torch.nn.Parameter
     sh_dc: torch.nn.Parameter
     sh_rest: torch.nn.Parameter
-    features_raw: torch.Tensor
-    features_unit: torch.Tensor
+    features_unit16: torch.Tensor
+    features_norm: torch.Tensor
     uid: torch.Tensor
     parent_uid: torch.Tensor
     next_uid: int = 0
@@ -68,8 +72,8 @@ class SurfelMap:
         uid = torch.arange(first_uid, first_uid + n, dtype=torch.int64, device=device)
         m = SurfelMap(p(means), p(quats), p(torch.log(scales.clamp_min(1e-8))), p(torch.logit(op).reshape(n, 1)),
                       p(sh_dc), p(torch.zeros(n, SH_COEFFS - 1, 3)),
-                      features.to(device=device, dtype=torch.float16).contiguous(),
-                      F.normalize(features.float(), dim=-1).to(device).contiguous(),
+                      F.normalize(features.float(), dim=-1).to(device=device, dtype=torch.float16).contiguous(),
+                      features.float().norm(dim=-1).to(device).contiguous(),
                       uid, uid.clone(), next_uid=first_uid + n)
         return m
 
@@ -79,7 +83,17 @@ class SurfelMap:
 
     @property
     def feature_dim(self) -> int:
-        return int(self.features_unit.shape[1])
+        return int(self.features_unit16.shape[1])
+
+    @property
+    def features_unit(self) -> torch.Tensor:
+        """(N, D) float32 unit features (a fresh copy; what NDFD and the queries use)."""
+        return self.features_unit16.float()
+
+    @property
+    def features_raw(self) -> torch.Tensor:
+        """(N, D) float16 raw features = unit * norm (a fresh copy)."""
+        return (self.features_unit16.float() * self.features_norm[:, None]).half()
 
     @property
     def scales(self) -> torch.Tensor:
@@ -104,7 +118,7 @@ class SurfelMap:
     # ------------------------------------------------------------------ editing (no optimizer here)
     def _tensor_fields(self) -> dict[str, torch.Tensor]:
         d = {k: getattr(self, k).data for k in TRAINABLE}
-        d.update(features_raw=self.features_raw, features_unit=self.features_unit, uid=self.uid,
+        d.update(features_unit16=self.features_unit16, features_norm=self.features_norm, uid=self.uid,
                  parent_uid=self.parent_uid)
         return d
 
