@@ -10,6 +10,13 @@ ROS_DOMAIN_ID, localhost):
    features): the node resumes from a generated map file, maps a few keyframes and optimizes;
    also its iteration time at that size.
 
+With ``--throughput`` (default size 640x480) it instead runs the live node twice, "before" (the
+previous default: NDFD evaluated at every pixel, ``mapper.ndfd_stride = 1``) and "after" (the
+current defaults), each: (a) a keyframe run as in 1; (b) optimizer steps per second over
+``--window`` seconds with no input (the mapper iterating on the map that run built); (c) the
+keyframe-to-integrated latency as in 2 (image published -> render of the map that integrated it).
+Prints a table and writes ``bench/results/node_throughput.json``.
+
 The feature model is SAM ``vit_tiny`` with random weights at input 256 (fhgs_ros.features.sam),
 written to a temporary checkpoint, so the numbers measure the mapping system, not SAM.
 Prints a table and writes ``bench/results/node.json`` (relative to the working directory).
@@ -25,6 +32,8 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+
+from fhgs_ros.core.fileio import atomic_write_json
 
 
 def _diag(cap) -> dict[str, str]:
@@ -43,13 +52,16 @@ def _wait_diag(cap, pred, timeout: float) -> dict[str, str]:
     return d
 
 
-def _params(tmp: Path, ckpt: Path, **node) -> dict:
+def _params(tmp: Path, ckpt: Path, mapper: dict | None = None, **node) -> dict:
     base = {"pose_source": "pose", "kf_min_translation": 0.0, "kf_min_rotation_deg": 0.0, "mesh_period": 0.0,
             "cloud_period": 0.0, "publish_period": 0.0, "diagnostics_period": 0.25, "queue_size": 64,
             "autosave_every_keyframes": 0, "autosave_period": 0.0, "resume": False}
     base.update(node)
-    return {"features": {"extractor": "sam", "sam_model": "vit_tiny", "sam_checkpoint": str(ckpt),
-                         "sam_input_size": 256}, "node": base}
+    out = {"features": {"extractor": "sam", "sam_model": "vit_tiny", "sam_checkpoint": str(ckpt),
+                        "sam_input_size": 256}, "node": base}
+    if mapper:
+        out["mapper"] = dict(mapper)
+    return out
 
 
 def _random_map(path: Path, n: int, cams, seed: int = 0) -> None:
@@ -67,6 +79,80 @@ def _random_map(path: Path, n: int, cams, seed: int = 0) -> None:
     save_map(path, s, {"feature_extractor": "", "keyframes": cams})
 
 
+THROUGHPUT_VARIANTS = (("before", {"ndfd_stride": 1}), ("after", {}))
+
+
+def live_run(a, st, diag, frames, arrivals: dict, lock, stamp0: float, window: float = 0.0) -> dict:
+    """Keyframe rate, optional steps-per-second window, and image->render latency of a running node."""
+    from std_srvs.srv import Trigger
+
+    from fhgs_ros.ros.streamer import call
+
+    out: dict = {}
+    st.wait_for_subscribers(30, ("image", "camera_info", "depth", "pose"))
+    with diag.cond:  # no stale diagnostics of an earlier node
+        diag.msgs.clear()
+    _wait_diag(diag, lambda v: True, timeout=30)
+    time.sleep(1.0)
+    t0 = time.monotonic()
+    stamp = stamp0
+    for rgb, depth, cam in frames[: a.frames]:
+        stamp += 0.2
+        st.publish_frame(rgb, depth, cam, stamp)
+        time.sleep(0.05)
+    d = _wait_diag(diag, lambda v: int(v["keyframes"]) >= a.frames, timeout=60 + 30 * a.frames)
+    elapsed = time.monotonic() - t0
+    kfs = int(d.get("keyframes", 0))
+    out["keyframes_per_second"] = kfs / elapsed
+    out["keyframes"] = kfs
+    out["keyframe_run_seconds"] = elapsed
+    out["queue_drops"] = int(d.get("queue_drops", 0))
+    out["surfels_after_keyframe_run"] = int(d.get("surfels", 0))
+    out["iteration_ms"] = float(d.get("iteration_ms", 0))
+    if window > 0:
+        d0, t_a = _diag(diag), time.monotonic()
+        time.sleep(window)
+        d1, t_b = _diag(diag), time.monotonic()
+        steps = int(d1.get("iteration", 0)) - int(d0.get("iteration", 0))
+        out["steps_per_second"] = steps / (t_b - t_a)
+        out["window_steps"] = steps
+        out["window_iteration_ms"] = float(d1.get("iteration_ms", 0))
+        out["surfels_after_window"] = int(d1.get("surfels", 0))
+    call(st, Trigger, "reset", Trigger.Request(), timeout=30)
+    time.sleep(1.0)
+    published: dict[float, float] = {}
+    for rgb, depth, cam in frames[: a.latency_frames]:
+        stamp += 1.0
+        published[round(stamp, 6)] = time.monotonic()
+        st.publish_frame(rgb, depth, cam, stamp)
+        time.sleep(a.latency_period)
+    time.sleep(3.0)
+    with lock:
+        lat = [1000 * (arrivals[s] - t) for s, t in published.items() if s in arrivals]
+    out["latency_ms_median"] = statistics.median(lat) if lat else None
+    out["latency_ms_p90"] = sorted(lat)[int(0.9 * (len(lat) - 1))] if lat else None
+    out["latency_samples"] = len(lat)
+    out["live_peak_rss_mb"] = float(_diag(diag).get("peak_rss_mb", 0))
+    return out
+
+
+def _finish_throughput(a, results: dict) -> int:
+    lines = [f"fhgs-bench node --throughput ({a.width}x{a.height}, synthetic stream, tiny SAM model)",
+             "  variant  mapper               kf/s   ms/iter  steps/s  surfels  latency med  p90 ms"]
+    for r in results["throughput"]:
+        lat = r.get("latency_ms_median")
+        p90 = r.get("latency_ms_p90")
+        lines.append(f"  {r['variant']:<7}  {json.dumps(r['mapper']):<18} {r['keyframes_per_second']:6.3f} "
+                     f"{r.get('window_iteration_ms', r['iteration_ms']):9.0f} {r.get('steps_per_second', 0):8.2f} "
+                     f"{r.get('surfels_after_window', r['surfels_after_keyframe_run']):8d} "
+                     f"{lat if lat is not None else float('nan'):12.0f} {p90 if p90 is not None else float('nan'):7.0f}")
+    table = "\n".join(lines)
+    print(table)
+    results["table"] = table
+    atomic_write_json(a.out, results)
+    return 0
+
+
 def run(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="fhgs-bench node", description=__doc__.split("\n\n")[0])
     p.add_argument("--width", type=int, default=128)
@@ -78,19 +164,29 @@ def run(argv: list[str] | None = None) -> int:
     p.add_argument("--rss-frames", type=int, default=3, help="keyframes mapped on top of each loaded map")
     p.add_argument("--rss-iterations", type=int, default=5, help="optimizer iterations awaited per size")
     p.add_argument("--quick", action="store_true", help="sizes 10k,100k and fewer frames")
-    p.add_argument("--out", type=Path, default=Path("bench/results/node.json"))
+    p.add_argument("--throughput", action="store_true",
+                   help="before/after steps per second and keyframe latency at 640x480 (see the module docstring)")
+    p.add_argument("--window", type=float, default=20.0, help="[s] steps-per-second window of --throughput")
+    p.add_argument("--out", type=Path, default=None, help="JSON output (default bench/results/node[_throughput].json)")
     a = p.parse_args(argv)
     if a.quick:
         a.sizes, a.frames, a.latency_frames = "10000,100000", 10, 4
+    if a.throughput:
+        a.width = a.width if a.width != 128 else 640
+        a.height = a.height if a.height != 96 else 480
+        a.frames = min(a.frames, 6)
+        a.latency_frames = min(a.latency_frames, 4)
+        a.latency_period = max(a.latency_period, 6.0)
+    if a.out is None:
+        a.out = Path("bench/results/node_throughput.json" if a.throughput else "bench/results/node.json")
 
     from diagnostic_msgs.msg import DiagnosticArray
     from sensor_msgs.msg import Image
-    from std_srvs.srv import Trigger
 
     from fhgs_ros.features.sam import save_random_checkpoint
     from fhgs_ros.ros import conversions as conv
     from fhgs_ros.ros.harness import NodeProcess, Spinner, free_domain_id, write_params
-    from fhgs_ros.ros.streamer import LATCHED, Capture, SceneStreamer, call, synthetic_frames
+    from fhgs_ros.ros.streamer import LATCHED, Capture, SceneStreamer, synthetic_frames
 
     tmp = Path(tempfile.mkdtemp(prefix="fhgs_bench_node_"))
     ckpt = save_random_checkpoint(tmp / "tiny_sam.pth", "vit_tiny", input_size=256, seed=0)
@@ -101,7 +197,6 @@ def run(argv: list[str] | None = None) -> int:
     sp = Spinner(dom)
     st = sp.add(SceneStreamer(context=sp.context))
     diag = Capture(st, DiagnosticArray, "/diagnostics")
-    renders = Capture(st, Image, "render/rgb", LATCHED)
     arrivals: dict[float, float] = {}
     renders_lock = threading.Lock()
 
@@ -112,43 +207,28 @@ def run(argv: list[str] | None = None) -> int:
     st.create_subscription(Image, "render/rgb", on_render, LATCHED)
     try:
         # ---------------------------------------------------------------- 1 + 2: live node
+        if a.throughput:
+            rows = []
+            for name, mapper in THROUGHPUT_VARIANTS:
+                node = NodeProcess(write_params(tmp / f"live_{name}.yaml", _params(tmp, ckpt, mapper)),
+                                   tmp / f"live_{name}.log", dom)
+                try:
+                    node.wait_ready(120)
+                    row = {"variant": name, "mapper": mapper, **live_run(a, st, diag, frames, arrivals, renders_lock,
+                                                                           stamp0=1000.0 + 10000 * len(rows),
+                                                                           window=a.window)}
+                finally:
+                    node.stop()
+                rows.append(row)
+            results["throughput"] = rows
+            return _finish_throughput(a, results)
         node = NodeProcess(write_params(tmp / "live.yaml", _params(tmp, ckpt)), tmp / "live.log", dom)
         try:
             node.wait_ready(120)
-            st.wait_for_subscribers(30, ("image", "camera_info", "depth", "pose"))
-            time.sleep(1.0)
-            t0 = time.monotonic()
-            stamp = 1000.0
-            for rgb, depth, cam in frames[: a.frames]:
-                stamp += 0.2
-                st.publish_frame(rgb, depth, cam, stamp)
-                time.sleep(0.05)
-            d = _wait_diag(diag, lambda v: int(v["keyframes"]) >= a.frames, timeout=60 + 20 * a.frames)
-            elapsed = time.monotonic() - t0
-            kfs = int(d.get("keyframes", 0))
-            results["keyframes_per_second"] = kfs / elapsed
-            results["keyframes"] = kfs
-            results["keyframe_run_seconds"] = elapsed
-            results["queue_drops"] = int(d.get("queue_drops", 0))
-            results["surfels_after_keyframe_run"] = int(d.get("surfels", 0))
-            results["iteration_ms"] = float(d.get("iteration_ms", 0))
-            call(st, Trigger, "reset", Trigger.Request(), timeout=30)
-            time.sleep(1.0)
-            published: dict[float, float] = {}
-            for rgb, depth, cam in frames[: a.latency_frames]:
-                stamp += 1.0
-                published[round(stamp, 6)] = time.monotonic()
-                st.publish_frame(rgb, depth, cam, stamp)
-                time.sleep(a.latency_period)
-            time.sleep(3.0)
-            with renders_lock:
-                lat = [1000 * (arrivals[s] - t) for s, t in published.items() if s in arrivals]
-            results["latency_ms_median"] = statistics.median(lat) if lat else None
-            results["latency_ms_p90"] = sorted(lat)[int(0.9 * (len(lat) - 1))] if lat else None
-            results["latency_samples"] = len(lat)
-            results["live_peak_rss_mb"] = float(_diag(diag).get("peak_rss_mb", 0))
+            results.update(live_run(a, st, diag, frames, arrivals, renders_lock, stamp0=1000.0))
         finally:
             node.stop()
+        stamp = 1000.0 + 100 * (a.frames + a.latency_frames)
         # ---------------------------------------------------------------- 3: peak RSS vs map size
         rss = []
         cams = [c for _, _, c in frames]
@@ -202,8 +282,7 @@ def run(argv: list[str] | None = None) -> int:
     table = "\n".join(lines)
     print(table)
     results["table"] = table
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(results, indent=2))
+    atomic_write_json(a.out, results)
     return 0
 
 

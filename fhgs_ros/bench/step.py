@@ -47,15 +47,14 @@ import time
 import torch
 import torch.nn.functional as F
 
+from fhgs_ros.bench.raster import PARAMS, bench_scene
 from fhgs_ros.core import native
-from fhgs_ros.core.mapper import Keyframe, Mapper, MapperConfig
 from fhgs_ros.core.fileio import atomic_write_json
+from fhgs_ros.core.mapper import Keyframe, Mapper, MapperConfig
 from fhgs_ros.core.reference import sample_grid
 from fhgs_ros.core.render import surfel_colors
 from fhgs_ros.core.storage import save_map
 from fhgs_ros.core.surfels import SurfelMap
-
-from fhgs_ros.bench.raster import PARAMS, bench_scene
 
 DEFAULT_CONFIGS = ((480, 270, 50_000), (640, 480, 150_000))
 QUICK_CONFIGS = ((160, 96, 4_000),)

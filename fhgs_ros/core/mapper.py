@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.nn.functional as F
 from fhgs_ros.core.params import param
 
 from fhgs_ros.core.camera import Camera
@@ -77,8 +78,34 @@ class MapperConfig:
     ndfd_stride: int = param(0, 'NDFD pixel subsampling (core/ndfd_sampling.py): 0 = one jittered pixel per GT-grid '
                              'cell pitch (unbiased estimate of the full-resolution loss), 1 = every pixel, s > 1 = '
                              'one per s x s block', unit='px', lo=0, hi=4096)
+    coarse_factor: float = param(1.0, 'large-image mode: render and supervise at this fraction of the keyframe '
+                                 'resolution (1 = off; 0.5 = a quarter of the pixels); the full resolution is used '
+                                 'after coarse_until_iter (offline) / in the last 30 % of a keyframe budget (online)',
+                                 lo=0.1, hi=1.0)
+    coarse_min_pixels: int = param(250_000, 'large-image mode applies only to keyframes with at least this many '
+                                   'pixels', unit='px', lo=0)
+    coarse_until_iter: int = param(15000, 'large-image mode: reduced resolution up to this iteration (offline '
+                                   'schedule)')
     density: DensityConfig = field(default_factory=DensityConfig)
     lrs: LearningRates = field(default_factory=LearningRates)
+
+
+def coarse_keyframe(kf: Keyframe, factor: float) -> Keyframe:
+    """The keyframe at ``factor`` times its resolution: area-averaged image, nearest depth/mask/labels,
+    the camera scaled, the same GT feature grid (more cells per pixel)."""
+    cam = kf.camera.scaled(factor)
+    size = (cam.height, cam.width)
+
+    def nearest(t: torch.Tensor | None) -> torch.Tensor | None:
+        if t is None:
+            return None
+        return F.interpolate(t[None, None].float(), size=size, mode="nearest")[0, 0].to(t.dtype)
+
+    image = F.interpolate(kf.image[None], size=size, mode="area")[0]
+    target = None
+    if kf.target is not None:
+        target = FeatureTarget(kf.target.grid, kf.target.scale * kf.camera.width / cam.width)
+    return Keyframe(cam, image, target, nearest(kf.depth), nearest(kf.labels), kf.stamp, nearest(kf.mask))
 
 
 class Mapper:
@@ -148,6 +175,9 @@ class Mapper:
             if cfg.sh_increase_every > 0 and it % cfg.sh_increase_every == 0:
                 self.surfels.sh_degree = min(self.surfels.sh_degree + 1, cfg.sh_degree_max)
             kf = self.keyframes[int(torch.randint(len(self.keyframes), (1,), generator=self.gen))]
+            if (cfg.coarse_factor < 1.0 and kf.camera.width * kf.camera.height >= cfg.coarse_min_pixels
+                    and sched.coarse_on(it)):
+                kf = coarse_keyframe(kf, cfg.coarse_factor)
             use_ndfd = cfg.ndfd_enabled and kf.target is not None and (cfg.lambda_ext > 0 or cfg.lambda_int > 0)
             nd_w = None
             if use_ndfd:

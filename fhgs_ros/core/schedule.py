@@ -47,6 +47,10 @@ class OfflineSchedule:
     def _reset_every(self) -> int:
         return self.cfg.opacity_reset_every
 
+    def coarse_on(self, it: int) -> bool:
+        """Large-image mode may render at reduced resolution (MapperConfig.coarse_*): not after coarse_until_iter."""
+        return it <= self.cfg.coarse_until_iter
+
 
 @dataclass
 class KeyframeBudgetSchedule(OfflineSchedule):
@@ -87,3 +91,7 @@ class KeyframeBudgetSchedule(OfflineSchedule):
 
     def _reset_every(self) -> int:
         return self.cfg.opacity_reset_every if self.opacity_reset else NEVER
+
+    def coarse_on(self, it: int) -> bool:
+        """Reduced resolution in the first 70 % of each keyframe's budget, full resolution in the last 30 %."""
+        return super().coarse_on(it) if self.start is None else it <= self._frac(0.7)
