@@ -115,7 +115,7 @@ def query_by_point(surfels: SurfelMap, xyz: Sequence[float] | torch.Tensor, thre
     if radius is not None and math.sqrt(float(d2[i])) > radius:
         d = surfels.feature_dim
         return QueryResult(torch.zeros(0, dtype=torch.int64), torch.zeros(0), torch.zeros(d), -1, float(threshold))
-    return query_by_feature(surfels, surfels.features_unit[i], threshold, top_k, seed=i)
+    return query_by_feature(surfels, surfels.features_unit16[i].float(), threshold, top_k, seed=i)
 
 
 # ----------------------------------------------------------------------------- blending weights
@@ -197,7 +197,7 @@ def query_by_pixel(surfels: SurfelMap, camera: Camera, x: int, y: int, threshold
         raise QueryError(f"no surfel is visible at pixel ({x}, {y}) (alpha {float(w.sum()):.3f} < {min_alpha})")
     seed = int(idx[0])
     if mode == "dominant":
-        return query_by_feature(surfels, surfels.features_unit[seed], threshold, top_k, seed=seed)
+        return query_by_feature(surfels, surfels.features_unit16[seed].float(), threshold, top_k, seed=seed)
     with torch.no_grad():
         r = render(surfels, crop_camera(camera, int(x), int(y), 1, 1), render_features=True, backend=backend)
     return query_by_feature(surfels, r.features[:, 0, 0], threshold, top_k, seed=seed)
