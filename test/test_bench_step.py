@@ -27,3 +27,8 @@ def test_step_bench_quick(tmp_path):
     assert r["ratio"] == pytest.approx(r["fhgs_step_ms"] / r["twodgs_step_ms"])
     assert r["bytes_per_surfel_file"] < r["bytes_per_surfel_file_v1"]
     assert r["f3dgs_step_ms"] > 0
+    mb = r["memory_breakdown"]
+    assert r["bytes_per_surfel_memory"] == pytest.approx(sum(mb.values()))
+    assert mb["features_unit16"] == 2 * 32 and mb["features_norm"] == 4  # the feature is held once
+    assert mb["adam_moments"] == 2 * 4 * (3 + 4 + 2 + 1 + 3 + 45)  # both moments of every trainable float
+    assert r["feature_fp32_copy_ms"] >= 0 and r["sh_colors_ms"] > 0 and r["adam_ms"] > 0
