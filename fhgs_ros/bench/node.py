@@ -52,23 +52,22 @@ def _wait_diag(cap, pred, timeout: float) -> dict[str, str]:
     return d
 
 
-def _wait_count(cap, key: str, target: int, stall: float, timeout: float) -> dict[str, str]:
+def _wait_count(cap, key: str, target: int, stall: float, timeout: float) -> tuple[dict[str, str], float]:
     """Wait until diagnostics ``key`` reaches ``target`` or stops growing for ``stall`` seconds
-    (frames the node dropped, e.g. for a late pose, never arrive)."""
+    (frames the node dropped, e.g. for a late pose, never arrive); returns the last diagnostics and
+    the monotonic time the count last grew."""
     end = time.monotonic() + timeout
     best, since = -1, time.monotonic()
     d: dict[str, str] = {}
     while time.monotonic() < end:
         d = _diag(cap)
         v = int(d.get(key, -1)) if d else -1
-        if v >= target:
-            return d
         if v > best:
             best, since = v, time.monotonic()
-        elif time.monotonic() - since > stall:
-            return d
+        if v >= target or time.monotonic() - since > stall:
+            return d, since
         time.sleep(0.1)
-    return d
+    return d, since
 
 
 def _params(tmp: Path, ckpt: Path, mapper: dict | None = None, **node) -> dict:
@@ -119,8 +118,8 @@ def live_run(a, st, diag, frames, arrivals: dict, lock, stamp0: float, window: f
         stamp += 0.2
         st.publish_frame(rgb, depth, cam, stamp)
         time.sleep(a.frame_gap)
-    d = _wait_count(diag, "keyframes", a.frames, stall=30.0, timeout=60 + 30 * a.frames)
-    elapsed = time.monotonic() - t0
+    d, t_last = _wait_count(diag, "keyframes", a.frames, stall=30.0, timeout=60 + 30 * a.frames)
+    elapsed = t_last - t0
     kfs = int(d.get("keyframes", 0))
     out["keyframes_per_second"] = kfs / elapsed
     out["keyframes"] = kfs
