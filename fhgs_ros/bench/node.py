@@ -167,6 +167,7 @@ def _finish_throughput(a, results: dict) -> int:
     table = "\n".join(lines)
     print(table)
     results["table"] = table
+    a.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(a.out, results)
     return 0
 
@@ -304,6 +305,7 @@ def run(argv: list[str] | None = None) -> int:
     table = "\n".join(lines)
     print(table)
     results["table"] = table
+    a.out.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json(a.out, results)
     return 0
 
