@@ -127,6 +127,7 @@ def live_run(a, st, diag, frames, arrivals: dict, lock, stamp0: float, window: f
     out["queue_drops"] = int(d.get("queue_drops", 0))
     out["surfels_after_keyframe_run"] = int(d.get("surfels", 0))
     out["iteration_ms"] = float(d.get("iteration_ms", 0))
+    out["diagnostics_after_keyframe_run"] = dict(d)  # frames_synced / frames_not_keyframes / ... say where frames went
     if window > 0:
         d0, t_a = _diag(diag), time.monotonic()
         time.sleep(window)
