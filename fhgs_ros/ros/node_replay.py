@@ -41,13 +41,14 @@ def map_bag_with_node(bag: str | Path, params: dict, out_dir: str | Path, remap:
 
     from fhgs_ros.ros.streamer import call
 
-    out = Path(out_dir)
+    # absolute: the node resolves relative service paths inside its node.map_dir, not our cwd
+    out = Path(out_dir).resolve()
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     dom = free_domain_id()
     # the node may write only inside node.map_dir: the map and mesh this run saves go to out_dir
     params = dict(params, node=dict(params.get("node") or {}))
-    params["node"].setdefault("map_dir", str(out.resolve()))
+    params["node"].setdefault("map_dir", str(out))
     pfile = write_params(out / "node_params.yaml", params)
     node = NodeProcess(pfile, out / "node.log", dom, ["-p", "use_sim_time:=true"] + list(node_args or []))
     res = NodeReplayResult(out / "map.safetensors", None, node_log=out / "node.log")
