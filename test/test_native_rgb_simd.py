@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from fhgs_ros.core import native
-from test_native_equivalence import (PARAMS, check_equivalent, fresh_seed, make_camera, near_threshold_surfels, needs_native,
+from test_native_equivalence import (FWD_TOL, GRAD_TOL, PARAMS, check_equivalent, fresh_seed, make_camera, near_threshold_surfels, needs_native,
                                      prepared,
                                      quat_from_normal, random_scene)
 
@@ -119,25 +119,25 @@ def _fwd_bwd(s, kernel):
 
 @needs_native
 def test_fast_matches_frozen_baseline_and_is_deterministic(isa):
-    """The bench's baseline (the frozen scalar kernels) and the SIMD kernels render the same image and
-    gradients up to float32 rounding on a scene with many contributors per pixel (no sanitizing: the
-    two share every decision's arithmetic); two fast runs are bitwise equal."""
-    seed = fresh_seed()
-    s = random_scene(80, 56, 2000, 0, torch.Generator().manual_seed(seed), scale=(0.03, 0.15), dr=4)
+    """The bench's baseline (the frozen scalar kernels) and the SIMD kernels agree on a sanitized scene
+    with many contributors per pixel (each is within the tolerances of the reference, so they are
+    within twice those of each other; the same contributors), and two fast runs are bitwise equal."""
+    def make(g):
+        return random_scene(80, 56, 2000, 0, g, scale=(0.03, 0.15), dr=4)
+    s, seed, removed = prepared(make, min_keep=1500)
     rb, gb = _fwd_bwd(s, "baseline")
     rf, gf = _fwd_bwd(s, "fast")
     rf2, gf2 = _fwd_bwd(s, "fast")
-    changed = (rf.n_contrib != rb.n_contrib).float().mean()
-    assert changed < 0.01, f"contributor counts differ at {changed:.3%} of the pixels (seed={seed})"
-    same = rf.n_contrib == rb.n_contrib
-    for k in ("rgb", "alpha", "depth", "normal", "distortion", "features"):
+    msg = f"(seed={seed}, removed={removed})"
+    assert torch.equal(rf.n_contrib, rb.n_contrib), msg
+    assert int(rf.n_contrib.max()) > 10, msg
+    for k in ("rgb", "alpha", "depth", "depth_median", "normal", "distortion", "features"):
         a, b = getattr(rf, k), getattr(rb, k)
-        err = float(((a - b).abs() * same).max() / b.abs().max().clamp_min(1e-12))
-        assert err < 1e-5, f"{k}: {err:.3g} (seed={seed})"
-    if changed == 0:
-        for k, a, b in zip(PARAMS, gf, gb):
-            err = float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
-            assert err < 1e-4, f"grad {k}: {err:.3g} (seed={seed})"
+        err = float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+        assert err <= 2 * FWD_TOL, f"{k}: {err:.3g} {msg}"
+    for k, a, b in zip(PARAMS, gf, gb):
+        err = float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
+        assert err <= 2 * GRAD_TOL, f"grad {k}: {err:.3g} {msg}"
     for k in ("rgb", "distortion", "features"):
         assert torch.equal(getattr(rf, k), getattr(rf2, k))
     for a, b in zip(gf, gf2):

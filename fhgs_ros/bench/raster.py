@@ -210,9 +210,9 @@ def print_rgb_table(records: list[dict]) -> None:
           "stage ms = mean per iteration)")
     cols = ("forward", "backward", "preprocess", "bin", "other")
     hdr = (f"{'size':>9} {'surfels':>7} {'base ms':>8} {'new ms':>8} {'ratio':>6} {'GF/s base':>9} {'GF/s new':>8}  "
-           + " ".join(f"{c[:8]:>17}" for c in cols))
+           + " ".join(f"{c:>17}" for c in cols))
     print(hdr)
-    print(" " * 60 + "  " + " ".join(f"{'base -> new':>17}" for _ in cols))
+    print(" " * 61 + "  " + " ".join(f"{'base -> new':>17}" for _ in cols))
     print("-" * len(hdr))
     for r in records:
         pb, pn = r["profile_baseline_rgb"], r["profile_rgb"]
