@@ -99,7 +99,7 @@ def native_extensions():
     """Return (cmdclass, ext_modules) for setup()."""
     from torch.utils.cpp_extension import BuildExtension, CppExtension
 
-    sources = [os.path.relpath(os.path.join(SRC, f), HERE) for f in ("bindings.cpp", "raster_cpu.cpp")]
+    sources = [os.path.relpath(os.path.join(SRC, f), HERE) for f in ("bindings.cpp", "raster_cpu.cpp", "raster_cpu_baseline.cpp")]
     cxx = ["-O3", "-fopenmp", "-std=c++17"]
     if os.environ.get("FHGS_DEBUG_INFO", "") not in ("", "0"):  # for profiling with perf
         cxx.append("-g")
@@ -133,7 +133,7 @@ def native_extensions():
         extra_objects=extra_objects,
         libraries=libraries,
         library_dirs=library_dirs,
-        depends=[os.path.relpath(os.path.join(SRC, f), HERE) for f in ("raster_math.h", "raster_api.h", "raster_cuda.cu")],
+        depends=[os.path.relpath(os.path.join(SRC, f), HERE) for f in ("raster_math.h", "raster_api.h", "raster_cuda.cu", "raster_cpu_rgb.h")],
     )
 
     exts = [ext]

@@ -7,11 +7,17 @@ NDFD, the two NDFD losses), backward to all surfel parameters -- for
 * ``reference``: the pure-PyTorch rasterizer (``core/reference.py``) with NDFD;
 * ``native_rgb``: the native CPU kernels without NDFD;
 * ``native_ndfd``: the native CPU kernels with NDFD,
+* ``baseline_rgb``: the native CPU kernels without NDFD, run by the frozen scalar copy of the tile
+  kernels as they were before the SIMD RGB path (issue 13, ``native.cpu_kernel("baseline")``),
+  interleaved with ``native_rgb`` so that the speed-up is a ratio taken in one run,
 
 prints a table and writes ``bench/results/raster.json`` (relative to the working directory), one
 record per configuration with ``width, height, surfels, dim, reference_ms, native_rgb_ms,
 native_ndfd_ms, speedup`` (reference / native with NDFD), ``ndfd_overhead`` (native_ndfd_ms /
-native_rgb_ms), the FLOP counts per iteration and the achieved GFLOP/s.
+native_rgb_ms), ``baseline_rgb_ms, rgb_speedup`` (baseline_rgb_ms / native_rgb_ms), the FLOP
+counts per iteration, the achieved GFLOP/s, and ``profile_rgb`` / ``profile_baseline_rgb``: the
+mean wall ms per iteration of each native stage (preprocess, bin, forward, backward: the
+extension's own timers) and ``other`` (the rest of the iteration: allocation, autograd, the loss).
 
 Scene: a synthetic room (floor, three walls, two spheres) covered by surfels lying on the
 surfaces (normal noise, random spin), sized by the surfel spacing so that every pixel sees a
@@ -51,7 +57,8 @@ from fhgs_ros.core.raster_types import FeatureTarget, NDFDParams
 from fhgs_ros.core.reference import rasterize_reference
 
 PARAMS = ("means", "quats", "scales", "opacity", "colors")
-DEFAULT_CONFIGS = ((128, 5000), (128, 20000), (256, 5000), (256, 20000))
+DEFAULT_CONFIGS = ((128, 128, 5000), (128, 128, 20000), (256, 256, 5000), (256, 256, 20000))
+STAGES = ("preprocess", "bin", "forward", "backward")
 
 
 # ------------------------------------------------------------------------------------------ scene
@@ -140,14 +147,36 @@ def time_reference(scene: dict, window: int) -> float:
     return sum(_iteration(rasterize_reference, scene, True, cam) for cam in windows(scene["camera"], window))
 
 
-def time_native(scene: dict, repeats: int) -> tuple[list[float], list[float]]:
+def _profiled(scene: dict, ndfd: bool, prof: dict, kernel: str = "fast") -> float:
+    """One native iteration under ``kernel``; adds its per-stage wall ms (and ``other``) to ``prof``."""
+    with native.cpu_kernel(kernel):
+        native.stage_profile(reset=True)
+        t = _iteration(native.rasterize_native, scene, ndfd)
+        st = native.stage_profile(reset=True)
+    for k in STAGES:
+        prof[k] = prof.get(k, 0.0) + st.get(k, 0.0)
+    prof["other"] = prof.get("other", 0.0) + 1000 * t - sum(st.values())
+    return t
+
+
+def time_native(scene: dict, repeats: int, baseline: bool = True):
+    """Interleaved medians: RGB (fast kernels), NDFD, and (``baseline``) RGB by the frozen baseline.
+
+    Returns (rgb, nd, base) second lists and the mean per-iteration stage profiles of the RGB runs."""
     _iteration(native.rasterize_native, scene, False)
     _iteration(native.rasterize_native, scene, True)
-    rgb, nd = [], []
+    if baseline:
+        _profiled(scene, False, {}, "baseline")
+    rgb, nd, base = [], [], []
+    prof_rgb: dict = {}
+    prof_base: dict = {}
     for _ in range(repeats):
-        rgb.append(_iteration(native.rasterize_native, scene, False))
+        if baseline:
+            base.append(_profiled(scene, False, prof_base, "baseline"))
+        rgb.append(_profiled(scene, False, prof_rgb))
         nd.append(_iteration(native.rasterize_native, scene, True))
-    return rgb, nd
+    mean = lambda p: {k: v / repeats for k, v in p.items()}  # noqa: E731
+    return rgb, nd, base, mean(prof_rgb), mean(prof_base) if baseline else None
 
 
 def work_counts(scene: dict) -> dict:
@@ -175,11 +204,31 @@ def flops(counts: dict, dim: int, ndfd: bool) -> float:
     return float(f)
 
 
+def print_rgb_table(records: list[dict]) -> None:
+    """The RGB-only fast kernels against the frozen baseline: times, GFLOP/s, stage breakdown."""
+    print("\nRGB-only native forward+backward: frozen pre-SIMD baseline vs SIMD kernels (interleaved medians; "
+          "stage ms = mean per iteration)")
+    cols = ("forward", "backward", "preprocess", "bin", "other")
+    hdr = (f"{'size':>9} {'surfels':>7} {'base ms':>8} {'new ms':>8} {'ratio':>6} {'GF/s base':>9} {'GF/s new':>8}  "
+           + " ".join(f"{c:>17}" for c in cols))
+    print(hdr)
+    print(" " * 61 + "  " + " ".join(f"{'base -> new':>17}" for _ in cols))
+    print("-" * len(hdr))
+    for r in records:
+        pb, pn = r["profile_baseline_rgb"], r["profile_rgb"]
+        stages = " ".join(f"{pb.get(c, 0.0):7.1f} -> {pn.get(c, 0.0):6.1f}" for c in cols)
+        print(f"{r['width']:>4}x{r['height']:<4} {r['surfels']:>7} {r['baseline_rgb_ms']:8.1f} {r['native_rgb_ms']:8.1f} "
+              f"{r['rgb_speedup']:5.2f}x {r['gflops_baseline_rgb']:9.1f} {r['gflops_native_rgb']:8.1f}  {stages}")
+
+
 # ------------------------------------------------------------------------------------------- main
 def run(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="fhgs-bench raster", description=__doc__.split("\n")[0])
-    ap.add_argument("--configs", default=",".join(f"{w}x{n}" for w, n in DEFAULT_CONFIGS),
-                    help="comma-separated SIZExSURFELS (square images), default %(default)s")
+    ap.add_argument("--configs", default=",".join(f"{w}x{h}x{n}" for w, h, n in DEFAULT_CONFIGS),
+                    help="comma-separated WIDTHxHEIGHTxSURFELS (or SIZExSURFELS for a square image), "
+                         "default %(default)s")
+    ap.add_argument("--no-baseline", action="store_true",
+                    help="skip the frozen pre-SIMD baseline kernels (RGB speed-up column)")
     ap.add_argument("--dim", type=int, default=256, help="feature width D")
     ap.add_argument("--repeats", type=int, default=7, help="native iterations per variant (median)")
     ap.add_argument("--no-reference", action="store_true", help="skip the (slow, memory-heavy) reference")
@@ -191,49 +240,60 @@ def run(argv: list[str] | None = None) -> int:
         return 1
     configs = []
     for tok in args.configs.split(","):
-        size, n = tok.lower().split("x")
-        configs.append((int(size), int(n)))
+        parts = [int(x) for x in tok.lower().split("x")]
+        configs.append((parts[0], parts[0], parts[1]) if len(parts) == 2 else tuple(parts))
 
     records = []
     header = (f"{'size':>9} {'surfels':>7} {'D':>4} {'ref ms':>10} {'rgb ms':>8} {'ndfd ms':>8} {'speedup':>8} "
               f"{'ndfd ovh':>8} {'GFLOP/it':>9} {'GFLOP/s':>8}")
-    print(f"fhgs-bench raster: {native.build_info()}, {torch.get_num_threads()} threads, "
-          f"{platform.processor() or platform.machine()}")
+    print(f"fhgs-bench raster: {native.build_info()}, SIMD RGB kernels {native.cpu_isa()}, "
+          f"{torch.get_num_threads()} threads, {platform.processor() or platform.machine()}")
     print(header)
     print("-" * len(header))
-    for size, n in configs:
-        scene = bench_scene(size, size, n, args.dim)
+    for width, height, n in configs:
+        scene = bench_scene(width, height, n, args.dim)
         counts = work_counts(scene)
-        rgb, nd = time_native(scene, args.repeats)
+        rgb, nd, base, prof_rgb, prof_base = time_native(scene, args.repeats, not args.no_baseline)
         rgb_ms, nd_ms = 1000 * statistics.median(rgb), 1000 * statistics.median(nd)
+        base_ms = 1000 * statistics.median(base) if base else None
         ref_ms = None if args.no_reference else 1000 * time_reference(scene, args.window)
         f_rgb, f_nd = flops(counts, args.dim, False), flops(counts, args.dim, True)
         rec = {
-            "width": size, "height": size, "surfels": n, "dim": args.dim,
+            "width": width, "height": height, "surfels": n, "dim": args.dim,
             "reference_ms": ref_ms, "native_rgb_ms": rgb_ms, "native_ndfd_ms": nd_ms,
             "speedup": (ref_ms / nd_ms) if ref_ms else None, "ndfd_overhead": nd_ms / rgb_ms,
             "native_rgb_ms_min": 1000 * min(rgb), "native_ndfd_ms_min": 1000 * min(nd),
             "flops_rgb": f_rgb, "flops_ndfd": f_nd,
             "gflops_native_rgb": f_rgb / rgb_ms / 1e6, "gflops_native_ndfd": f_nd / nd_ms / 1e6,
             "gflops_reference": (f_nd / ref_ms / 1e6) if ref_ms else None,
+            "baseline_rgb_ms": base_ms, "rgb_speedup": (base_ms / rgb_ms) if base_ms else None,
+            "gflops_baseline_rgb": (f_rgb / base_ms / 1e6) if base_ms else None,
+            "profile_rgb": prof_rgb, "profile_baseline_rgb": prof_base, "cpu_isa": native.cpu_isa(),
+            "samples_ms": {"rgb": [1000 * t for t in rgb], "ndfd": [1000 * t for t in nd],
+                           "baseline_rgb": [1000 * t for t in base]},
             "counts": counts, "repeats": args.repeats, "reference_windows": args.window,
             "threads": torch.get_num_threads(),
         }
         records.append(rec)
         ref_s = f"{ref_ms:10.0f}" if ref_ms else f"{'-':>10}"
         sp_s = f"{rec['speedup']:7.0f}x" if ref_ms else f"{'-':>8}"
-        print(f"{size:>4}x{size:<4} {n:>7} {args.dim:>4} {ref_s} {rgb_ms:8.1f} {nd_ms:8.1f} {sp_s} "
+        print(f"{width:>4}x{height:<4} {n:>7} {args.dim:>4} {ref_s} {rgb_ms:8.1f} {nd_ms:8.1f} {sp_s} "
               f"{rec['ndfd_overhead']:8.2f} {f_nd / 1e9:9.2f} {rec['gflops_native_ndfd']:8.1f}", flush=True)
+    if not args.no_baseline:
+        print_rgb_table(records)
 
     ok_speed = all(r["speedup"] is None or r["speedup"] >= 30 for r in records)
     ok_ovh = all(r["ndfd_overhead"] <= 2.0 for r in records)
+    ok_rgb = all(r["rgb_speedup"] is None or r["rgb_speedup"] >= 2.0 for r in records)
     print(f"targets: native >= 30x faster than the reference: {'met' if ok_speed else 'NOT met'}; "
-          f"NDFD adds <= 100% to the RGB-only native time: {'met' if ok_ovh else 'NOT met'}")
+          f"NDFD adds <= 100% to the RGB-only native time: {'met' if ok_ovh else 'NOT met'}; "
+          f"RGB kernels >= 2x the pre-SIMD baseline: {'met' if ok_rgb else 'NOT met'}")
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as fh:
         json.dump({"benchmark": "raster", "build": native.build_info(), "records": records,
                    "targets": {"speedup_min": 30, "ndfd_overhead_max": 2.0, "speedup_met": ok_speed,
-                               "ndfd_overhead_met": ok_ovh}}, fh, indent=2)
+                               "ndfd_overhead_met": ok_ovh, "rgb_speedup_min": 2.0, "rgb_speedup_met": ok_rgb}},
+                  fh, indent=2)
     print(f"wrote {args.out}")
     return 0
 

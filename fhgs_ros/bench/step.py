@@ -9,8 +9,10 @@ D-SSIM, NDFD losses, backward, density statistics, Adam) interleaved FHGS / 2DGS
 ``--repeats`` after a warm-up. It also reports, in the same run:
 
 * ``rgb_kernel_ms``: the native RGB-only forward + backward (the loss of ``fhgs-bench raster``);
-  with ``--baseline-so PATH`` also the same for another build of the extension (for example the
-  previous commit's ``fhgs_ros/_native*.so``), interleaved, and the speed-up;
+  also the same by the frozen pre-SIMD copy of the CPU tile kernels compiled into the extension
+  (``native.cpu_kernel("baseline")``), or with ``--baseline-so PATH`` by another build of the
+  extension (for example the previous commit's ``fhgs_ros/_native*.so``), interleaved, and the
+  speed-up;
 * ``ndfd_full_step_ms``: the FHGS step with NDFD evaluated at every pixel
   (``MapperConfig.ndfd_stride = 1``, the pre-subsampling behaviour) when the default subsamples;
 * ``bytes_per_surfel_memory``: every per-surfel tensor the mapper holds between steps (map
@@ -160,7 +162,10 @@ def load_extension(path: str):
 
 
 def with_extension(ext, fn):
-    """Run ``fn`` with ``native._ext`` swapped for ``ext``."""
+    """Run ``fn`` with ``native._ext`` swapped for ``ext`` ("frozen": the compiled-in baseline kernels)."""
+    if ext == "frozen":
+        with native.cpu_kernel("baseline"):
+            return fn()
     saved = native._ext
     native._ext = ext
     try:
@@ -271,7 +276,8 @@ def run(argv: list[str] | None = None) -> int:
     ap.add_argument("--dim", type=int, default=256, help="feature width D")
     ap.add_argument("--repeats", type=int, default=5, help="interleaved steps per variant (median)")
     ap.add_argument("--baseline-so", default=None,
-                    help="another build of fhgs_ros/_native*.so to time the RGB kernel against")
+                    help="another build of fhgs_ros/_native*.so to time the RGB kernel against "
+                         "(default: the frozen pre-SIMD kernels compiled into this build)")
     ap.add_argument("--f3dgs", action="store_true",
                     help="also time a Feature-3DGS-style step at the first configuration (slow)")
     ap.add_argument("--out", default=os.path.join("bench", "results", "step.json"))
@@ -282,7 +288,8 @@ def run(argv: list[str] | None = None) -> int:
     configs = QUICK_CONFIGS if args.quick else [tuple(int(v) for v in tok.lower().split("x"))
                                                 for tok in args.configs.split(",")]
     repeats = 2 if args.quick else args.repeats
-    baseline = load_extension(args.baseline_so) if args.baseline_so else None
+    baseline = load_extension(args.baseline_so) if args.baseline_so else (
+        "frozen" if hasattr(native._ext, "set_cpu_kernel") else None)
     print(f"fhgs-bench step: {native.build_info()}, {torch.get_num_threads()} threads, "
           f"{platform.processor() or platform.machine()}")
     header = (f"{'size':>9} {'surfels':>7} {'D':>4} {'fhgs ms':>8} {'2dgs ms':>8} {'ratio':>6} {'full ms':>8} "

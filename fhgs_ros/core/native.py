@@ -14,6 +14,7 @@ A missing extension or backend is reported by one log line, never by an import e
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections import namedtuple
 from typing import NamedTuple
@@ -62,6 +63,29 @@ def cuda_backend_available() -> bool:
 
 def build_info() -> str:
     return _ext.build_info() if _ext is not None else f"unavailable ({_IMPORT_ERROR})"
+
+
+def cpu_isa() -> str:
+    """Instruction-set variant of the SIMD RGB CPU kernels in use ("x86-64-v4", "x86-64-v3", "baseline")."""
+    return str(_ext.cpu_isa()) if _ext is not None and hasattr(_ext, "cpu_isa") else "unavailable"
+
+
+@contextlib.contextmanager
+def cpu_kernel(name: str):
+    """Run the CPU tile kernels ``name`` inside the block: "fast" (default) or "baseline", the frozen
+    scalar copy of the kernels before the SIMD RGB path (``fhgs-bench raster`` times both side by
+    side). Forward and backward of one iteration must run under the same setting."""
+    prev = _ext.cpu_kernel()
+    _ext.set_cpu_kernel(name)
+    try:
+        yield
+    finally:
+        _ext.set_cpu_kernel(prev)
+
+
+def stage_profile(reset: bool = True) -> dict[str, float]:
+    """Accumulated wall ms per native stage (preprocess, bin, lever, forward, backward) since the last reset."""
+    return {k: float(v[0]) for k, v in _ext.stage_profile(reset).items()}
 
 
 def camera_vector(camera: Camera) -> torch.Tensor:

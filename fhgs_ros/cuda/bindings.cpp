@@ -11,6 +11,7 @@
 #include <cstdio>
 #include <ctime>
 #include <limits>
+#include <map>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -45,21 +46,40 @@ bool use_cuda(const Tensor& means) {
   return means.is_cuda() || kCudaEmu;
 }
 
-// FHGS_NATIVE_PROFILE=1 prints the wall and process CPU time of every stage to stderr.
+// Stage profile: every stage's wall time is accumulated per name (read and reset by
+// stage_profile(); `fhgs-bench raster` prints the breakdown). FHGS_NATIVE_PROFILE=1 also prints the
+// wall and process CPU time of every stage to stderr.
+const char* const kStages[] = {"preprocess", "bin", "lever", "forward", "backward"};
+constexpr int kNumStages = 5;
+double g_stage_ms[kNumStages] = {0, 0, 0, 0, 0};
+int64_t g_stage_calls[kNumStages] = {0, 0, 0, 0, 0};
+
 struct StageTimer {
   bool on = std::getenv("FHGS_NATIVE_PROFILE") != nullptr;
   std::chrono::steady_clock::time_point t = std::chrono::steady_clock::now();
   std::clock_t c = std::clock();
   void mark(const char* name) {
-    if (!on) return;
     auto n = std::chrono::steady_clock::now();
-    std::clock_t cn = std::clock();
-    std::fprintf(stderr, "[fhgs native] %-10s %8.2f ms wall %8.2f ms cpu\n", name,
-                 std::chrono::duration<double, std::milli>(n - t).count(), 1000.0 * (double)(cn - c) / CLOCKS_PER_SEC);
+    const double ms = std::chrono::duration<double, std::milli>(n - t).count();
+    for (int i = 0; i < kNumStages; ++i)
+      if (std::string(name) == kStages[i]) {
+        g_stage_ms[i] += ms;
+        g_stage_calls[i] += 1;
+      }
+    if (on) {
+      std::clock_t cn = std::clock();
+      std::fprintf(stderr, "[fhgs native] %-10s %8.2f ms wall %8.2f ms cpu\n", name, ms,
+                   1000.0 * (double)(cn - c) / CLOCKS_PER_SEC);
+      c = cn;
+    }
     t = n;
-    c = cn;
   }
 };
+
+// Which CPU tile kernels run: the live ones (SIMD RGB path) or the frozen scalar copy kept as the
+// bench baseline (raster_cpu_baseline.cpp). Switch only between iterations: the forward's saved
+// state is laid out for the kernels of the same setting.
+bool g_cpu_baseline = false;
 
 // Debug aid for the tests: when on, every buffer the extension allocates without initializing is
 // filled with NaN (floats) or a negative sentinel (integers) first, so an element a kernel forgets
@@ -305,6 +325,8 @@ std::vector<Tensor> forward(Tensor means, Tensor quats, Tensor scales, Tensor op
 #ifdef FHGS_WITH_CUDA
     cuda_check(fhgs::cuda_forward(a, (intptr_t)stream, err), err, "forward");
 #endif
+  } else if (g_cpu_baseline) {
+    fhgs::cpu_forward_baseline(a);
   } else {
     fhgs::cpu_forward(a);
   }
@@ -401,7 +423,8 @@ std::vector<Tensor> backward(Tensor means, Tensor quats, Tensor scales, Tensor o
     StageTimer timer;
     Tensor acc = at::zeros({a.E, fhgs::ACC_STRIDE}, fopt);
     a.acc = ptr_or_null<float>(acc);
-    fhgs::cpu_backward(a);
+    if (g_cpu_baseline) fhgs::cpu_backward_baseline(a);
+    else fhgs::cpu_backward(a);
     timer.mark("backward");
   }
   (void)npix;
@@ -444,6 +467,24 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("build_info", &build_info, "backends compiled in");
   m.def("set_poison", [](bool on) { g_poison = on; }, "fill uninitialized buffers with NaN / sentinels (tests)");
   m.def("state_names", &state_names, "names of the state tensors saved for backward");
+  m.def("set_cpu_kernel", [](const std::string& name) {
+    TORCH_CHECK(name == "fast" || name == "baseline", "fhgs native: cpu kernel must be 'fast' or 'baseline'");
+    g_cpu_baseline = name == "baseline";
+  }, "CPU tile kernels: 'fast' (default) or 'baseline' (the frozen scalar copy, for benchmarks)");
+  m.def("set_cpu_isa", [](const std::string& name) {
+    TORCH_CHECK(fhgs::set_cpu_rgb_isa(name.c_str()), "fhgs native: cpu isa '", name,
+                "' unknown or not supported by this CPU (auto, x86-64-v4, x86-64-v3, baseline)");
+  }, "instruction-set variant of the SIMD RGB kernels: auto (default), x86-64-v4, x86-64-v3, baseline");
+  m.def("cpu_isa", []() { return std::string(fhgs::cpu_rgb_isa()); }, "SIMD RGB kernel variant in use");
+  m.def("cpu_kernel", []() { return std::string(g_cpu_baseline ? "baseline" : "fast"); }, "current CPU tile kernels");
+  m.def("stage_profile", [](bool reset) {
+    std::map<std::string, std::pair<double, int64_t>> out;
+    for (int i = 0; i < kNumStages; ++i) {
+      out[kStages[i]] = {g_stage_ms[i], g_stage_calls[i]};
+      if (reset) { g_stage_ms[i] = 0.0; g_stage_calls[i] = 0; }
+    }
+    return out;
+  }, "accumulated wall ms and call count per native stage (preprocess, bin, lever, forward, backward)");
 #ifdef FHGS_CUDA_EMU
   m.def("emu_configure", [](int64_t schedule, int64_t seed, bool poison_shared) {
     TORCH_CHECK(schedule >= 0 && schedule <= 2, "schedule: 0 sequential, 1 random, 2 uniform");

@@ -95,7 +95,9 @@ struct RasterArgs {
   // CPU: per kept contributor, in forward order, its list index and (NDFD) the record
   // (phi, sigma, F_{i-1} . f_i): the forward prefix the backward needs (what the CUDA backend
   // recovers from F_tot). Laid out per tile at tile_coff[t] (an upper bound: the tile's in-box
-  // pairs), per pixel at pix_coff[pix].
+  // pairs), per pixel at pix_coff[pix]. Without NDFD (D = 0) the SIMD RGB path stores instead, per
+  // tile at tile_coff[t] and per (row, row-list entry), the uint16 mask of the row's 16 pixels that
+  // kept the entry (see raster_cpu.cpp); pix_coff is then unused.
   float* contrib = nullptr;         // (3 * tile_coff[ntiles],) NDFD records, null without NDFD
   int* contrib_idx = nullptr;       // (tile_coff[ntiles],) list index of each kept contributor
   int64_t* tile_coff = nullptr;     // (ntiles + 1,)
@@ -160,6 +162,14 @@ void cpu_bin(RasterArgs& a);
 void cpu_lever(RasterArgs& a);
 void cpu_forward(RasterArgs& a);
 void cpu_backward(RasterArgs& a);
+// Frozen copy of the scalar per-pixel tile kernels before the SIMD RGB path (raster_cpu_baseline.cpp),
+// kept as the side-by-side baseline of `fhgs-bench raster`; same state layout as the NDFD path.
+void cpu_forward_baseline(RasterArgs& a);
+// Instruction-set variant of the SIMD RGB kernels in use ("x86-64-v4", "x86-64-v3", "baseline");
+// set_cpu_rgb_isa forces one ("auto": the best the CPU has); false when unknown or unsupported.
+const char* cpu_rgb_isa();
+bool set_cpu_rgb_isa(const char* name);
+void cpu_backward_baseline(RasterArgs& a);
 
 // ---- CUDA backend (raster_cuda.cu); every function returns 0 or a CUDA error code and fills
 // `err` (256 chars) with a message. `stream` is a cudaStream_t passed as an integer.

@@ -8,6 +8,8 @@
 // The backward accumulates surfel gradients per tile-list entry (the tile's thread owns them: no
 // atomics), then a per-surfel pass reduces the entries in a fixed order (deterministic) and maps
 // them to the surfel parameters. All per-pair math lives in raster_math.h (shared with CUDA).
+// Without NDFD the tiles run the SIMD row kernels forward_tile_rgb / backward_tile_rgb (16 pixels
+// per vector, see below); raster_cpu_baseline.cpp keeps the scalar kernels as the bench baseline.
 #include <math.h>
 #include <string.h>
 
@@ -21,6 +23,8 @@
 
 #include "raster_api.h"
 #include "raster_math.h"
+
+static_assert(fhgs::TILE == 16, "the SIMD RGB path maps one tile row to 16 lanes");
 
 // The tile kernels are compiled for AVX-512 and AVX2+FMA as well as the baseline, picked at load
 // time (GCC function multi-versioning): the feature-width loops are where NDFD spends its time.
@@ -286,6 +290,82 @@ void backward_tile(const RasterArgs& a, int tile, Scratch& sc) {
   }
 }
 
+// ------------------------------------------------------------------------------------------
+// SIMD RGB path (issue 13): without NDFD (D = 0) a tile is processed row by row, one surfel
+// against the row's 16 pixels at once (the classic CPU rasterization layout: a tile row is one
+// 16-lane vector; with the row fixed, the ray row l = L_r + (y - y_r) Tw of the ray-surfel
+// intersection is a scalar per (row, surfel), only k varies across the lanes). Per lane it is
+// the same arithmetic as eval_pair / pixel_composite / the pixel_back_* steps of raster_math.h
+// in the same order, except exp (vexp below, a Cephes-style polynomial, max relative error about
+// 2e-7 against expf on the used range). Lanes keep their own early termination (a bit mask);
+// a row stops when all its lanes are done. Per (row, list entry) the forward stores the uint16
+// mask of the lanes that kept the entry; the backward walks the row list in reverse with these
+// masks, so it re-takes no decision, and reduces the 16 lanes' 20 accumulator values with one
+// transposed tree reduction per (row, entry) into the entry's accumulator (no atomics, fixed
+// order: deterministic).
+//
+// The vectors are GCC vector extensions (16 x float = 64 bytes). The code (raster_cpu_rgb.h) is
+// compiled three times, under `#pragma GCC target` x86-64-v4 (AVX-512), x86-64-v3 (AVX2 + FMA) and
+// the baseline (SSE2), and the variant is picked once at run time from the CPU's features
+// (cpu_rgb_isa()), so one binary runs on any x86-64 and uses AVX-512 where present. Not
+// target_clones: GCC lowers generic vector code for the default target before it clones, which
+// turns every vector select and compare into scalar branches. Other compilers / architectures
+// compile the one generic variant.
+#define FHGS_RGB_VARIANT_INCLUDE 1
+#ifndef FHGS_AI
+#define FHGS_AI inline __attribute__((always_inline))
+#endif
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FHGS_NO_CLONES)
+#define FHGS_RGB_VARIANTS 1
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v4")
+namespace rgb_v4 {
+#include "raster_cpu_rgb.h"
+}  // namespace rgb_v4
+#pragma GCC pop_options
+#pragma GCC push_options
+#pragma GCC target("arch=x86-64-v3")
+namespace rgb_v3 {
+#include "raster_cpu_rgb.h"
+}  // namespace rgb_v3
+#pragma GCC pop_options
+#endif
+namespace rgb_base {
+#include "raster_cpu_rgb.h"
+}  // namespace rgb_base
+
+typedef void (*RgbTileFn)(const RasterArgs&, int, Scratch&);
+struct RgbKernels {
+  RgbTileFn fwd, bwd;
+  const char* isa;
+};
+
+int g_isa_choice = 0;  // 0 auto, 1 v4, 2 v3, 3 base (set_cpu_isa)
+
+bool cpu_has(int level) {
+#ifdef FHGS_RGB_VARIANTS
+  __builtin_cpu_init();
+  if (level == 1)
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl") && __builtin_cpu_supports("avx2") &&
+           __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2");
+  if (level == 2)
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("bmi2") &&
+           __builtin_cpu_supports("f16c");
+#endif
+  return level == 3;
+}
+
+RgbKernels rgb_kernels() {
+  int lvl = g_isa_choice;
+  if (lvl == 0) lvl = cpu_has(1) ? 1 : (cpu_has(2) ? 2 : 3);
+#ifdef FHGS_RGB_VARIANTS
+  if (lvl == 1) return {rgb_v4::forward_tile_rgb, rgb_v4::backward_tile_rgb, "x86-64-v4"};
+  if (lvl == 2) return {rgb_v3::forward_tile_rgb, rgb_v3::backward_tile_rgb, "x86-64-v3"};
+#endif
+  return {rgb_base::forward_tile_rgb, rgb_base::backward_tile_rgb, "baseline"};
+}
+
 inline int64_t count_of(const int64_t* excl, int64_t total, int n, int i) {
   return (i + 1 < n ? excl[i + 1] : total) - excl[i];
 }
@@ -424,20 +504,38 @@ void cpu_lever(RasterArgs& a) {
   }
 }
 
+const char* cpu_rgb_isa() { return rgb_kernels().isa; }
+
+bool set_cpu_rgb_isa(const char* name) {
+  const char* names[4] = {"auto", "x86-64-v4", "x86-64-v3", "baseline"};
+  for (int i = 0; i < 4; ++i)
+    if (strcmp(name, names[i]) == 0) {
+      if (i > 0 && !cpu_has(i)) return false;
+      g_isa_choice = i;
+      return true;
+    }
+  return false;
+}
+
 void cpu_forward(RasterArgs& a) {
+  const RgbKernels rgb = rgb_kernels();
   const int ntiles = tiles_x(a.cam.width) * tiles_y(a.cam.height);
 #pragma omp parallel num_threads(a.nthreads)
   {
     Scratch sc;
     sc.F.assign((size_t)std::max(a.D, 1), 0.0f);
     sc.G.assign((size_t)std::max(a.D, 1), 0.0f);
-    sc.FV.assign((size_t)std::max(a.Dr, 1), 0.0f);
+    sc.FV.assign((size_t)std::max(a.D > 0 ? a.Dr : TILE * a.Dr, 1), 0.0f);
 #pragma omp for schedule(dynamic, 1)
-    for (int t = 0; t < ntiles; ++t) forward_tile(a, t, sc);
+    for (int t = 0; t < ntiles; ++t) {
+      if (a.D > 0) forward_tile(a, t, sc);
+      else rgb.fwd(a, t, sc);  // no NDFD: the SIMD row path
+    }
   }
 }
 
 void cpu_backward(RasterArgs& a) {
+  const RgbKernels rgb = rgb_kernels();
   const int ntiles = tiles_x(a.cam.width) * tiles_y(a.cam.height);
 #pragma omp parallel num_threads(a.nthreads)
   {
@@ -445,7 +543,10 @@ void cpu_backward(RasterArgs& a) {
     sc.F.assign((size_t)std::max(a.D, 1), 0.0f);
     sc.S.assign((size_t)std::max(a.D, 1), 0.0f);
 #pragma omp for schedule(dynamic, 1)
-    for (int t = 0; t < ntiles; ++t) backward_tile(a, t, sc);
+    for (int t = 0; t < ntiles; ++t) {
+      if (a.D > 0) backward_tile(a, t, sc);
+      else rgb.bwd(a, t, sc);
+    }
     // per-surfel reduction of the entry accumulators (fixed order) and parameter gradients
 #pragma omp for schedule(static)
     for (int i = 0; i < a.N; ++i) {

@@ -17,6 +17,10 @@ void cpu_bin(RasterArgs&) { no_cpu_backend(); }
 void cpu_lever(RasterArgs&) { no_cpu_backend(); }
 void cpu_forward(RasterArgs&) { no_cpu_backend(); }
 void cpu_backward(RasterArgs&) { no_cpu_backend(); }
+void cpu_forward_baseline(RasterArgs&) { no_cpu_backend(); }
+void cpu_backward_baseline(RasterArgs&) { no_cpu_backend(); }
+const char* cpu_rgb_isa() { return "none"; }
+bool set_cpu_rgb_isa(const char*) { return false; }
 }  // namespace fhgs
 
 // Plain C entry points for bindings.cpp (which does not include the harness).

@@ -1,0 +1,338 @@
+// FROZEN COPY of the CPU tile kernels as of commit 921b75b (before the SIMD RGB path of issue 13):
+// the per-pixel scalar forward and reverse-order backward of raster_cpu.cpp. It is compiled into
+// the extension only as the side-by-side baseline of `fhgs-bench raster` (native.cpu_kernel
+// ("baseline")); do not optimize or change it. It shares raster_math.h with the live kernels, so
+// a change of the shared per-pair math changes this baseline too (on purpose: same numbers).
+#include <math.h>
+#include <string.h>
+
+#include <algorithm>
+#include <vector>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#include "raster_api.h"
+#include "raster_math.h"
+
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && !defined(FHGS_NO_CLONES)
+#define FHGS_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define FHGS_CLONES
+#endif
+
+namespace fhgs {
+
+namespace {
+
+struct Ent {  // one tile-list entry, packed for the per-pixel loops
+  float T[9];
+  float KL[8];
+  float cx, cy, op, rho_cut;
+  int x0, x1, y0, y1;
+  int sid;
+  int lcx0, lcy0, lncx;
+  int64_t loff;
+};
+
+void pack_tile(const RasterArgs& a, int64_t s, int64_t e, std::vector<Ent>& ents) {
+  ents.resize((size_t)(e - s));
+  for (int64_t j = s; j < e; ++j) {
+    int sid = a.tile_list[j];
+    const float* g = a.geom + (int64_t)sid * GEOM_STRIDE;
+    const int* b = a.ibox + (int64_t)sid * IBOX_STRIDE;
+    Ent& en = ents[(size_t)(j - s)];
+    for (int i = 0; i < 9; ++i) en.T[i] = g[G_T + i];
+    for (int i = 0; i < 8; ++i) en.KL[i] = g[G_KL + i];
+    en.cx = g[G_CX];
+    en.cy = g[G_CY];
+    en.op = a.opacity[sid];
+    en.rho_cut = rho_cutoff(en.op);
+    en.x0 = b[B_X0]; en.x1 = b[B_X1]; en.y0 = b[B_Y0]; en.y1 = b[B_Y1];
+    en.sid = sid;
+    en.lcx0 = b[B_CX0]; en.lcy0 = b[B_CY0]; en.lncx = b[B_NCX];
+    en.loff = a.lever_off ? a.lever_off[sid] : 0;
+  }
+}
+
+// Per-row entry lists of a tile: for row r, the (tile-relative) indices of the entries whose box
+// covers that row, in list order. The per-pixel loops then only test the column range.
+void build_rows(const std::vector<Ent>& ents, int y0, int nrows, std::vector<int>& rows, int* row_start) {
+  rows.clear();
+  for (int r = 0; r < nrows; ++r) {
+    row_start[r] = (int)rows.size();
+    const int py = y0 + r;
+    for (int k = 0; k < (int)ents.size(); ++k)
+      if (py >= ents[k].y0 && py <= ents[k].y1) rows.push_back(k);
+  }
+  row_start[nrows] = (int)rows.size();
+}
+
+struct Scratch {
+  std::vector<Ent> ents;
+  std::vector<int> rows;
+  std::vector<float> F, S, FV;
+  std::vector<float> G;          // unit GT feature of a subsampled NDFD pixel
+  std::vector<int> nd_sid;       // its kept contributors (surfel id, w, T before), front to back
+  std::vector<float> nd_w, nd_T;
+};
+
+// Unit GT feature of pixel (x, y): bilinear sample of the raw grid (reference.sample_grid), then
+// divided by max(|.|, 1e-12) (reference.sample_feature_target).
+void pixel_gt(const RasterArgs& a, int x, int y, float* G) {
+  const int D = a.D;
+  const int c0x = a.col_c0[x], c1x = c0x + a.col_dx1[x], c0y = a.row_c0[y], c1y = c0y + a.row_dy1[y];
+  const float fx = a.col_f[x], fy = a.row_f[y];
+  const float* g00 = a.grid + ((int64_t)c0y * a.gw + c0x) * D;
+  const float* g01 = a.grid + ((int64_t)c0y * a.gw + c1x) * D;
+  const float* g10 = a.grid + ((int64_t)c1y * a.gw + c0x) * D;
+  const float* g11 = a.grid + ((int64_t)c1y * a.gw + c1x) * D;
+  float n2 = 0.0f;
+  for (int d = 0; d < D; ++d) {
+    const float top = g00[d] * (1.0f - fx) + g01[d] * fx;
+    const float bot = g10[d] * (1.0f - fx) + g11[d] * fx;
+    const float v = top * (1.0f - fy) + bot * fy;
+    G[d] = v;
+    n2 += v * v;
+  }
+  const float n = sqrtf(n2);
+  const float inv = 1.0f / (n > 1e-12f ? n : 1e-12f);
+  for (int d = 0; d < D; ++d) G[d] *= inv;
+}
+
+FHGS_CLONES
+void forward_tile(const RasterArgs& a, int tile, Scratch& sc) {
+  const int W = a.cam.width, H = a.cam.height;
+  const int64_t npix = (int64_t)W * H;
+  const int ntx = tiles_x(W);
+  const int tx = tile % ntx, ty = tile / ntx;
+  const int64_t s = a.tile_start[tile], e = a.tile_start[tile + 1];
+  pack_tile(a, s, e, sc.ents);
+  const Ent* ents = sc.ents.data();
+  const int D = a.D, Dr = a.Dr;
+  const bool ndfd = D > 0;
+  const bool nd_direct = ndfd && a.nd_mask != nullptr;  // subsampled NDFD: GT per pixel, no lever
+  const float zn = a.cam.znear, zf = a.cam.zfar;
+  float* F = ndfd ? sc.F.data() : nullptr;
+  float* FV = Dr > 0 ? sc.FV.data() : nullptr;
+  const int nrows = std::min(H, (ty + 1) * TILE) - ty * TILE;
+  int row_start[TILE + 1];
+  build_rows(sc.ents, ty * TILE, nrows, sc.rows, row_start);
+  const int* rows = sc.rows.data();
+  int64_t coff = 0;  // contributor records written in this tile so far
+  for (int py = ty * TILE; py < std::min(H, (ty + 1) * TILE); ++py) {
+    const int r0 = row_start[py - ty * TILE], r1 = row_start[py - ty * TILE + 1];
+    for (int px = tx * TILE; px < std::min(W, (tx + 1) * TILE); ++px) {
+      const int64_t pix = (int64_t)py * W + px;
+      const float fx = (float)px, fy = (float)py;
+      PixelState st;
+      pixel_init(st);
+      PixLever pl;
+      const bool nd_px = ndfd && (a.nd_mask == nullptr || a.nd_mask[pix] != 0);
+      const bool nd_lever = nd_px && !nd_direct;  // NDFD inside the compositing loop (lever tables)
+      if (nd_px) memset(F, 0, sizeof(float) * D);
+      if (nd_lever) pl = pixel_lever(a, px, py, pix);
+      if (nd_px && nd_direct) {
+        sc.nd_sid.clear();
+        sc.nd_w.clear();
+        sc.nd_T.clear();
+      }
+      if (Dr > 0) memset(FV, 0, sizeof(float) * Dr);
+      float* rec = nullptr;  // this pixel's contributor records
+      int* ridx = nullptr;
+      if (a.contrib_idx != nullptr) {
+        a.pix_coff[pix] = a.tile_coff[tile] + coff;
+        ridx = a.contrib_idx + a.tile_coff[tile] + coff;
+        if (a.contrib != nullptr) rec = a.contrib + 3 * (a.tile_coff[tile] + coff);
+      }
+      for (int r = r0; r < r1; ++r) {
+        const int64_t j = s + rows[r];
+        const Ent& en = ents[rows[r]];
+        if ((unsigned)(px - en.x0) > (unsigned)(en.x1 - en.x0)) continue;
+        PairEval pe;
+        if (!eval_pair(en.T, en.KL, en.cx, en.cy, en.op, fx, fy, zn, en.rho_cut, pe)) continue;
+        if (!pixel_accepts(st, pe.alpha)) break;
+        const float Tprev = st.T;
+        const float* col = a.colors + (int64_t)en.sid * 3;
+        const float* nrm = a.geom + (int64_t)en.sid * GEOM_STRIDE + G_N;
+        const float w = pixel_composite(st, pe.alpha, pe.z, col, nrm, (int)j, zn, zf);
+        if (ridx != nullptr) *ridx++ = (int)j;
+        if (nd_px && nd_direct) {  // deferred: the feature passes run after the compositing
+          sc.nd_sid.push_back(en.sid);
+          sc.nd_w.push_back(w);
+          sc.nd_T.push_back(Tprev);
+        } else if (nd_lever) {
+          const float phi = lever_phi(a.lever + en.loff, en.lcx0, en.lcy0, en.lncx, pl);
+          const float sig = ndfd_sigma(a.nd, phi);
+          const float gate = a.nd.ext_use_sigma ? sig : 1.0f;
+          st.ext += gate * w * (1.0f - phi);
+          const float dotp = ndfd_forward_pass_host(F, a.feats + (int64_t)en.sid * D, D, w);
+          st.intl += sig * w * ((1.0f - Tprev) - dotp);
+          if (rec != nullptr) {
+            rec[0] = phi;
+            rec[1] = sig;
+            rec[2] = dotp;
+            rec += 3;
+          }
+        }
+        if (Dr > 0) feature_blend_pass_host(FV, a.fvalues + (int64_t)en.sid * Dr, Dr, w);
+      }
+      if (nd_px && nd_direct && !sc.nd_sid.empty()) {
+        // Subsampled NDFD pixel: phi_i = G . f_i with the pixel's unit GT G, fused into the
+        // F_{i-1} . f_i pass; the contributors' feature rows are prefetched two ahead (each row
+        // is a cache miss: this is a sparse set of pixels).
+        float* G = sc.G.data();
+        pixel_gt(a, px, py, G);
+        const int n = (int)sc.nd_sid.size();
+        prefetch_row(a.feats + (int64_t)sc.nd_sid[0] * D, D);
+        if (n > 1) prefetch_row(a.feats + (int64_t)sc.nd_sid[1] * D, D);
+        for (int k = 0; k < n; ++k) {
+          if (k + 2 < n) prefetch_row(a.feats + (int64_t)sc.nd_sid[k + 2] * D, D);
+          const float w = sc.nd_w[k];
+          float phi;
+          const float dotp = ndfd_forward_pass_gt_host(F, G, a.feats + (int64_t)sc.nd_sid[k] * D, D, w, &phi);
+          const float sig = ndfd_sigma(a.nd, phi);
+          const float gate = a.nd.ext_use_sigma ? sig : 1.0f;
+          st.ext += gate * w * (1.0f - phi);
+          st.intl += sig * w * ((1.0f - sc.nd_T[k]) - dotp);
+          if (rec != nullptr) {
+            rec[0] = phi;
+            rec[1] = sig;
+            rec[2] = dotp;
+            rec += 3;
+          }
+        }
+      }
+      store_pixel(a, st, pix, npix);
+      coff += st.n_contrib;
+      if (Dr > 0)
+        for (int d = 0; d < Dr; ++d) a.out_feat[d * npix + pix] = FV[d];
+    }
+  }
+}
+
+FHGS_CLONES
+void backward_tile(const RasterArgs& a, int tile, Scratch& sc) {
+  const int W = a.cam.width, H = a.cam.height;
+  const int64_t npix = (int64_t)W * H;
+  const int ntx = tiles_x(W);
+  const int tx = tile % ntx, ty = tile / ntx;
+  const int64_t s = a.tile_start[tile], e = a.tile_start[tile + 1];
+  if (e == s) return;
+  pack_tile(a, s, e, sc.ents);
+  const Ent* ents = sc.ents.data();
+  const int D = a.D;
+  const float zn = a.cam.znear, zf = a.cam.zfar;
+  float* S = D > 0 ? sc.S.data() : nullptr;
+  for (int py = ty * TILE; py < std::min(H, (ty + 1) * TILE); ++py) {
+    for (int px = tx * TILE; px < std::min(W, (tx + 1) * TILE); ++px) {
+      const int64_t pix = (int64_t)py * W + px;
+      const int n = a.pix_idx[2 * npix + pix];
+      if (n <= 0) continue;
+      const int med = a.pix_idx[npix + pix];
+      const float fx = (float)px, fy = (float)py;
+      PixelGrads g;
+      for (int c = 0; c < 3; ++c) {
+        g.rgb[c] = a.g_rgb[c * npix + pix];
+        g.normal[c] = a.g_normal[c * npix + pix];
+      }
+      g.alpha = a.g_alpha[pix];
+      g.depth = a.g_depth[pix];
+      g.median = a.g_median[pix];
+      g.dist = a.g_dist[pix];
+      g.ext = D > 0 ? a.g_ext[pix] : 0.0f;
+      g.intl = D > 0 ? a.g_int[pix] : 0.0f;
+      const bool nd_phi = D > 0 && (g.ext != 0.0f || g.intl != 0.0f);
+      const bool nd_pass = D > 0 && g.intl != 0.0f;  // the feature passes only feed the internal term
+      PixelBack b;
+      pixel_back_init(b, g, a.bg, (float)a.pix_state[pix], a.pix_state[npix + pix], a.pix_state[2 * npix + pix],
+                      a.pix_state[3 * npix + pix], a.pix_state[4 * npix + pix]);
+      if (nd_pass) memset(S, 0, sizeof(float) * D);
+      // The forward's records of this pixel: the list index of every kept contributor and, with
+      // NDFD, (phi, sigma, F_{k-1} . f_k). Walking them in reverse visits exactly the forward's
+      // contributors (no validity decision is re-taken) and skips every other list entry.
+      const int64_t base = a.pix_coff[pix];
+      if (nd_pass) prefetch_row(a.feats + (int64_t)ents[a.contrib_idx[base + n - 1] - s].sid * D, D);
+      for (int r = n - 1; r >= 0; --r) {
+        const int64_t j = a.contrib_idx[base + r];
+        const Ent& en = ents[j - s];
+        if (nd_pass && r > 0) prefetch_row(a.feats + (int64_t)ents[a.contrib_idx[base + r - 1] - s].sid * D, D);
+        PairEval pe;
+        eval_pair(en.T, en.KL, en.cx, en.cy, en.op, fx, fy, zn, INFINITY, pe);
+        if (pe.p[2] == 0.0f) continue;  // cannot happen for a forward contributor
+        const float w = pixel_back_weight(b, pe.alpha);
+        const float* col = a.colors + (int64_t)en.sid * 3;
+        const float* nrm = a.geom + (int64_t)en.sid * GEOM_STRIDE + G_N;
+        float gk = pixel_back_g(b, g, col, nrm, pe.z, zn, zf);
+        if (nd_phi) {
+          const float* rec = a.contrib + 3 * (base + r);
+          const float phi = rec[0], sig = rec[1], da = rec[2];
+          const float db = nd_pass ? ndfd_backward_pass_s_host(S, a.feats + (int64_t)en.sid * D, D, sig * w) : 0.0f;
+          gk += pixel_back_g_ndfd(b, g, a.nd, phi, sig, w, da, db);
+        }
+        pixel_back_finish(b, g, en.T, en.cx, en.cy, en.op, fx, fy, pe, w, gk, j == med, zn, zf,
+                          a.acc + j * ACC_STRIDE);
+      }
+    }
+  }
+}
+
+inline int64_t count_of(const int64_t* excl, int64_t total, int n, int i) {
+  return (i + 1 < n ? excl[i + 1] : total) - excl[i];
+}
+
+}  // namespace
+
+void cpu_forward_baseline(RasterArgs& a) {
+  const int ntiles = tiles_x(a.cam.width) * tiles_y(a.cam.height);
+#pragma omp parallel num_threads(a.nthreads)
+  {
+    Scratch sc;
+    sc.F.assign((size_t)std::max(a.D, 1), 0.0f);
+    sc.G.assign((size_t)std::max(a.D, 1), 0.0f);
+    sc.FV.assign((size_t)std::max(a.Dr, 1), 0.0f);
+#pragma omp for schedule(dynamic, 1)
+    for (int t = 0; t < ntiles; ++t) forward_tile(a, t, sc);
+  }
+}
+
+void cpu_backward_baseline(RasterArgs& a) {
+  const int ntiles = tiles_x(a.cam.width) * tiles_y(a.cam.height);
+#pragma omp parallel num_threads(a.nthreads)
+  {
+    Scratch sc;
+    sc.F.assign((size_t)std::max(a.D, 1), 0.0f);
+    sc.S.assign((size_t)std::max(a.D, 1), 0.0f);
+#pragma omp for schedule(dynamic, 1)
+    for (int t = 0; t < ntiles; ++t) backward_tile(a, t, sc);
+    // per-surfel reduction of the entry accumulators (fixed order) and parameter gradients
+#pragma omp for schedule(static)
+    for (int i = 0; i < a.N; ++i) {
+      float acc[ACC_STRIDE];
+      for (int c = 0; c < ACC_STRIDE; ++c) acc[c] = 0.0f;
+      const int64_t k0 = a.tiles_touched[i], kn = count_of(a.tiles_touched, a.E, a.N, i);
+      for (int64_t k = k0; k < k0 + kn; ++k) {
+        const float* src = a.acc + (int64_t)a.entry_pos[k] * ACC_STRIDE;
+        for (int c = 0; c < ACC_STRIDE; ++c) acc[c] += src[c];
+      }
+      float* dm = a.d_means + 3 * (int64_t)i;
+      float* dq = a.d_quats + 4 * (int64_t)i;
+      float* ds = a.d_scales + 2 * (int64_t)i;
+      if (kn == 0) {
+        dm[0] = dm[1] = dm[2] = 0.0f;
+        dq[0] = dq[1] = dq[2] = dq[3] = 0.0f;
+        ds[0] = ds[1] = 0.0f;
+        a.d_opacity[i] = 0.0f;
+        a.d_colors[3 * (int64_t)i] = a.d_colors[3 * (int64_t)i + 1] = a.d_colors[3 * (int64_t)i + 2] = 0.0f;
+        continue;
+      }
+      surfel_backward(a.means + 3 * (int64_t)i, a.quats + 4 * (int64_t)i, a.scales + 2 * (int64_t)i, a.cam,
+                      a.geom + (int64_t)i * GEOM_STRIDE, acc, dm, dq, ds);
+      a.d_opacity[i] = acc[A_OP];
+      for (int c = 0; c < 3; ++c) a.d_colors[3 * (int64_t)i + c] = acc[A_COL + c];
+    }
+  }
+}
+
+}  // namespace fhgs
