@@ -92,3 +92,28 @@ def test_snapshot_is_detached_copy():
     m.step()
     assert not torch.equal(snap.means, m.surfels.means.detach())
     assert not snap.means.requires_grad
+
+
+def test_mask_ignore_keeps_ndfd_off_the_outside_pixels():
+    """mask_mode ignore: pixels outside a keyframe's mask give no loss, colour nor NDFD: the NDFD terms
+    are the means over the mask pixels of the per-pixel NDFD maps (the plain mean without a mask)."""
+    from fhgs_ros.core.render import render
+    sc, kfs = _views(n_views=1)
+    kf = kfs[0]
+    h, w = kf.image.shape[1:]
+    left = torch.zeros(h, w, dtype=torch.bool)
+    left[:, : w // 2] = True
+    for mask in (None, torch.ones(h, w, dtype=torch.bool), left):
+        cfg = MapperConfig(densify_until_iter=0, backend="reference", seed=3, ndfd_stride=1)
+        torch.manual_seed(0)  # SurfelMap.create draws the rotations from the global generator
+        m = _mapper(cfg, sc, [Keyframe(kf.camera, kf.image, kf.target, mask=mask)])
+        with torch.no_grad():
+            r = render(m.surfels, kf.camera, background=m.background, target=kf.target, ndfd=cfg.ndfd,
+                       backend="reference")
+        sel = torch.ones(h, w, dtype=torch.bool) if mask is None else mask
+        terms = m.step()
+        for key, full in (("ext", r.ndfd_ext), ("int", r.ndfd_int)):
+            want = float(full[sel].mean())
+            assert want > 0 and abs(terms[key] - want) < 1e-4 * want, (key, terms[key], want)
+        if mask is left:  # and it differs from the whole-image mean
+            assert abs(terms["ext"] - float(r.ndfd_ext.mean())) > 0.05 * terms["ext"]

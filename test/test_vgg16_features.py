@@ -98,7 +98,7 @@ def test_grid_shape_scale_and_determinism(vgg, tmp_path):
     assert isinstance(vgg, FeatureExtractor) and vgg.dim == 64
     assert g.shape == (64, 48, 64) and g.scale == pytest.approx(0.1) and g.image_size == (480, 640)
     assert g.grid.dtype == torch.float32 and torch.isfinite(g.grid).all()
-    assert g.model_id == vgg.model_id and vgg.model_id.startswith("vgg16_hed@512-d64-pca_ref5")
+    assert g.model_id == vgg.model_id and vgg.model_id.startswith("vgg16_hed@512-d64-pca_uref5")
     assert encoder_key(vgg.model_id) != vgg.model_id  # weights fingerprint after ':'
     # same input as float in [0, 1] and as (3, H, W): same features
     g2 = vgg.extract(torch.from_numpy(img).permute(2, 0, 1).float() / 255)
@@ -136,13 +136,40 @@ def test_features_separate_textures(vgg):
     f = F.normalize(g.grid, dim=0)
     left, right = f[:, 10:38, 6:26].reshape(64, -1), f[:, 10:38, 38:58].reshape(64, -1)
     within_l, within_r, cross = (left.T @ left).mean(), (right.T @ right).mean(), (left.T @ right).mean()
-    assert within_l > 0.9 and within_r > 0.6 and cross < min(within_l, within_r) - 0.25, \
+    # (uncentred projection: cosines as the raw encoder's, all positive; the margin is what they give)
+    assert within_l > 0.9 and within_r > 0.6 and cross < min(within_l, within_r) - 0.15, \
         (float(within_l), float(within_r), float(cross))
     # per-pixel features (grid -> image mapping): similarity to the stripes' mean flips at x = 320 px
     up = F.normalize(g.upsample()[:, 240], dim=0)  # (64, W) along the middle row
     mean_l = F.normalize(left.mean(1), dim=0)
     sim = mean_l @ up
     assert sim[40:290].min() > sim[360:600].max()  # away from the image border (zero padding)
+
+
+@needs_hed
+def test_projection_keeps_the_encoder_cosines(vgg):
+    """The 64-d projection keeps the raw 1024-d features' cosine geometry, which the NDFD gate thresholds
+    at an absolute 0.5: pairwise cosines of projected cells track the raw ones (no mean subtraction,
+    which would move unrelated cells to ~0 and push neighbours under the threshold)."""
+    from skimage import data
+
+    from fhgs_ros.features.vgg16 import multiscale_features, preprocess
+    img = data.astronaut()[::-1, ::-1].copy()  # a natural image (mirrored: not the reference fit as is)
+    with torch.inference_mode():
+        x, _, _ = preprocess(img, vgg.input_size)
+        raw = multiscale_features(vgg.trunk(x))[0]
+    c = raw.shape[0]
+    raw = F.normalize(raw.reshape(c, -1).T, dim=1)
+    proj = F.normalize(vgg.extract(img).grid.reshape(vgg.dim, -1).T, dim=1)
+    idx = torch.randint(len(raw), (4000, 2), generator=torch.Generator().manual_seed(0))
+    cr = (raw[idx[:, 0]] * raw[idx[:, 1]]).sum(1)
+    cp = (proj[idx[:, 0]] * proj[idx[:, 1]]).sum(1)
+    assert float((cp - cr).abs().median()) < 0.1, float((cp - cr).abs().median())
+    assert float(cr.median()) > 0.2 and abs(float(cp.median()) - float(cr.median())) < 0.1
+    # grid neighbours (same surface, one cell apart) stay above the gate's threshold
+    g = F.normalize(vgg.extract(img).grid, dim=0)
+    nb = (g[:, :, 1:] * g[:, :, :-1]).sum(0)
+    assert float((nb > 0.5).float().mean()) > 0.95
 
 
 @needs_hed

@@ -70,7 +70,8 @@ class MapperConfig:
     background: tuple[float, float, float] = param((0.0, 0.0, 0.0), 'background colour, RGB in [0, 1]')
     backend: str = param('auto', 'rasterizer: auto (native if built) | native | reference (PyTorch)',
                          choices=('auto', 'native', 'reference'))
-    mask_mode: str = param('ignore', 'keyframe masks: ignore (pixels outside give no loss) | background (pixels '
+    mask_mode: str = param('ignore', 'keyframe masks: ignore (pixels outside give no loss, colour nor NDFD) | '
+                           'background (pixels '
                            'outside must render the background colour: supervise transparency)',
                            choices=('ignore', 'background'))
     seed: int = param(0, 'random seed (keyframe order, seeding, splits)')
@@ -179,12 +180,20 @@ class Mapper:
                     and sched.coarse_on(it)):
                 kf = coarse_keyframe(kf, cfg.coarse_factor)
             use_ndfd = cfg.ndfd_enabled and kf.target is not None and (cfg.lambda_ext > 0 or cfg.lambda_int > 0)
-            nd_w = None
+            nd_w, nd_count = None, None
             if use_ndfd:
                 stride = cfg.ndfd_stride if cfg.ndfd_stride > 0 else auto_stride(kf.target.scale)
                 if stride > 1:
                     nd_w = jittered_ndfd_weights(kf.camera.height, kf.camera.width, stride, self.ndfd_gen,
                                                  self.device)
+                if kf.mask is not None and cfg.mask_mode == "ignore":
+                    # pixels outside the mask give no loss: NDFD like the colour term (mean over mask pixels)
+                    m = kf.mask.to(self.device, torch.float32)
+                    nd_w = m if nd_w is None else nd_w * m
+                    nd_count = float(m.sum())
+                    use_ndfd = nd_count > 0
+                    if not use_ndfd:
+                        nd_w = None
             res = render(self.surfels, kf.camera, background=self.background,
                          target=kf.target if use_ndfd else None, ndfd=cfg.ndfd if use_ndfd else None,
                          backend=cfg.backend, ndfd_mask=nd_w > 0 if nd_w is not None else None)
@@ -215,9 +224,10 @@ class Mapper:
             if use_ndfd:
                 if nd_w is None:
                     le, li = res.ndfd_ext.mean(), res.ndfd_int.mean()
-                else:  # unbiased estimate of the full-resolution means
-                    le = (res.ndfd_ext * nd_w).sum() / nd_w.numel()
-                    li = (res.ndfd_int * nd_w).sum() / nd_w.numel()
+                else:  # unbiased estimate of the full-resolution means (over the mask pixels with a mask)
+                    n = nd_count if nd_count is not None else nd_w.numel()
+                    le = (res.ndfd_ext * nd_w).sum() / n
+                    li = (res.ndfd_int * nd_w).sum() / n
                 loss = loss + cfg.lambda_ext * le + cfg.lambda_int * li
                 terms["ext"], terms["int"] = le.item(), li.item()
             loss.backward()

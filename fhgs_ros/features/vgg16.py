@@ -19,25 +19,38 @@ Pipeline (per keyframe, (H, W) RGB):
 3. conv5_3 is upsampled x2 (bilinear, half-pixel centres) onto the conv4_3 grid; each tap is
    L2-normalized per cell (their magnitudes differ by an order of magnitude) and the two are
    concatenated: 1024 channels per cell;
-4. fixed projection to ``dim`` channels (default 64): ``f = (x - mean) @ basis[:, :dim]``.
+4. fixed linear projection to ``dim`` channels (default 64): ``f = x @ basis[:, :dim]``, **no mean
+   subtraction** (see "Projection basis" below).
 
 Grid: ``(ceil(h'/8), ceil(w'/8))`` cells for the resized (h', w') image, top-left aligned, cell
 (gx, gy) centred at resized pixel (8 gx + 3.5, ...): ``FeatureGrid.scale = s / 8`` cells per
 image pixel (the ``FeatureTarget`` convention, docs/METHOD.md §1.2). At the default
 ``input_size=512`` the long side has 64 cells, like SAM's grid.
 
-Projection basis (decision): a **fixed PCA basis fitted once on a fixed reference set of
+Projection basis (decision): a **fixed uncentred PCA basis (truncated SVD) fitted once on a fixed reference set of
 natural images** (the RGB photos bundled with scikit-image: astronaut, chelsea, coffee, rocket,
 motorcycle_left, at long side 384), not per map. Reasons: (a) the same pixel gives the same
 feature in every map, run and process, so the on-disk feature cache and map files stay valid
 without storing a basis per map, and two maps of the same encoder id are directly comparable;
-(b) unlike a random projection, the leading principal components keep most of the variance of
-VGG features (the reference fit reports the explained share, logged once); (c) fitting on a
+(b) unlike a random projection, the leading components keep most of the energy of VGG features
+(the reference fit reports the share, logged once); (c) fitting on a
 map's first keyframe would make the extractor stateful, couple the cache key to the map and
 make a resumed map depend on the basis stored in it. The basis is computed at first use in
-float64 (eigh of the covariance, each component's sign fixed so its largest loading is
-positive) and cached as safetensors under ``$XDG_CACHE_HOME/fhgs_ros/vgg16/`` (the recipe, the
+float64 (eigh of the second-moment matrix ``E[x x^T]``, each component's sign fixed so its largest
+loading is positive) and cached as safetensors under ``$XDG_CACHE_HOME/fhgs_ros/vgg16/`` (the recipe, the
 weights hash and the reference images' hashes name the file); it is part of ``model_id``.
+
+Why uncentred (maryrose_tankard experiment, docs/METHOD.md §"VGG16 features and NDFD"): the NDFD
+gate ``sigma = 1 / (1 + exp(k (phi - 0.5)))`` thresholds the *cosine* ``phi`` between unit features
+at an absolute 0.5, a value set for SAM embeddings, which are used raw (not mean-centred). The
+multi-scale VGG features are non-negative (ReLU, each tap L2-normalized), so their raw cosines sit
+around 0.4 for unrelated cells and 0.87 for neighbouring cells. Subtracting a mean before the
+projection (ordinary, centred PCA) moves unrelated pairs to a cosine of about 0 and makes 15 % of
+neighbouring cells "disagree" (phi < 0.5): at the seed 90 % of the sigma-free NDFD energy was gated on,
+the external term pushed most surfels transparent and held-out PSNR fell 3.5 dB below 2DGS. The
+top-``dim`` eigenvectors of ``E[x x^T]`` give the rank-``dim`` linear map that best preserves inner
+products of the raw features (truncated SVD), so ``phi`` keeps the encoder's own cosine geometry
+(neighbours 0.92, unrelated cells 0.49 at 64 d), which is what the fixed threshold assumes.
 """
 
 from __future__ import annotations
@@ -83,6 +96,9 @@ SIDE_TAPS = ("conv1_2", "conv2_2", "conv3_3", "conv4_3", "conv5_3")  # HED's dsn
 REFERENCE_IMAGES = ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png")
 REFERENCE_LONG_SIDE = 384
 BASIS_MAX_DIM = 256
+#: projection recipe tag in model_id and in the basis cache file name ("u": uncentred second moment);
+#: the earlier centred basis had no tag, so its caches and maps are never mistaken for this one.
+BASIS_KIND = "u"
 
 
 class WeightsError(FeatureError):
@@ -297,7 +313,9 @@ def reference_images() -> list[tuple[str, np.ndarray]]:
 
 @dataclass
 class ProjectionBasis:
-    """mean (1024,), basis (1024, K) orthonormal columns by decreasing variance, explained (K,) variance share."""
+    """basis (1024, K) orthonormal columns by decreasing energy (uncentred), explained (K,) share of
+    ``trace E[x x^T]``; mean (1024,) is the reference mean, kept for inspection only (the projection
+    does not subtract it)."""
 
     mean: torch.Tensor
     basis: torch.Tensor
@@ -306,7 +324,8 @@ class ProjectionBasis:
 
 
 def fit_reference_basis(model: HEDModel, k: int = BASIS_MAX_DIM) -> ProjectionBasis:
-    """PCA of the 1024-d multi-scale features of the reference images (float64, sign-fixed)."""
+    """Uncentred PCA (eigenvectors of ``E[x x^T]``) of the 1024-d multi-scale features of the reference
+    images (float64, sign-fixed)."""
     imgs = reference_images()
     ids = hashlib.sha256()
     rows = []
@@ -318,15 +337,14 @@ def fit_reference_basis(model: HEDModel, k: int = BASIS_MAX_DIM) -> ProjectionBa
             rows.append(f.reshape(f.shape[0], -1).T.double())
     x = torch.cat(rows)
     mean = x.mean(0)
-    xc = x - mean
-    cov = xc.T @ xc / max(x.shape[0] - 1, 1)
-    evals, evecs = torch.linalg.eigh(cov)
+    second = x.T @ x / max(x.shape[0], 1)  # uncentred: inner products, not variances (module docstring)
+    evals, evecs = torch.linalg.eigh(second)
     order = torch.argsort(evals, descending=True, stable=True)[:k]
     basis = evecs[:, order]
     idx = basis.abs().argmax(0)
     basis = basis * torch.sign(basis[idx, torch.arange(basis.shape[1])])[None]
     explained = (evals[order].clamp_min(0) / evals.clamp_min(0).sum()).float()
-    recipe = f"ref{len(imgs)}-{ids.hexdigest()[:8]}@{REFERENCE_LONG_SIDE}"
+    recipe = f"{BASIS_KIND}ref{len(imgs)}-{ids.hexdigest()[:8]}@{REFERENCE_LONG_SIDE}"
     return ProjectionBasis(mean.float(), basis.float().contiguous(), explained, recipe)
 
 
@@ -340,7 +358,7 @@ def reference_basis(model: HEDModel, cache_dir: str | os.PathLike | None = None)
             return _BASES[model.sha256]
         root = Path(cache_dir) if cache_dir else _cache_root()
         p = root / f"basis-{model.sha256[:16]}-{'-'.join(n.split('.')[0] for n in REFERENCE_IMAGES)}" \
-                   f"@{REFERENCE_LONG_SIDE}-k{BASIS_MAX_DIM}.safetensors"
+                   f"@{REFERENCE_LONG_SIDE}-k{BASIS_MAX_DIM}-{BASIS_KIND}.safetensors"
         pb = None
         if p.is_file():
             try:
@@ -357,7 +375,7 @@ def reference_basis(model: HEDModel, cache_dir: str | os.PathLike | None = None)
         if pb is None:
             pb = fit_reference_basis(model)
             log.info("vgg16: fitted the fixed projection basis on %d reference images (%s); the first 64 "
-                     "components keep %.1f%% of the variance", len(REFERENCE_IMAGES), pb.recipe,
+                     "components keep %.1f%% of the energy", len(REFERENCE_IMAGES), pb.recipe,
                      100 * float(pb.explained[:64].sum()))
             try:
                 from safetensors.torch import save_file
@@ -401,7 +419,6 @@ class VGG16Extractor:
         self.device = resolve_device(device)
         self.model = load_hed_model(weights or None)
         pb = reference_basis(self.model, basis_cache_dir)
-        self.mean = pb.mean.to(self.device)
         self.basis = pb.basis[:, :self.dim].contiguous().to(self.device)
         self.explained = float(pb.explained[:self.dim].sum())
         self.trunk = self.model.trunk.to(self.device)
@@ -416,7 +433,7 @@ class VGG16Extractor:
         x, (h0, w0), s = preprocess(image, self.input_size)
         f = multiscale_features(self.trunk(x.to(self.device)))[0]
         c, gh, gw = f.shape
-        g = ((f.reshape(c, -1).T - self.mean) @ self.basis).T.reshape(self.dim, gh, gw)
+        g = (f.reshape(c, -1).T @ self.basis).T.reshape(self.dim, gh, gw)
         return FeatureGrid(g.float().cpu().contiguous(), s / 8.0, (h0, w0), self.model_id)
 
     def extract_batch(self, images: Sequence[Any]) -> list[FeatureGrid]:
