@@ -38,6 +38,11 @@ from fhgs_ros.core.geometry import quat_wxyz_to_matrix
 FWD_TOL = 1e-5
 GRAD_TOL = 1e-4
 DIST_BOUND = 2.0  # see distortion_resolvable
+# ndfd_int = sum_i sig_i w_i (sum_{j<i} w_j - f_prev . f_i) cancels where neighbouring features agree:
+# each pixel's terms are up to sum_i w_i sum_{j<i} w_j <= alpha^2 / 2 in size, so a float32 kernel is
+# only good to a few ulps of alpha^2 there, however small the result. The relative tolerance gets
+# this absolute floor (observed errors are about 1 ulp of alpha^2 / 2, e.g. FHGS_TEST_SEED=816995891).
+NDFD_INT_FLOOR_ULPS = 4.0
 OUTPUTS = ("rgb", "alpha", "depth", "depth_median", "normal", "distortion", "ndfd_ext", "ndfd_int")
 PARAMS = ("means", "quats", "scales", "opacity", "colors")
 
@@ -357,7 +362,11 @@ def check_equivalent(s, seed, label="", fn=None):
             assert a.dtype == torch.float32 and a.shape == b.shape, f"{name} {a.dtype} {a.shape} {msg}"
             assert torch.isfinite(a).all(), f"{name}: unwritten (NaN-poisoned) or non-finite elements {msg}"
             e = rel_err(a, b)
-            assert e <= FWD_TOL, f"forward {name}: relative error {e:.3g} > {FWD_TOL} {msg}"
+            tol = FWD_TOL
+            if name == "ndfd_int":
+                floor = NDFD_INT_FLOOR_ULPS * 2.0 ** -24 * float(ref.alpha.detach().max()) ** 2
+                tol += floor / max(float(b.detach().abs().max()), 1e-30)
+            assert e <= tol, f"forward {name}: relative error {e:.3g} > {tol:.3g} {msg}"
     if ref.features is not None:
         assert torch.isfinite(nat.features).all(), f"features unwritten {msg}"
         assert rel_err(nat.features, ref.features) <= FWD_TOL, f"features {msg}"

@@ -127,155 +127,191 @@ class StatusWatch:
             return True
 
 
+class _DdsReplay:
+    """One replay over DDS: publishers, the wait for the node, playback, the node's final status.
+
+    Baselines (``base_*``) are the node's counters before playback, so a node that already mapped
+    something reports only this replay's images and keyframes."""
+
+    def __init__(self, node, reader, args, topics: list[str], image_topic: str | None):
+        from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+        from rosgraph_msgs.msg import Clock
+
+        self.node, self.reader, self.args, self.image_topic = node, reader, args, image_topic
+        self.summary = ReplaySummary(str(reader.path), "fast" if args.fast else f"rate {args.rate:g}")
+        reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
+        latched = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.pubs = {t: node.create_publisher(message_class(reader.topics[t].msgtype), t,
+                                              latched if t == "/tf_static" else reliable) for t in topics}
+        self._clock_cls = Clock
+        self.clock_pub = None if args.no_clock else node.create_publisher(
+            Clock, "/clock", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
+                                        history=HistoryPolicy.KEEP_LAST))
+        self.watch = StatusWatch()
+        try:
+            from fhgs_interfaces.msg import MapperStatus
+            node.create_subscription(MapperStatus, args.status_topic, self.watch.on,
+                                     QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE,
+                                                history=HistoryPolicy.KEEP_LAST))
+        except ImportError:
+            if args.fast:
+                raise RuntimeError("--fast needs fhgs_interfaces (MapperStatus); build the interfaces (make setup)")
+        self.base_done = self.base_recv = self.base_kf = 0
+
+    def _node_ready(self) -> bool:
+        it = self.image_topic
+        return (it is None or self.pubs[it].get_subscription_count() > 0) and \
+            (not self.args.fast or self.watch.msg is not None)
+
+    def wait_for_node(self) -> bool:
+        """Until the node subscribes to the image topic (and, with --fast, reports its status)."""
+        args, it = self.args, self.image_topic
+        end = time.monotonic() + args.wait
+        while not self._node_ready() and time.monotonic() < end:
+            time.sleep(0.05)
+        if not self._node_ready():
+            what = []
+            if it is not None and self.pubs[it].get_subscription_count() == 0:
+                what.append(f"nothing subscribes to {it}")
+            if args.fast and self.watch.msg is None:
+                what.append(f"no status on {args.status_topic}")
+            log.error("no mapping node after %.0f s (%s): start fhgs-node first (with -r image:=%s ... or the "
+                      "matching --remap here)", args.wait, "; ".join(what), it)
+            return False
+        base = self.watch.msg
+        if base is not None:
+            self.base_done, self.base_recv, self.base_kf = base.images_done, base.images_received, base.keyframes
+        self._warn_best_effort()
+        return True
+
+    def _warn_best_effort(self) -> None:
+        from rclpy.qos import ReliabilityPolicy
+
+        if self.image_topic is None:
+            return
+        try:
+            infos = self.node.get_subscriptions_info_by_topic(self.image_topic)
+            if infos and all(i.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT for i in infos):
+                log.warning("the node subscribes to %s best-effort: large images can be lost on the way; "
+                            "run it with -p node.sensor_qos:=reliable for lossless replay", self.image_topic)
+        except Exception:  # noqa: BLE001 - graph introspection is advisory only
+            pass
+
+    def wait_done(self, sent: int, timeout: float, settle: float) -> str:
+        """Until the node has finished ``sent`` images: 'ok'; 'lost' when it sits idle for ``settle``
+        seconds without having received them all; 'timeout'."""
+        end = time.monotonic() + timeout
+        idle_since = None
+        while time.monotonic() < end:
+            st = self.watch.msg
+            if st is not None and st.images_done >= self.base_done + sent:
+                return "ok"
+            now = time.monotonic()
+            if st is not None and st.idle and st.images_received < self.base_recv + sent:
+                idle_since = idle_since or now
+                if now - idle_since >= settle:
+                    return "lost"
+            else:
+                idle_since = None
+            self.watch.wait(lambda m, st=st: m is not st, 0.5)
+        return "timeout"
+
+    def publish_clock(self, t_ns: int) -> None:
+        from fhgs_ros.ros.conversions import sec_to_stamp
+
+        if self.clock_pub is not None:
+            c = self._clock_cls()
+            c.clock = sec_to_stamp(t_ns * 1e-9)
+            self.clock_pub.publish(c)
+
+    def _pace(self, t0: float, bag_t0: int, log_time_ns: int) -> None:
+        """--rate: sleep until the message is due, keeping /clock moving between sparse messages."""
+        args = self.args
+        due = t0 + (log_time_ns - bag_t0) * 1e-9 / args.rate
+        while True:
+            now = time.monotonic()
+            if now >= due:
+                return
+            if self.clock_pub is not None:
+                self.publish_clock(bag_t0 + int((now - t0) * args.rate * 1e9))
+            time.sleep(min(due - now, 1.0 / max(args.clock_hz, 1.0)))
+
+    def play(self) -> int:
+        """Publish every message; returns how many images were lost under --fast flow control."""
+        args, s = self.args, self.summary
+        t0 = time.monotonic()
+        bag_t0 = last_t = None
+        lost = 0
+        for m in self.reader.messages(list(self.pubs), start=args.start, duration=args.duration):
+            if bag_t0 is None:
+                bag_t0 = m.log_time_ns
+            if args.fast:
+                if m.topic == self.image_topic and s.images:
+                    got = self.wait_done(s.images, args.frame_timeout, settle=10.0)
+                    if got != "ok":
+                        lost += 1
+                        log.warning("image %d: %s; going on", s.images,
+                                    "never reached the node" if got == "lost" else
+                                    f"the node has not finished it within {args.frame_timeout:.0f} s")
+            else:
+                self._pace(t0, bag_t0, m.log_time_ns)
+            self.publish_clock(m.log_time_ns)
+            self.pubs[m.topic].publish(m.raw if isinstance(m.raw, bytes) else bytes(m.raw))
+            s.messages += 1
+            last_t = m.log_time_ns
+            if m.topic == self.image_topic:
+                s.images += 1
+        s.bag_seconds = 0.0 if bag_t0 is None else (last_t - bag_t0) * 1e-9
+        self._t0 = t0
+        return lost
+
+    def finish(self, lost: int) -> int:
+        """Wait for the node to finish the last frames, fill the summary; returns the exit code."""
+        args, s = self.args, self.summary
+        if self.watch.msg is not None:
+            got = self.wait_done(s.images, args.frame_timeout, settle=10.0 if args.fast else 2.0)
+            if got == "timeout":
+                log.warning("the node did not finish all images within %.0f s", args.frame_timeout)
+        s.seconds = time.monotonic() - self._t0
+        st = self.watch.msg
+        if st is not None:
+            s.images_done = int(st.images_done - self.base_done)
+            s.keyframes = int(st.keyframes - self.base_kf)
+            s.surfels = int(st.surfels)
+            s.iterations = int(st.iterations)
+            s.drops = dict(zip(st.drop_kinds, [int(c) for c in st.drop_counts]))
+            s.reasons = dict(zip(st.drop_kinds, st.drop_reasons))
+            s.images_lost = max(0, s.images - s.images_done)
+        else:
+            s.images_lost = lost
+        time.sleep(0.2)  # let the last reliable messages drain
+        if st is not None and s.keyframes == 0 and s.images:
+            return 1
+        if s.images_lost and args.fast:  # --fast promises no drops; --rate reports them only
+            return 1
+        return 0
+
+
 def replay_dds(reader, args, topics: list[str], image_topic: str | None) -> tuple[int, ReplaySummary]:
     """Publish the bag's messages (see module docstring); returns (exit code, summary)."""
     import rclpy
     from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-    from rosgraph_msgs.msg import Clock
 
-    from fhgs_ros.ros.conversions import sec_to_stamp
-
-    summary = ReplaySummary(str(reader.path), "fast" if args.fast else f"rate {args.rate:g}")
     rclpy.init(args=["fhgs-replay"])  # not sys.argv: our --remap must not reach rcl
     node = rclpy.create_node("fhgs_replay", start_parameter_services=False)
     ex = SingleThreadedExecutor()
     ex.add_node(node)
     spin = threading.Thread(target=ex.spin, daemon=True)
     spin.start()
+    summary = ReplaySummary(str(reader.path), "fast" if args.fast else f"rate {args.rate:g}")
     try:
-        reliable = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST)
-        latched = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE, history=HistoryPolicy.KEEP_LAST,
-                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        pubs = {}
-        for t in topics:
-            cls = message_class(reader.topics[t].msgtype)
-            pubs[t] = node.create_publisher(cls, t, latched if t == "/tf_static" else reliable)
-        clock_pub = None if args.no_clock else node.create_publisher(
-            Clock, "/clock", QoSProfile(depth=10, reliability=ReliabilityPolicy.RELIABLE,
-                                        history=HistoryPolicy.KEEP_LAST))
-        watch = StatusWatch()
-        try:
-            from fhgs_interfaces.msg import MapperStatus
-            node.create_subscription(MapperStatus, args.status_topic, watch.on,
-                                     QoSProfile(depth=20, reliability=ReliabilityPolicy.RELIABLE,
-                                                history=HistoryPolicy.KEEP_LAST))
-        except ImportError:
-            MapperStatus = None
-            if args.fast:
-                raise RuntimeError("--fast needs fhgs_interfaces (MapperStatus); build the interfaces (make setup)")
-
-        # wait for the node: subscribers on the image topic, and (fast) its status
-        end = time.monotonic() + args.wait
-        ready = lambda: (image_topic is None or pubs[image_topic].get_subscription_count() > 0) and \
-            (not args.fast or watch.msg is not None)  # noqa: E731
-        while not ready() and time.monotonic() < end:
-            time.sleep(0.05)
-        if not ready():
-            what = []
-            if image_topic is not None and pubs[image_topic].get_subscription_count() == 0:
-                what.append(f"nothing subscribes to {image_topic}")
-            if args.fast and watch.msg is None:
-                what.append(f"no status on {args.status_topic}")
-            log.error("no mapping node after %.0f s (%s): start fhgs-node first (with -r image:=%s ... or the "
-                      "matching --remap here)", args.wait, "; ".join(what), image_topic)
+        rep = _DdsReplay(node, reader, args, topics, image_topic)
+        summary = rep.summary
+        if not rep.wait_for_node():
             return 3, summary
-        base = watch.msg
-        base_done = base.images_done if base is not None else 0
-        base_recv = base.images_received if base is not None else 0
-        base_kf = base.keyframes if base is not None else 0
-        if image_topic is not None:
-            try:
-                infos = node.get_subscriptions_info_by_topic(image_topic)
-                if infos and all(i.qos_profile.reliability == ReliabilityPolicy.BEST_EFFORT for i in infos):
-                    log.warning("the node subscribes to %s best-effort: large images can be lost on the way; "
-                                "run it with -p node.sensor_qos:=reliable for lossless replay", image_topic)
-            except Exception:  # noqa: BLE001 - graph introspection is advisory only
-                pass
-
-        def wait_done(sent: int, timeout: float, settle: float) -> str:
-            """Until the node has finished ``sent`` images: 'ok'; 'lost' when it sits idle for ``settle``
-            seconds without having received them all; 'timeout'."""
-            end = time.monotonic() + timeout
-            idle_since = None
-            while time.monotonic() < end:
-                st = watch.msg
-                if st is not None and st.images_done >= base_done + sent:
-                    return "ok"
-                now = time.monotonic()
-                if st is not None and st.idle and st.images_received < base_recv + sent:
-                    idle_since = idle_since or now
-                    if now - idle_since >= settle:
-                        return "lost"
-                else:
-                    idle_since = None
-                watch.wait(lambda m, st=st: m is not st, 0.5)
-            return "timeout"
-
-        def publish_clock(t_ns: int) -> None:
-            if clock_pub is not None:
-                c = Clock()
-                c.clock = sec_to_stamp(t_ns * 1e-9)
-                clock_pub.publish(c)
-
-        t0 = time.monotonic()
-        bag_t0 = None
-        last_t = None
-        sent_images = 0
-        lost = 0
-        for m in reader.messages(topics, start=args.start, duration=args.duration):
-            if bag_t0 is None:
-                bag_t0 = m.log_time_ns
-            if args.fast:
-                if m.topic == image_topic and sent_images:
-                    got = wait_done(sent_images, args.frame_timeout, settle=10.0)
-                    if got != "ok":
-                        lost += 1
-                        log.warning("image %d: %s; going on", sent_images,
-                                    "never reached the node" if got == "lost" else
-                                    f"the node has not finished it within {args.frame_timeout:.0f} s")
-            else:
-                due = t0 + (m.log_time_ns - bag_t0) * 1e-9 / args.rate
-                while True:
-                    now = time.monotonic()
-                    if now >= due:
-                        break
-                    if clock_pub is not None:  # keep /clock moving between sparse messages
-                        publish_clock(bag_t0 + int((now - t0) * args.rate * 1e9))
-                    time.sleep(min(due - now, 1.0 / max(args.clock_hz, 1.0)))
-            publish_clock(m.log_time_ns)
-            raw = m.raw if isinstance(m.raw, bytes) else bytes(m.raw)
-            pubs[m.topic].publish(raw)
-            summary.messages += 1
-            last_t = m.log_time_ns
-            if m.topic == image_topic:
-                sent_images += 1
-        summary.images = sent_images
-        summary.bag_seconds = 0.0 if bag_t0 is None else (last_t - bag_t0) * 1e-9
-        # the node finishes the last frames
-        if watch.msg is not None:
-            got = wait_done(sent_images, args.frame_timeout, settle=10.0 if args.fast else 2.0)
-            if got == "timeout":
-                log.warning("the node did not finish all images within %.0f s", args.frame_timeout)
-        summary.seconds = time.monotonic() - t0
-        s = watch.msg
-        if s is not None:
-            summary.images_done = int(s.images_done - base_done)
-            summary.keyframes = int(s.keyframes - base_kf)
-            summary.surfels = int(s.surfels)
-            summary.iterations = int(s.iterations)
-            summary.drops = dict(zip(s.drop_kinds, [int(c) for c in s.drop_counts]))
-            summary.reasons = dict(zip(s.drop_kinds, s.drop_reasons))
-            summary.images_lost = max(0, sent_images - summary.images_done)
-        else:
-            summary.images_lost = lost
-        time.sleep(0.2)  # let the last reliable messages drain
-        code = 0
-        if s is not None and summary.keyframes == 0 and sent_images:
-            code = 1
-        if summary.images_lost and args.fast:  # --fast promises no drops; --rate reports them only
-            code = 1
-        return code, summary
+        lost = rep.play()
+        return rep.finish(lost), summary
     finally:
         ex.shutdown(timeout_sec=2)
         spin.join(5)  # a still-running executor thread at interpreter exit aborts the process
