@@ -267,3 +267,32 @@ def test_maryrose_stereo_depth_within_the_scene_bounds():
     near, far = ds.meta["bounds"][i]
     inside = ((r.depth[ok] > 0.95 * near) & (r.depth[ok] < 1.05 * far)).float().mean()
     assert float(inside) > 0.9
+
+
+def test_multi_view_consistency_keeps_agreeing_depths_and_rejects_wrong_ones(room):
+    """consistent_sources: exact depths agree with another view's exact depth; depths 20 % off do not;
+    with the check on, depth_from_views drops the pixels that no view confirms."""
+    from fhgs_ros.core.mvs import consistent_sources, depth_from_views
+    f0, f1 = room.frames[3], room.frames[4]
+    v0, v1 = prepare_view(f0.image, f0.camera), prepare_view(f1.image, f1.camera)
+    d0 = f0.depth.clone()
+    wrong = torch.zeros_like(d0, dtype=torch.bool)
+    wrong[:, : d0.shape[1] // 2] = True
+    d0_bad = torch.where(wrong, d0 * 1.2, d0)
+    n_ok, n_known = consistent_sources(v0, d0_bad, [(v1, f1.depth)], tol=0.02)
+    seen = n_known > 0
+    assert float(seen.float().mean()) > 0.3
+    # exact half: most checkable pixels agree (misses at occlusion edges and from nearest-pixel sampling of
+    # slanted surfaces at 128 x 96)
+    exact_ok = float(n_ok[seen & ~wrong].float().mean())
+    assert exact_ok > 0.6, exact_ok
+    # wrong half: the reprojected point lands where the other view sees something else
+    assert float(n_ok[seen & wrong].float().mean()) < 0.1
+    # in depth_from_views: with min_consistent 1 every kept pixel is confirmed by the other view's depth
+    cfg = MVSConfig(min_consistent=1, fill_radius=0)
+    r = depth_from_views(v0, [v1, prepare_view(room.frames[2].image, room.frames[2].camera)], cfg,
+                         checks=[(v1, f1.depth)])
+    kept = r.depth > 0
+    assert r.measured is not None and bool((r.measured[kept] == r.depth[kept]).all())
+    n_ok, _ = consistent_sources(v0, r.depth, [(v1, f1.depth)], cfg.consistency_tol)
+    assert bool((n_ok[kept] >= 1).all()) and int(kept.sum()) < int((r.measured > 0).sum())

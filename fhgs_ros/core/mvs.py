@@ -68,8 +68,11 @@ class MVSConfig:
     fill_confidence: float = 0.25     # confidence given to filled pixels
     fill_passes: int = 2              # further passes double the radius and spread and halve the confidence
     min_agree: int = 2                # sources whose own ZNCC peak is within +-2 hypotheses of the result
+    consistency_tol: float = 0.02     # multi-view check: relative depth agreement with a source's own depth
+    min_consistent: int = 0           # ... views that must agree (0: no multi-view check; 1 measured worse, see METHOD.md)
     max_disparity: float = 0.25       # fallback range: largest disparity, fraction of the image width
-    range_margin: float = 1.5         # sparse range widened by this factor at both ends
+    range_margin: float = 1.5         # sparse range: near end divided by this factor ...
+    far_margin: float = 1.5           # ... far end multiplied by this one
     sparse_features: int = 1000       # ORB features per image for the range (0: skip the sparse step)
     min_angle_deg: float = 1.0        # source views with less parallax at the hint depth are not used
     ideal_angle_deg: float = 10.0     # preferred triangulation angle for source selection
@@ -93,6 +96,8 @@ class MVSResult:
     depth_range: tuple[float, float] = (0.0, 0.0)
     sources: list[int] = field(default_factory=list)
     seconds: float = 0.0
+    measured: torch.Tensor | None = None   # working-resolution depth passing the photometric tests (before the
+    #                                        multi-view check and hole filling): what later views check against
 
 
 # ----------------------------------------------------------------------------- image helpers
@@ -283,7 +288,7 @@ def _sparse_range(ref: MVSView, srcs: list[MVSView], cfg: MVSConfig) -> tuple[fl
     if len(z) < 15:
         return None
     lo, hi = np.percentile(z, [5, 95])
-    return float(lo / cfg.range_margin), float(hi * cfg.range_margin)
+    return float(lo / cfg.range_margin), float(hi * cfg.far_margin)
 
 
 def _disparity_range(ref: MVSView, srcs: list[MVSView], cfg: MVSConfig) -> tuple[float, float]:
@@ -350,10 +355,51 @@ def sweep(ref: MVSView, srcs: list[MVSView], inv_depths: torch.Tensor, window: i
     return torch.stack(out), var_r[0, 0].sqrt()
 
 
+def consistent_sources(ref: MVSView, depth: torch.Tensor, checks: list[tuple[MVSView, torch.Tensor]],
+                       tol: float = 0.02) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multi-view geometric consistency of ``depth`` (h, w) of ``ref`` against other views' own depths.
+
+    ``checks``: (view, its measured depth at the view's working resolution, 0 = none). Each pixel with
+    depth is back-projected, projected into the view and compared with the nearest depth there:
+    consistent when the two camera-z values agree within ``tol`` (relative). Returns (consistent count,
+    known count) per pixel, (h, w) int: views whose depth exists at the reprojected pixel."""
+    h, w = depth.shape
+    n_ok = torch.zeros(h, w, dtype=torch.int32)
+    n_known = torch.zeros(h, w, dtype=torch.int32)
+    has = depth > 0
+    if not checks or not bool(has.any()):
+        return n_ok, n_known
+    ys, xs = torch.nonzero(has, as_tuple=True)
+    z = depth[ys, xs].double()
+    c = ref.camera
+    pc = torch.stack([(xs.double() - c.cx) / c.fx * z, (ys.double() - c.cy) / c.fy * z, z], -1)
+    for view, d in checks:
+        r, t = _rel(c, view.camera)
+        q = pc @ torch.from_numpy(r).T + torch.from_numpy(t)
+        s = view.camera
+        front = q[:, 2] > 1e-9
+        zq = torch.where(front, q[:, 2], torch.ones_like(q[:, 2]))
+        u = torch.round(s.fx * q[:, 0] / zq + s.cx).long()
+        v = torch.round(s.fy * q[:, 1] / zq + s.cy).long()
+        sh, sw = d.shape
+        inside = front & (u >= 0) & (u < sw) & (v >= 0) & (v < sh)
+        ds = torch.zeros_like(z)
+        ds[inside] = d[v[inside], u[inside]].double()
+        known = inside & (ds > 0)
+        ok = known & ((q[:, 2] - ds).abs() <= tol * ds)
+        n_known[ys, xs] += known.int()
+        n_ok[ys, xs] += ok.int()
+    return n_ok, n_known
+
+
 def depth_from_views(ref: MVSView, srcs: list[MVSView], cfg: MVSConfig | None = None,
-                     depth_range: tuple[float, float] | None = None, mask: np.ndarray | torch.Tensor | None = None
-                     ) -> MVSResult:
-    """Plane-sweep depth and confidence of ``ref`` at its (working) resolution; see the module docstring."""
+                     depth_range: tuple[float, float] | None = None, mask: np.ndarray | torch.Tensor | None = None,
+                     checks: list[tuple[MVSView, torch.Tensor]] | None = None) -> MVSResult:
+    """Plane-sweep depth and confidence of ``ref`` at its (working) resolution; see the module docstring.
+
+    ``checks``: other views with their own measured depths (:attr:`MVSResult.measured`); when given, a
+    pixel keeps its depth only if at least ``cfg.min_consistent`` of them agree (:func:`consistent_sources`;
+    pixels no view can check wait for a later keyframe). Holes are filled after this check."""
     cfg = cfg or MVSConfig()
     t0 = time.perf_counter()
     h, w = ref.gray.shape
@@ -412,11 +458,17 @@ def depth_from_views(ref: MVSView, srcs: list[MVSView], cfg: MVSConfig | None = 
         ok &= mk > 0.99
     conf = torch.where(ok, conf, torch.zeros_like(conf))
     depth = torch.where(ok, depth, torch.zeros_like(depth))
+    measured = depth.clone()
+    if checks is not None:
+        n_ok, _ = consistent_sources(ref, depth, checks, cfg.consistency_tol)
+        keep = n_ok >= max(1, cfg.min_consistent)
+        conf = torch.where(keep, conf, torch.zeros_like(conf))
+        depth = torch.where(keep, depth, torch.zeros_like(depth))
     for p in range(cfg.fill_passes if cfg.fill_radius > 0 else 0):
         # pass p: radius and allowed spread doubled, confidence halved
         depth, conf = fill_holes(depth, conf, cfg.fill_radius * 2 ** p, cfg.fill_max_spread * 2 ** p,
                                  cfg.fill_confidence / 2 ** p, None if mask is None else mk > 0.99)
-    return MVSResult(depth, conf, (near, far), seconds=time.perf_counter() - t0)
+    return MVSResult(depth, conf, (near, far), seconds=time.perf_counter() - t0, measured=measured)
 
 
 def fill_holes(depth: torch.Tensor, conf: torch.Tensor, radius: int, max_spread: float, fill_conf: float,
@@ -448,7 +500,8 @@ def upsample(res: MVSResult, width: int, height: int) -> MVSResult:
         return res
     d = cv2.resize(res.depth.numpy(), (width, height), interpolation=cv2.INTER_NEAREST)
     c = cv2.resize(res.confidence.numpy(), (width, height), interpolation=cv2.INTER_NEAREST)
-    return MVSResult(torch.from_numpy(d), torch.from_numpy(c), res.depth_range, res.sources, res.seconds)
+    return MVSResult(torch.from_numpy(d), torch.from_numpy(c), res.depth_range, res.sources, res.seconds,
+                     res.measured)
 
 
 def estimate_depth(ref_rgb: np.ndarray | torch.Tensor, ref_cam: Camera, src_rgbs: list, src_cams: list[Camera],
@@ -498,6 +551,7 @@ class _Buffered:
     image: torch.Tensor | None        # (3, H, W) full-res colour, only while waiting for a depth
     token: object = None              # caller's handle (e.g. the keyframe's feature target)
     estimated: bool = False
+    measured: torch.Tensor | None = None  # working-resolution depth before the multi-view check (for later views)
 
 
 class KeyframeBuffer:
@@ -529,7 +583,12 @@ class KeyframeBuffer:
                                   self.cfg.ideal_angle_deg)
         if len(sel) < max(1, self.cfg.min_sources):
             return None
-        res = depth_from_views(item.view, [others[i].view for i in sel], self.cfg, None, mask)
+        checks = None
+        if self.cfg.min_consistent > 0:
+            checks = [(o.view, o.measured) for o in others if o.measured is not None]
+        res = depth_from_views(item.view, [others[i].view for i in sel], self.cfg, None, mask, checks)
+        if res.measured is not None:
+            item.measured = res.measured
         if not bool((res.confidence > 0).any()):
             return None
         res = upsample(res, item.full_camera.width, item.full_camera.height)

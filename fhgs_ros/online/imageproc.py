@@ -14,9 +14,9 @@ and a human-readable reason.
 
 from __future__ import annotations
 
-import io
 import math
 
+import cv2
 import numpy as np
 
 from fhgs_ros.core.camera import DISTORTION_MODELS, Intrinsics
@@ -37,6 +37,9 @@ class InputError(ValueError):
         super().__init__(reason)
         self.kind = kind
         self.reason = reason
+
+
+_PNG_SIG = b"\x89PNG\r\n\x1a\n"
 
 
 # ----------------------------------------------------------------------------- raw images
@@ -75,56 +78,56 @@ def decode_color(encoding: str, height: int, width: int, step: int, data, is_big
                                          f"(accepted: {', '.join(COLOR_ENCODINGS)})")
     a = _as_array(encoding, height, width, step, data, is_bigendian, what)
     if encoding == "rgb8":
-        out = a
-    elif encoding == "bgr8":
-        out = a[:, :, ::-1]
-    elif encoding == "rgba8":
-        out = a[:, :, :3]
-    elif encoding == "bgra8":
-        out = a[:, :, 2::-1]
-    elif encoding == "mono8":
-        out = np.repeat(a, 3, axis=2)
-    else:  # mono16
-        out = np.repeat((a >> 8).astype(np.uint8), 3, axis=2)
-    return np.ascontiguousarray(out, dtype=np.uint8)
+        return np.ascontiguousarray(a, dtype=np.uint8)
+    if encoding == "mono16":
+        a = (a >> 8).astype(np.uint8)
+    code = {"bgr8": cv2.COLOR_BGR2RGB, "rgba8": cv2.COLOR_RGBA2RGB, "bgra8": cv2.COLOR_BGRA2RGB,
+            "mono8": cv2.COLOR_GRAY2RGB, "mono16": cv2.COLOR_GRAY2RGB}[encoding]
+    a = np.ascontiguousarray(a)
+    return np.ascontiguousarray(cv2.cvtColor(a[:, :, 0] if a.shape[2] == 1 else a, code), dtype=np.uint8)
 
 
 def decode_compressed(fmt: str, data, what: str = "compressed image") -> np.ndarray:
-    """CompressedImage payload (jpeg / png; ``fmt`` as image_transport writes it) -> (H, W, 3) uint8 RGB."""
-    from PIL import Image, UnidentifiedImageError
+    """CompressedImage payload (jpeg / png; ``fmt`` as image_transport writes it) -> (H, W, 3) uint8 RGB.
 
+    Decoded by OpenCV (``cv2.imdecode``); the format is taken from the payload's signature, not from
+    ``fmt``. 16-bit PNGs are mapped linearly (value >> 8), grey and alpha images converted to RGB."""
     f = (fmt or "").lower()
     if "compresseddepth" in f:
         raise InputError("bad_encoding", f"{what}: compressedDepth is not a colour image format ('{fmt}')")
     raw = bytes(data)
     if not raw:
         raise InputError("bad_image", f"{what}: empty payload")
+    if not (raw[:8] == _PNG_SIG or raw[:3] == b"\xff\xd8\xff"):
+        raise InputError("decode_error", f"{what}: cannot decode ('{fmt}'): not a jpeg or png payload")
     try:
-        with Image.open(io.BytesIO(raw)) as im:
-            if im.format not in ("JPEG", "PNG"):
-                raise InputError("bad_encoding", f"{what}: format {im.format} is not jpeg or png ('{fmt}')")
-            im.load()
-            if im.mode in ("I;16", "I;16B", "I"):
-                arr = np.asarray(im).astype(np.uint32)
-                arr = (arr >> 8).clip(0, 255).astype(np.uint8)
-                return np.ascontiguousarray(np.repeat(arr[:, :, None], 3, axis=2))
-            return np.ascontiguousarray(np.asarray(im.convert("RGB")))
-    except InputError:
-        raise
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise InputError("decode_error", f"{what}: cannot decode ('{fmt}'): {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - PIL's DecompressionBombError and anything else a payload triggers
-        raise InputError("decode_error", f"{what}: cannot decode ('{fmt}'): {type(exc).__name__}") from None
+        im = cv2.imdecode(np.frombuffer(raw, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise InputError("decode_error", f"{what}: cannot decode ('{fmt}'): {str(exc).strip()[:200]}") from None
+    if im is None or im.size == 0:
+        raise InputError("decode_error", f"{what}: cannot decode ('{fmt}'): corrupt or truncated data")
+    if im.dtype == np.uint16:
+        im = (im >> 8).astype(np.uint8)
+    elif im.dtype != np.uint8:
+        raise InputError("bad_encoding", f"{what}: unsupported sample type {im.dtype} ('{fmt}')")
+    if im.ndim == 3 and im.shape[2] == 1:
+        im = im[:, :, 0]
+    code = cv2.COLOR_GRAY2RGB if im.ndim == 2 else {3: cv2.COLOR_BGR2RGB, 4: cv2.COLOR_BGRA2RGB}.get(im.shape[2])
+    if code is None:
+        raise InputError("bad_encoding", f"{what}: {im.shape[2]} channels ('{fmt}')")
+    return np.ascontiguousarray(cv2.cvtColor(np.ascontiguousarray(im), code))
 
 
 def encode_compressed(rgb: np.ndarray, fmt: str = "jpeg", quality: int = 90) -> bytes:
-    """(H, W, 3) uint8 RGB -> jpeg or png bytes (test publishers, bag writers)."""
-    from PIL import Image
-
-    b = io.BytesIO()
-    Image.fromarray(np.ascontiguousarray(rgb)).save(b, format="JPEG" if fmt.lower() in ("jpeg", "jpg") else "PNG",
-                                                    **({"quality": quality} if fmt.lower() in ("jpeg", "jpg") else {}))
-    return b.getvalue()
+    """(H, W, 3) uint8 RGB -> jpeg or png bytes (OpenCV ``imencode``; test publishers, bag writers)."""
+    bgr = cv2.cvtColor(np.ascontiguousarray(rgb, dtype=np.uint8), cv2.COLOR_RGB2BGR)
+    if fmt.lower() in ("jpeg", "jpg"):
+        ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    else:
+        ok, buf = cv2.imencode(".png", bgr)
+    if not ok:
+        raise ValueError(f"cannot encode a {rgb.shape} image as {fmt}")
+    return buf.tobytes()
 
 
 def decode_depth(encoding: str, height: int, width: int, step: int, data, is_bigendian: bool = False,
@@ -191,21 +194,26 @@ def fit_size(width: int, height: int, max_long_side: int) -> tuple[int, int]:
 
 
 def resize_rgb(rgb: np.ndarray, w: int, h: int) -> np.ndarray:
+    """(H, W, 3) uint8 -> (h, w, 3): OpenCV area averaging when shrinking (antialiased), bilinear when growing."""
     if rgb.shape[1] == w and rgb.shape[0] == h:
         return rgb
-    from PIL import Image
-
-    return np.asarray(Image.fromarray(rgb).resize((w, h), Image.BILINEAR, reducing_gap=2.0))
+    shrink = w <= rgb.shape[1] and h <= rgb.shape[0]
+    return cv2.resize(np.ascontiguousarray(rgb), (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
 def resize_depth(depth: np.ndarray, w: int, h: int) -> np.ndarray:
-    """Nearest-neighbour resize (no mixing of foreground and background depths)."""
+    """Nearest-neighbour resize, pixel centres aligned (``cv2.INTER_NEAREST_EXACT``): no mixing of
+    foreground and background depths or of label ids. Any numeric dtype (int64 labels included)."""
     if depth.shape[1] == w and depth.shape[0] == h:
         return depth
-    H, W = depth.shape
-    ys = np.clip(((np.arange(h) + 0.5) * H / h - 0.5).round().astype(np.int64), 0, H - 1)
-    xs = np.clip(((np.arange(w) + 0.5) * W / w - 0.5).round().astype(np.int64), 0, W - 1)
-    return np.ascontiguousarray(depth[ys][:, xs])
+    a = np.ascontiguousarray(depth)
+    if a.dtype in (np.uint8, np.int8, np.uint16, np.int16, np.int32, np.float32, np.float64):
+        return cv2.resize(a, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
+    # other dtypes (int64, bool, ...): the same nearest-exact indices applied directly
+    H, W = a.shape[:2]
+    ys = np.minimum(np.floor((np.arange(h) + 0.5) * H / h).astype(np.int64), H - 1)
+    xs = np.minimum(np.floor((np.arange(w) + 0.5) * W / w).astype(np.int64), W - 1)
+    return np.ascontiguousarray(a[ys][:, xs])
 
 
 # ----------------------------------------------------------------------------- poses
