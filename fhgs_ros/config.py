@@ -103,7 +103,8 @@ class NodeConfig:
     camera_info_sensor: str = param('', 'sensor / camera id inside camera_info_file ("" = the first camera)')
     sync_slop: float = param(0.02, 'max stamp difference image <-> camera_info / depth / pose', unit='s', lo=0.0,
                              hi=3600.0, live=True)
-    sync_timeout: float = param(1.0, 'wall time an image waits for its partners before it is dropped', unit='s',
+    sync_timeout: float = param(3.0, 'wall time an image waits for its partners before it is dropped (on a loaded '
+                                'CPU at 640x480 camera_info and pose callbacks lag an image by over 1 s)', unit='s',
                                 lo=0.0, hi=3600.01, live=True)
     use_depth: bool = param(True, 'use depth images when they arrive (16UC1 mm or 32FC1 m)')
     queue_size: int = param(8, 'bounded queues (sync, frames waiting for features); drops are counted', lo=1, hi=1000)

@@ -558,6 +558,14 @@ def test_guard_turns_exceptions_into_rejections():
         Trigger.Request(), Trigger.Response())
     assert not r.success and r.message == "no"
     assert [k for k, _ in seen] == ["exception_image", "exception_reset", "bad_service_argument"]
+    # a timer publishing after SIGINT invalidated the context is not a fault of the node
+    closing = [False]
+    g2 = Guard(lambda kind, why: seen.append((kind, why)), log_error=lambda m: None,
+               shutting_down=lambda: closing[0])
+    g2.callback("diagnostics", boom)()
+    closing[0] = True
+    g2.callback("diagnostics", boom)()
+    assert [k for k, _ in seen][3:] == ["exception_diagnostics"]
     gate = RequestGate(1)
     with gate():
         with pytest.raises(Rejected, match="already running"):

@@ -68,13 +68,17 @@ class Guard:
     """Wraps callbacks / timers / services so that no exception escapes to the executor.
 
     report(kind, reason): the rejection counter (``Problems.report``); count(name): a plain counter.
+    shutting_down(): True once the middleware is going away (e.g. a callback publishing after SIGINT
+    invalidated the ROS context): such exceptions are logged at debug level, not counted as faults.
     """
 
     def __init__(self, report: Callable[[str, str], None], count: Callable[[str], None] | None = None,
-                 log_error: Callable[[str], None] | None = None):
+                 log_error: Callable[[str], None] | None = None,
+                 shutting_down: Callable[[], bool] | None = None):
         self.report = report
         self.count = count or (lambda name: None)
         self.log_error = log_error or log.error
+        self.shutting_down = shutting_down or (lambda: False)
         self._logged: set[str] = set()
 
     def _failed(self, kind: str, name: str, exc: BaseException) -> str:
@@ -91,6 +95,9 @@ class Guard:
             try:
                 fn(*args)
             except Exception as exc:  # noqa: BLE001 - the point of this wrapper
+                if self.shutting_down():
+                    log.debug("%s during shutdown: %s", name, _short(exc))
+                    return
                 self._failed(f"exception_{name}", name, exc)
         wrapped.__name__ = f"guarded_{name}"
         return wrapped

@@ -141,7 +141,7 @@ class FHGSNode(Node):
     def _build_guards(self) -> None:
         """Fault containment and request bounds (fhgs_ros/online: guard, limits, paths; README "Security")."""
         report = lambda kind, why: self.problems.report(InputError(kind, why))  # noqa: E731
-        self.guard = Guard(report, self.counters.inc, self.log.error)
+        self.guard = Guard(report, self.counters.inc, self.log.error, shutting_down=lambda: not self.context.ok())
         self.supervisor = Supervisor(self._stop, report)
         self.limits = RequestLimits.from_node(self.ncfg)
         self.gate = RequestGate(self.ncfg.max_concurrent_requests)
