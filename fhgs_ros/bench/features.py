@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fhgs_ros.core.fileio import atomic_write_json
+from fhgs_ros.bench import write_results
 
 MODEL_NAMES = {"mobile_sam": "vit_t", "vgg16": "vgg16", "tiny": "vit_tiny", "vit_b": "vit_b", "vit_l": "vit_l",
                "vit_h": "vit_h"}
@@ -149,9 +149,7 @@ def run(argv: list[str] | None = None) -> int:
            "note": "SAM (ViT) input 512 resamples the 1024-trained position embeddings: ~4x fewer grid cells "
                    "and lower feature quality; use 1024 when a GPU is available. MobileSAM (TinyViT) has no "
                    "absolute position embedding. RSS includes the Python/torch runtime of the process."}
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(a.out, out)
-    print(f"wrote {a.out}")
+    write_results(a.out, out)
     return 0
 
 

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fhgs_ros.bench import write_results
+
 log = logging.getLogger(__name__)
 
 
@@ -79,15 +81,19 @@ def depth_accuracy(ds, views: list[int], long_side: int = 160) -> dict:
 
 def run_engine(ds, train: list[int], test: list[int], mode: str, params: dict, steps: int) -> dict:
     """Map the training views through ``MappingEngine.process_sync``; mode depth | mvs | nominal."""
-    from fhgs_ros.core.mesh import mesh_from_surfels
-    from fhgs_ros.core.metrics import chamfer_distance, evaluate_views, sample_mesh_points
-    from fhgs_ros.features.label import label_feature_grid, label_vectors  # noqa: F401
-    from fhgs_ros.offline import visible_gt_points
-    from fhgs_ros.online.frames import InputFrame
-    from fhgs_ros.online.engine import MappingEngine
-    from fhgs_ros.features.registry import build_extractor
-    from fhgs_ros.core.camera import Intrinsics
     from fhgs_ros.config import build_config
+    from fhgs_ros.core.camera import Intrinsics
+    from fhgs_ros.core.mesh import mesh_from_surfels
+    from fhgs_ros.core.metrics import (
+        chamfer_distance,
+        evaluate_views,
+        sample_mesh_points,
+    )
+    from fhgs_ros.features.label import label_feature_grid, label_vectors  # noqa: F401
+    from fhgs_ros.features.registry import build_extractor
+    from fhgs_ros.offline import visible_gt_points
+    from fhgs_ros.online.engine import MappingEngine
+    from fhgs_ros.online.frames import InputFrame
 
     p = json.loads(json.dumps(params))
     p["node"]["steps_per_keyframe"] = steps
@@ -180,8 +186,7 @@ def run(argv: list[str] | None = None) -> int:
             log.info("%s", r)
         result["quality"] = rows
         print(_table(rows, ["mode", "psnr", "chamfer", "surfels", "densifications", "seconds"]))
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    a.out.write_text(json.dumps(result, indent=2))
+    write_results(a.out, result)
     return 0
 
 

@@ -33,7 +33,7 @@ import threading
 import time
 from pathlib import Path
 
-from fhgs_ros.core.fileio import atomic_write_json
+from fhgs_ros.bench import write_results
 
 
 def _diag(cap) -> dict[str, str]:
@@ -169,8 +169,7 @@ def _finish_throughput(a, results: dict) -> int:
     table = "\n".join(lines)
     print(table)
     results["table"] = table
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(a.out, results)
+    write_results(a.out, results)
     return 0
 
 
@@ -311,8 +310,7 @@ def run(argv: list[str] | None = None) -> int:
     table = "\n".join(lines)
     print(table)
     results["table"] = table
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(a.out, results)
+    write_results(a.out, results)
     return 0
 
 

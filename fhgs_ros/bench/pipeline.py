@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 
-from fhgs_ros.core.fileio import atomic_write_json
+from fhgs_ros.bench import write_results
 
 
 def _frames(width: int, height: int, n: int):
@@ -100,9 +100,7 @@ def run(argv: list[str] | None = None) -> int:
           f"{a.keyframes} keyframes x {a.steps} iterations, {torch.get_num_threads()} CPU threads\n{table}")
     out = {"benchmark": "pipeline", "extractor": ext.model_id, "image": [width, height], "steps": a.steps,
            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "results": rows, "table": table}
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(a.out, out)
-    print(f"wrote {a.out}")
+    write_results(a.out, out)
     return 0
 
 

@@ -41,7 +41,6 @@ and 15 + 4 D (backward: S . f_k, S += sigma w f_k) per contributor, 2 D per leve
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import platform
@@ -51,6 +50,7 @@ import time
 import torch
 import torch.nn.functional as F
 
+from fhgs_ros.bench import write_results
 from fhgs_ros.core import native
 from fhgs_ros.core.camera import Camera, look_at
 from fhgs_ros.core.raster_types import FeatureTarget, NDFDParams
@@ -288,13 +288,10 @@ def run(argv: list[str] | None = None) -> int:
     print(f"targets: native >= 30x faster than the reference: {'met' if ok_speed else 'NOT met'}; "
           f"NDFD adds <= 100% to the RGB-only native time: {'met' if ok_ovh else 'NOT met'}; "
           f"RGB kernels >= 2x the pre-SIMD baseline: {'met' if ok_rgb else 'NOT met'}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out, "w") as fh:
-        json.dump({"benchmark": "raster", "build": native.build_info(), "records": records,
-                   "targets": {"speedup_min": 30, "ndfd_overhead_max": 2.0, "speedup_met": ok_speed,
-                               "ndfd_overhead_met": ok_ovh, "rgb_speedup_min": 2.0, "rgb_speedup_met": ok_rgb}},
-                  fh, indent=2)
-    print(f"wrote {args.out}")
+    write_results(args.out, {"benchmark": "raster", "build": native.build_info(), "records": records,
+                             "targets": {"speedup_min": 30, "ndfd_overhead_max": 2.0, "speedup_met": ok_speed,
+                                         "ndfd_overhead_met": ok_ovh, "rgb_speedup_min": 2.0,
+                                         "rgb_speedup_met": ok_rgb}})
     return 0
 
 

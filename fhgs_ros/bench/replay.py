@@ -49,6 +49,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from fhgs_ros.bench import write_results
+
 COLUMNS = ("mode", "messages", "images", "keyframes", "wall s", "messages/s", "keyframes/s", "surfels", "iterations")
 
 
@@ -232,13 +234,12 @@ def run(argv: list[str] | None = None) -> int:
         if r["rc"] != 0:
             print(f"{r['mode']}: fhgs-replay exited with {r['rc']}\n{r.get('log_tail', '')}")
     results["table"] = table
-    from fhgs_ros.core.fileio import atomic_write_json, atomic_write_text
+    from fhgs_ros.core.fileio import atomic_write_text
 
-    a.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(a.out, results)
+    write_results(a.out, results)
     md = a.out.with_suffix(".md")
     atomic_write_text(md, format_markdown(results))
-    print(f"wrote {a.out} and {md}")
+    print(f"wrote {md}")
     return 0 if rows and all(r["rc"] == 0 for r in rows) else 1
 
 

@@ -49,9 +49,9 @@ import time
 import torch
 import torch.nn.functional as F
 
+from fhgs_ros.bench import write_results
 from fhgs_ros.bench.raster import PARAMS, bench_scene
 from fhgs_ros.core import native
-from fhgs_ros.core.fileio import atomic_write_json
 from fhgs_ros.core.mapper import Keyframe, Mapper, MapperConfig
 from fhgs_ros.core.reference import sample_grid
 from fhgs_ros.core.render import surfel_colors
@@ -310,9 +310,7 @@ def run(argv: list[str] | None = None) -> int:
               f"{rec['sh_colors_ms']:6.1f} {rec['adam_ms']:7.1f} {f3}", flush=True)
     ok = all(r["ratio"] <= 1.15 for r in records)
     print(f"target: FHGS step <= 1.15x the 2DGS step: {'met' if ok else 'NOT met'}")
-    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    atomic_write_json(args.out, records)
-    print(f"wrote {args.out}")
+    write_results(args.out, records)
     return 0
 
 
