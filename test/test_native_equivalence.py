@@ -550,23 +550,27 @@ def test_small_and_odd_images(size):
     assert int(ref.n_contrib.sum()) > 0
 
 
+def saturation_scene(g: torch.Generator) -> dict:
+    """Fronto-parallel opaque layers stacked in depth: alphas clamp at 0.99, T falls below 1e-4 (RGB only)."""
+    n = 240
+    cam = make_camera(40, 32, g)
+    fwd = cam.cam_to_world[:3, 2]
+    right, down = cam.cam_to_world[:3, 0], cam.cam_to_world[:3, 1]
+    layer = torch.randint(0, 8, (n, 1), generator=g).float() + 0.5 * torch.rand(n, 1, generator=g)
+    means = (cam.center + (2.0 + 0.3 * layer) * fwd + (torch.rand(n, 1, generator=g) - 0.5) * 2.5 * right
+             + (torch.rand(n, 1, generator=g) - 0.5) * 2.0 * down)
+    normal = F.normalize(-fwd + 0.3 * torch.randn(n, 3, generator=g), dim=-1)
+    return {"camera": cam, "means": means, "quats": quat_from_normal(normal, g),
+            "scales": 0.15 + 0.2 * torch.rand(n, 2, generator=g),
+            "opacity": torch.where(torch.rand(n, generator=g) < 0.5, 0.995 + 0.0049 * torch.rand(n, generator=g),
+                                   0.3 + 0.6 * torch.rand(n, generator=g)),
+            "colors": torch.rand(n, 3, generator=g), "background": torch.rand(3, generator=g)}
+
+
 @needs_native
 def test_alpha_saturation_and_early_termination():
     def make(g):
-        n = 240
-        cam = make_camera(40, 32, g)
-        # fronto-parallel opaque layers stacked in depth: alphas clamp at 0.99, T falls below 1e-4
-        fwd = cam.cam_to_world[:3, 2]
-        right, down = cam.cam_to_world[:3, 0], cam.cam_to_world[:3, 1]
-        layer = torch.randint(0, 8, (n, 1), generator=g).float() + 0.5 * torch.rand(n, 1, generator=g)
-        means = (cam.center + (2.0 + 0.3 * layer) * fwd + (torch.rand(n, 1, generator=g) - 0.5) * 2.5 * right
-                 + (torch.rand(n, 1, generator=g) - 0.5) * 2.0 * down)
-        normal = F.normalize(-fwd + 0.3 * torch.randn(n, 3, generator=g), dim=-1)
-        s = {"camera": cam, "means": means, "quats": quat_from_normal(normal, g),
-             "scales": 0.15 + 0.2 * torch.rand(n, 2, generator=g),
-             "opacity": torch.where(torch.rand(n, generator=g) < 0.5, 0.995 + 0.0049 * torch.rand(n, generator=g),
-                                    0.3 + 0.6 * torch.rand(n, generator=g)),
-             "colors": torch.rand(n, 3, generator=g), "background": torch.rand(3, generator=g)}
+        s = saturation_scene(g)
         add_features(s, 16, g)
         return s
     s, seed, removed = prepared(make, min_keep=150)

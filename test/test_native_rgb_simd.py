@@ -13,9 +13,8 @@ import pytest
 import torch
 
 from fhgs_ros.core import native
-from test_native_equivalence import (FWD_TOL, GRAD_TOL, PARAMS, check_equivalent, fresh_seed, make_camera, near_threshold_surfels, needs_native,
-                                     prepared,
-                                     quat_from_normal, random_scene)
+from test_native_equivalence import (FWD_TOL, GRAD_TOL, PARAMS, check_equivalent, near_threshold_surfels, needs_native,
+                                     prepared, random_scene, saturation_scene)
 
 
 def _isas() -> list[str]:
@@ -79,23 +78,7 @@ def test_rgb_larger_scene_and_tiny_huge(isa):
 
 @needs_native
 def test_rgb_saturation_and_early_termination(isa):
-    import torch.nn.functional as F
-
-    def make(g):
-        n = 240
-        cam = make_camera(40, 32, g)
-        fwd = cam.cam_to_world[:3, 2]
-        right, down = cam.cam_to_world[:3, 0], cam.cam_to_world[:3, 1]
-        layer = torch.randint(0, 8, (n, 1), generator=g).float() + 0.5 * torch.rand(n, 1, generator=g)
-        means = (cam.center + (2.0 + 0.3 * layer) * fwd + (torch.rand(n, 1, generator=g) - 0.5) * 2.5 * right
-                 + (torch.rand(n, 1, generator=g) - 0.5) * 2.0 * down)
-        normal = F.normalize(-fwd + 0.3 * torch.randn(n, 3, generator=g), dim=-1)
-        return {"camera": cam, "means": means, "quats": quat_from_normal(normal, g),
-                "scales": 0.15 + 0.2 * torch.rand(n, 2, generator=g),
-                "opacity": torch.where(torch.rand(n, generator=g) < 0.5, 0.995 + 0.0049 * torch.rand(n, generator=g),
-                                       0.3 + 0.6 * torch.rand(n, generator=g)),
-                "colors": torch.rand(n, 3, generator=g), "background": torch.rand(3, generator=g)}
-    s, seed, removed = prepared(make, min_keep=150)
+    s, seed, removed = prepared(saturation_scene, min_keep=150)
     check_equivalent(s, seed, f"rgb saturation {isa} removed={removed}")
     stats: dict = {}
     near_threshold_surfels(s, stats)
