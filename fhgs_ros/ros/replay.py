@@ -158,6 +158,7 @@ class _DdsReplay:
             if args.fast:
                 raise RuntimeError("--fast needs fhgs_interfaces (MapperStatus); build the interfaces (make setup)")
         self.base_done = self.base_recv = self.base_kf = 0
+        self._t0 = time.monotonic()  # playback start (set again by play)
 
     def _node_ready(self) -> bool:
         it = self.image_topic
@@ -304,14 +305,12 @@ def replay_dds(reader, args, topics: list[str], image_topic: str | None) -> tupl
     ex.add_node(node)
     spin = threading.Thread(target=ex.spin, daemon=True)
     spin.start()
-    summary = ReplaySummary(str(reader.path), "fast" if args.fast else f"rate {args.rate:g}")
     try:
         rep = _DdsReplay(node, reader, args, topics, image_topic)
-        summary = rep.summary
         if not rep.wait_for_node():
-            return 3, summary
+            return 3, rep.summary
         lost = rep.play()
-        return rep.finish(lost), summary
+        return rep.finish(lost), rep.summary
     finally:
         ex.shutdown(timeout_sec=2)
         spin.join(5)  # a still-running executor thread at interpreter exit aborts the process
