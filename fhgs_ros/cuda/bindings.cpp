@@ -183,7 +183,7 @@ std::vector<Tensor> forward(Tensor means, Tensor quats, Tensor scales, Tensor op
                             Tensor camvec, int64_t width, int64_t height, Tensor feats, Tensor grid, double lam,
                             double ksign, bool ext_use_sigma, Tensor col_c0, Tensor col_dx1, Tensor col_f,
                             Tensor row_c0, Tensor row_dy1, Tensor row_f, Tensor fvalues, bool need_backward,
-                            int64_t stream, Tensor nd_mask) {
+                            int64_t stream, Tensor nd_mask, bool feat_grad) {
   fhgs::RasterArgs a;
   fill_common(a, means, quats, scales, opacity, colors, bg, camvec, width, height, feats, grid, lam, ksign,
               ext_use_sigma, col_c0, col_dx1, col_f, row_c0, row_dy1, row_f);
@@ -202,6 +202,11 @@ std::vector<Tensor> forward(Tensor means, Tensor quats, Tensor scales, Tensor op
     TORCH_CHECK(fvalues.dim() == 2 && fvalues.size(0) == N, "feature_values must be (N, Dr)");
     a.Dr = (int)fvalues.size(1);
     a.fvalues = ptr_or_null<float>(fvalues);
+  }
+  if (feat_grad && a.Dr > 0 && need_backward) {
+    TORCH_CHECK(!cuda, "fhgs native: the feature-image gradient (bench-only Feature-3DGS kernel) has no CUDA version");
+    TORCH_CHECK(!g_cpu_baseline, "fhgs native: the feature-image gradient needs the live CPU kernels, not 'baseline'");
+    a.feat_grad = 1;
   }
   if (a.D > 0 && nd_mask.defined() && nd_mask.numel() > 0) {
     TORCH_CHECK(nd_mask.scalar_type() == at::kByte && nd_mask.is_contiguous() && nd_mask.numel() == npix &&
@@ -336,6 +341,17 @@ std::vector<Tensor> forward(Tensor means, Tensor quats, Tensor scales, Tensor op
           contrib, tile_coff, pix_coff, contrib_idx};
 }
 
+// The forward with an NDFD pixel mask, without the feature-image gradient.
+std::vector<Tensor> forward_mask(Tensor means, Tensor quats, Tensor scales, Tensor opacity, Tensor colors, Tensor bg,
+                                 Tensor camvec, int64_t width, int64_t height, Tensor feats, Tensor grid, double lam,
+                                 double ksign, bool ext_use_sigma, Tensor col_c0, Tensor col_dx1, Tensor col_f,
+                                 Tensor row_c0, Tensor row_dy1, Tensor row_f, Tensor fvalues, bool need_backward,
+                                 int64_t stream, Tensor nd_mask) {
+  return forward(means, quats, scales, opacity, colors, bg, camvec, width, height, feats, grid, lam, ksign,
+                 ext_use_sigma, col_c0, col_dx1, col_f, row_c0, row_dy1, row_f, fvalues, need_backward, stream,
+                 nd_mask, false);
+}
+
 // The forward without an NDFD pixel mask (the original signature).
 std::vector<Tensor> forward_all(Tensor means, Tensor quats, Tensor scales, Tensor opacity, Tensor colors, Tensor bg,
                                 Tensor camvec, int64_t width, int64_t height, Tensor feats, Tensor grid, double lam,
@@ -344,16 +360,17 @@ std::vector<Tensor> forward_all(Tensor means, Tensor quats, Tensor scales, Tenso
                                 int64_t stream) {
   return forward(means, quats, scales, opacity, colors, bg, camvec, width, height, feats, grid, lam, ksign,
                  ext_use_sigma, col_c0, col_dx1, col_f, row_c0, row_dy1, row_f, fvalues, need_backward, stream,
-                 Tensor());
+                 Tensor(), false);
 }
 
 // grads: [rgb, alpha, depth, median, normal, dist, ext, int]; returns
-// [d_means, d_quats, d_scales, d_opacity, d_colors].
-std::vector<Tensor> backward(Tensor means, Tensor quats, Tensor scales, Tensor opacity, Tensor colors, Tensor bg,
-                             Tensor camvec, int64_t width, int64_t height, Tensor feats, Tensor grid, double lam,
-                             double ksign, bool ext_use_sigma, Tensor col_c0, Tensor col_dx1, Tensor col_f,
-                             Tensor row_c0, Tensor row_dy1, Tensor row_f, std::vector<Tensor> state,
-                             std::vector<Tensor> grads, int64_t stream) {
+// [d_means, d_quats, d_scales, d_opacity, d_colors] and, with fvalues (N, Dr) and g_feat (Dr, H, W)
+// (the forward ran with feat_grad), d_fvalues (N, Dr).
+std::vector<Tensor> backward_feat(Tensor means, Tensor quats, Tensor scales, Tensor opacity, Tensor colors, Tensor bg,
+                                  Tensor camvec, int64_t width, int64_t height, Tensor feats, Tensor grid, double lam,
+                                  double ksign, bool ext_use_sigma, Tensor col_c0, Tensor col_dx1, Tensor col_f,
+                                  Tensor row_c0, Tensor row_dy1, Tensor row_f, std::vector<Tensor> state,
+                                  std::vector<Tensor> grads, int64_t stream, Tensor fvalues, Tensor g_feat) {
   fhgs::RasterArgs a;
   fill_common(a, means, quats, scales, opacity, colors, bg, camvec, width, height, feats, grid, lam, ksign,
               ext_use_sigma, col_c0, col_dx1, col_f, row_c0, row_dy1, row_f);
@@ -403,6 +420,25 @@ std::vector<Tensor> backward(Tensor means, Tensor quats, Tensor scales, Tensor o
     a.g_int = need(7, {height, width});
   }
   auto fopt = means.options();
+  Tensor d_fvalues, facc;
+  if (fvalues.defined() && fvalues.numel() > 0) {
+    check_f32(fvalues, "feature_values");
+    TORCH_CHECK(fvalues.dim() == 2 && fvalues.size(0) == N, "feature_values must be (N, Dr)");
+    TORCH_CHECK(!cuda, "fhgs native: the feature-image gradient (bench-only Feature-3DGS kernel) has no CUDA version");
+    TORCH_CHECK(!g_cpu_baseline, "fhgs native: the feature-image gradient needs the live CPU kernels, not 'baseline'");
+    a.feat_grad = 1;
+    a.Dr = (int)fvalues.size(1);
+    a.fvalues = fvalues.data_ptr<float>();
+    Tensor gf = g_feat.defined() && g_feat.numel() > 0 ? g_feat.to(fopt).contiguous()
+                                                       : at::zeros({a.Dr, height, width}, fopt);
+    TORCH_CHECK(gf.numel() == (int64_t)a.Dr * npix, "fhgs native: feature-image gradient must be (Dr, H, W)");
+    g_feat = gf;
+    a.g_feat = gf.data_ptr<float>();
+    d_fvalues = alloc({N, a.Dr}, fopt);
+    facc = alloc({a.E, a.Dr}, fopt);  // each tile zeroes its own rows
+    a.d_fvalues = ptr_or_null<float>(d_fvalues);
+    a.facc = ptr_or_null<float>(facc);
+  }
   Tensor d_means = alloc({N, 3}, fopt), d_quats = alloc({N, 4}, fopt), d_scales = alloc({N, 2}, fopt);
   Tensor d_opacity = alloc({N}, fopt), d_colors = alloc({N, 3}, fopt);
   a.d_means = ptr_or_null<float>(d_means);
@@ -428,7 +464,18 @@ std::vector<Tensor> backward(Tensor means, Tensor quats, Tensor scales, Tensor o
     timer.mark("backward");
   }
   (void)npix;
+  if (a.feat_grad) return {d_means, d_quats, d_scales, d_opacity.reshape(opacity.sizes()), d_colors, d_fvalues};
   return {d_means, d_quats, d_scales, d_opacity.reshape(opacity.sizes()), d_colors};
+}
+
+std::vector<Tensor> backward(Tensor means, Tensor quats, Tensor scales, Tensor opacity, Tensor colors, Tensor bg,
+                             Tensor camvec, int64_t width, int64_t height, Tensor feats, Tensor grid, double lam,
+                             double ksign, bool ext_use_sigma, Tensor col_c0, Tensor col_dx1, Tensor col_f,
+                             Tensor row_c0, Tensor row_dy1, Tensor row_f, std::vector<Tensor> state,
+                             std::vector<Tensor> grads, int64_t stream) {
+  return backward_feat(means, quats, scales, opacity, colors, bg, camvec, width, height, feats, grid, lam, ksign,
+                       ext_use_sigma, col_c0, col_dx1, col_f, row_c0, row_dy1, row_f, state, grads, stream, Tensor(),
+                       Tensor());
 }
 
 bool has_cuda() { return kHasCuda; }
@@ -460,8 +507,12 @@ std::string build_info() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "FHGS native surfel rasterizer (C++/OpenMP CPU backend, optional CUDA backend)";
   m.def("forward", &forward_all, "rasterize forward");
-  m.def("forward", &forward, "rasterize forward; last argument: uint8 (H, W) NDFD pixel mask");
+  m.def("forward", &forward_mask, "rasterize forward; last argument: uint8 (H, W) NDFD pixel mask");
+  m.def("forward", &forward, "rasterize forward; last arguments: NDFD pixel mask, feat_grad (the feature image "
+        "is differentiable: CPU scalar kernel, bench-only)");
   m.def("backward", &backward, "rasterize backward");
+  m.def("backward", &backward_feat, "rasterize backward; last arguments: feature_values (N, Dr) and the feature "
+        "image's gradient (Dr, H, W) of a feat_grad forward; also returns d_feature_values");
   m.def("has_cuda", &has_cuda, "built with the CUDA backend");
   m.def("cuda_devices", &cuda_devices, "number of CUDA devices seen by the CUDA backend (0 or negative error)");
   m.def("build_info", &build_info, "backends compiled in");

@@ -10,6 +10,10 @@
 // them to the surfel parameters. All per-pair math lives in raster_math.h (shared with CUDA).
 // Without NDFD the tiles run the SIMD row kernels forward_tile_rgb / backward_tile_rgb (16 pixels
 // per vector, see below); raster_cpu_baseline.cpp keeps the scalar kernels as the bench baseline.
+// With feat_grad (the bench's Feature-3DGS-style step, CPU only: no CUDA version) the scalar
+// kernels also blend a Dr-channel feature image (channel loop inside the pixel, as in Feature
+// 3DGS) and the backward returns its gradient into the per-surfel features and, through the
+// blending weights, into the geometry.
 #include <math.h>
 #include <string.h>
 
@@ -85,6 +89,7 @@ struct Scratch {
   std::vector<Ent> ents;
   std::vector<int> rows;
   std::vector<float> F, S, FV;
+  std::vector<float> GF;         // feature-image gradient of one pixel (feat_grad)
   std::vector<float> G;          // unit GT feature of a subsampled NDFD pixel
   std::vector<int> nd_sid;       // its kept contributors (surfel id, w, T before), front to back
   std::vector<float> nd_w, nd_T;
@@ -237,6 +242,12 @@ void backward_tile(const RasterArgs& a, int tile, Scratch& sc) {
   const int D = a.D;
   const float zn = a.cam.znear, zf = a.cam.zfar;
   float* S = D > 0 ? sc.S.data() : nullptr;
+  // Feature image (feat_grad): with g the pixel's upstream gradient, contributor k gets
+  // dL/dw_k += f_k . g (enters the same dL/dalpha recursion as the colour) and dL/df_k += w_k g,
+  // summed per tile-list entry in facc (this tile's rows: the tile's thread owns them).
+  const int Dr = a.feat_grad ? a.Dr : 0;
+  float* GF = Dr > 0 ? sc.GF.data() : nullptr;
+  if (Dr > 0) memset(a.facc + s * Dr, 0, sizeof(float) * (size_t)(e - s) * Dr);
   for (int py = ty * TILE; py < std::min(H, (ty + 1) * TILE); ++py) {
     for (int px = tx * TILE; px < std::min(W, (tx + 1) * TILE); ++px) {
       const int64_t pix = (int64_t)py * W + px;
@@ -257,6 +268,11 @@ void backward_tile(const RasterArgs& a, int tile, Scratch& sc) {
       g.intl = D > 0 ? a.g_int[pix] : 0.0f;
       const bool nd_phi = D > 0 && (g.ext != 0.0f || g.intl != 0.0f);
       const bool nd_pass = D > 0 && g.intl != 0.0f;  // the feature passes only feed the internal term
+      bool fg = false;  // nonzero feature-image gradient at this pixel
+      for (int d = 0; d < Dr; ++d) {
+        GF[d] = a.g_feat[d * npix + pix];
+        fg = fg || GF[d] != 0.0f;
+      }
       PixelBack b;
       pixel_back_init(b, g, a.bg, (float)a.pix_state[pix], a.pix_state[npix + pix], a.pix_state[2 * npix + pix],
                       a.pix_state[3 * npix + pix], a.pix_state[4 * npix + pix]);
@@ -277,6 +293,10 @@ void backward_tile(const RasterArgs& a, int tile, Scratch& sc) {
         const float* col = a.colors + (int64_t)en.sid * 3;
         const float* nrm = a.geom + (int64_t)en.sid * GEOM_STRIDE + G_N;
         float gk = pixel_back_g(b, g, col, nrm, pe.z, zn, zf);
+        if (fg) {
+          gk += dot_host(a.fvalues + (int64_t)en.sid * Dr, GF, Dr);
+          feature_blend_pass_host(a.facc + j * Dr, GF, Dr, w);
+        }
         if (nd_phi) {
           const float* rec = a.contrib + 3 * (base + r);
           const float phi = rec[0], sig = rec[1], da = rec[2];
@@ -368,6 +388,15 @@ RgbKernels rgb_kernels() {
 
 inline int64_t count_of(const int64_t* excl, int64_t total, int n, int i) {
   return (i + 1 < n ? excl[i + 1] : total) - excl[i];
+}
+
+// d_fvalues of surfel i: the sum of its tile-list entries' rows of facc, in entry order.
+FHGS_CLONES
+void feature_grad_reduce(const RasterArgs& a, int i, int64_t k0, int64_t kn) {
+  const int Dr = a.Dr;
+  float* out = a.d_fvalues + (int64_t)i * Dr;
+  memset(out, 0, sizeof(float) * Dr);
+  for (int64_t k = k0; k < k0 + kn; ++k) feature_blend_pass_host(out, a.facc + (int64_t)a.entry_pos[k] * Dr, Dr, 1.0f);
 }
 
 }  // namespace
@@ -528,7 +557,7 @@ void cpu_forward(RasterArgs& a) {
     sc.FV.assign((size_t)std::max(a.D > 0 ? a.Dr : TILE * a.Dr, 1), 0.0f);
 #pragma omp for schedule(dynamic, 1)
     for (int t = 0; t < ntiles; ++t) {
-      if (a.D > 0) forward_tile(a, t, sc);
+      if (a.D > 0 || a.feat_grad) forward_tile(a, t, sc);
       else rgb.fwd(a, t, sc);  // no NDFD: the SIMD row path
     }
   }
@@ -542,9 +571,10 @@ void cpu_backward(RasterArgs& a) {
     Scratch sc;
     sc.F.assign((size_t)std::max(a.D, 1), 0.0f);
     sc.S.assign((size_t)std::max(a.D, 1), 0.0f);
+    sc.GF.assign((size_t)std::max(a.feat_grad ? a.Dr : 0, 1), 0.0f);
 #pragma omp for schedule(dynamic, 1)
     for (int t = 0; t < ntiles; ++t) {
-      if (a.D > 0) backward_tile(a, t, sc);
+      if (a.D > 0 || a.feat_grad) backward_tile(a, t, sc);
       else rgb.bwd(a, t, sc);
     }
     // per-surfel reduction of the entry accumulators (fixed order) and parameter gradients
@@ -557,6 +587,7 @@ void cpu_backward(RasterArgs& a) {
         const float* src = a.acc + (int64_t)a.entry_pos[k] * ACC_STRIDE;
         for (int c = 0; c < ACC_STRIDE; ++c) acc[c] += src[c];
       }
+      if (a.feat_grad && a.Dr > 0) feature_grad_reduce(a, i, k0, kn);
       float* dm = a.d_means + 3 * (int64_t)i;
       float* dq = a.d_quats + 4 * (int64_t)i;
       float* ds = a.d_scales + 2 * (int64_t)i;
