@@ -188,12 +188,12 @@ def summarize_throughput(rows: list[dict]) -> list[dict]:
 
 def _finish_throughput(a, results: dict) -> int:
     nan = float("nan")
-    lines = [f"fhgs-bench node --throughput ({a.width}x{a.height}, synthetic stream, tiny SAM model, "
-             f"{a.rounds} interleaved round(s), {a.window:.0f} s windows, {a.latency_frames} latency frames per round)",
+    lines = [(f"fhgs-bench node --throughput ({a.width}x{a.height}, synthetic stream, tiny SAM model, "
+              f"{a.rounds} interleaved round(s), {a.window:.0f} s windows, {a.latency_frames} latency frames per round)"),
              "  variant  mapper               kf/s   ms/iter  steps/s  surfels  lat. med    p25    p75    IQR  n"]
     results["summary"] = summarize_throughput(results["throughput"])
     for r in results["summary"]:
-        def f(k):
+        def f(k, r=r):
             v = r.get(k)
             return v if v is not None else nan
         lines.append(f"  {r['variant']:<7}  {json.dumps(r['mapper']):<18} {r['keyframes_per_second']:6.3f} "

@@ -17,8 +17,9 @@ D-SSIM, NDFD losses, backward, density statistics, Adam) interleaved FHGS / 2DGS
   (``MapperConfig.ndfd_stride = 1``, the pre-subsampling behaviour) when the default subsamples;
 * ``bytes_per_surfel_memory``: every per-surfel tensor the mapper holds between steps (map
   fields, Adam moments, density statistics; ``memory_breakdown`` itemizes them), per surfel;
-  ``feature_fp32_copy_ms``: the float32 copy of the float16 unit features that each NDFD
-  step makes for the kernel (included in ``fhgs_step_ms``);
+  ``feature_fp32_copy_ms``: a float32 copy of the float16 unit features, what each NDFD step
+  made for the kernel before the CPU kernels read float16 directly (no longer in
+  ``fhgs_step_ms``; the full-resolution ``ndfd_stride = 1`` path still copies, in the bindings);
   ``sh_colors_ms`` / ``adam_ms``: SH colours forward + backward and one Adam update alone;
   ``bytes_per_surfel_file``: the size of the default (version-2) ``save_map`` file per surfel
   (``bytes_per_surfel_file_v1``: the version-1 file);
@@ -235,7 +236,7 @@ def measure(width: int, height: int, n: int, dim: int, repeats: int, baseline, f
     for _ in range(repeats):
         t_sh.append(_timed(lambda: sh_colors_fwd_bwd(aux, scene["camera"])))
         t_adam.append(_timed(lambda: adam_step(aux)))
-        t_conv.append(_timed(lambda: fh.surfels.features_unit))  # the per-step float16 -> float32 copy for NDFD
+        t_conv.append(_timed(lambda: fh.surfels.features_unit))  # float16 -> float32 copy (no longer per step)
         t_fh.append(_timed(fh.step))
         t_tw.append(_timed(tw.step))
         if full is not None:
@@ -244,7 +245,7 @@ def measure(width: int, height: int, n: int, dim: int, repeats: int, baseline, f
         if baseline is not None:
             t_kb.append(with_extension(baseline, lambda: _timed(lambda: rgb_kernel(scene))))
         for x in f3_dims:
-            t_f3[x].append(_timed(lambda: f3dgs_step(scene, image, f3_state[x], x)))
+            t_f3[x].append(_timed(lambda x=x: f3dgs_step(scene, image, f3_state[x], x)))
     med = statistics.median
     rec = {
         "width": width, "height": height, "surfels": n, "dim": dim,

@@ -211,6 +211,11 @@ class NativeRasterize(torch.autograd.Function):
         return d_means, d_quats, d_scales, d_op, d_colors, d_bg, d_fv, None
 
 
+def _accepts_half() -> bool:
+    """Does the loaded extension take float16 unit features (builds since issue 13)?"""
+    return _ext is not None and hasattr(_ext, "accepts_half_features")
+
+
 def rasterize_native(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacity: torch.Tensor,
                      colors: torch.Tensor, camera: Camera, background: torch.Tensor | None = None,
                      features_unit: torch.Tensor | None = None, target: FeatureTarget | None = None,
@@ -246,7 +251,11 @@ def rasterize_native(means: torch.Tensor, quats: torch.Tensor, scales: torch.Ten
     if ndfd is not None:
         if features_unit is None or target is None:
             raise ValueError("NDFD needs features_unit and a FeatureTarget")
-        feats = f32(features_unit.detach())
+        fu = features_unit.detach()
+        # float16 unit features (the map's storage) go to the CPU kernels as they are: the
+        # subsampled NDFD path reads them directly, the bindings copy them for every other path
+        half_ok = fu.dtype == torch.float16 and not means.is_cuda and extension is None and _accepts_half()
+        feats = fu.to(dev).contiguous() if half_ok else f32(fu)
         grid = f32(target.grid.detach().permute(1, 2, 0))
         if feats.shape[1] != grid.shape[2]:
             raise ValueError(f"feature width {feats.shape[1]} != GT grid width {grid.shape[2]}")

@@ -152,14 +152,19 @@ void fill_common(fhgs::RasterArgs& a, const Tensor& means, const Tensor& quats, 
   a.nd.ksign = (float)ksign;
   a.nd.ext_use_sigma = ext_use_sigma ? 1 : 0;
   if (feats.defined() && feats.dim() == 2) {
-    check_f32(feats, "features_unit");
+    if (feats.scalar_type() != at::kHalf) check_f32(feats, "features_unit");
+    TORCH_CHECK(feats.is_contiguous(), "fhgs native: features_unit must be contiguous");
     check_f32(grid, "grid");
     TORCH_CHECK(feats.dim() == 2 && feats.size(0) == N, "features_unit must be (N, D)");
     TORCH_CHECK(grid.dim() == 3 && grid.size(2) == feats.size(1), "grid must be (gh, gw, D) with the features' D");
     a.D = (int)feats.size(1);
     a.gh = (int)grid.size(0);
     a.gw = (int)grid.size(1);
-    a.feats = ptr_or_null<float>(feats);
+    if (feats.scalar_type() == at::kHalf) {  // see features_for_kernels
+      a.feats16 = feats.numel() > 0 ? reinterpret_cast<const uint16_t*>(feats.data_ptr<at::Half>()) : nullptr;
+    } else {
+      a.feats = ptr_or_null<float>(feats);
+    }
     a.grid = ptr_or_null<float>(grid);
     TORCH_CHECK(col_c0.numel() == width && row_c0.numel() == height, "lever column/row tables have wrong sizes");
     a.col_c0 = col_c0.data_ptr<int>();
@@ -170,6 +175,14 @@ void fill_common(fhgs::RasterArgs& a, const Tensor& means, const Tensor& quats, 
     a.row_f = row_f.data_ptr<float>();
   }
   a.nthreads = at::get_num_threads();
+}
+
+// float16 unit features are read as such only by the CPU kernels of the subsampled NDFD path
+// (nd_mask given, no lever tables); every other path (CUDA, the lever tables of full-resolution
+// NDFD, the frozen baseline kernels) gets a float32 copy here.
+Tensor features_for_kernels(const Tensor& feats, bool half_ok) {
+  if (feats.defined() && feats.scalar_type() == at::kHalf && !half_ok) return feats.to(at::kFloat).contiguous();
+  return feats;
 }
 
 std::vector<std::string> state_names() {
@@ -185,6 +198,7 @@ std::vector<Tensor> forward(Tensor means, Tensor quats, Tensor scales, Tensor op
                             Tensor row_c0, Tensor row_dy1, Tensor row_f, Tensor fvalues, bool need_backward,
                             int64_t stream, Tensor nd_mask, bool feat_grad) {
   fhgs::RasterArgs a;
+  feats = features_for_kernels(feats, !use_cuda(means) && !g_cpu_baseline && nd_mask.defined() && nd_mask.numel() > 0);
   fill_common(a, means, quats, scales, opacity, colors, bg, camvec, width, height, feats, grid, lam, ksign,
               ext_use_sigma, col_c0, col_dx1, col_f, row_c0, row_dy1, row_f);
   const bool cuda = use_cuda(means);
@@ -372,9 +386,11 @@ std::vector<Tensor> backward_feat(Tensor means, Tensor quats, Tensor scales, Ten
                                   Tensor row_c0, Tensor row_dy1, Tensor row_f, std::vector<Tensor> state,
                                   std::vector<Tensor> grads, int64_t stream, Tensor fvalues, Tensor g_feat) {
   fhgs::RasterArgs a;
+  TORCH_CHECK((int)state.size() == kStateCount, "fhgs native backward: wrong state");
+  // state[7] (lever tables) is empty exactly when the forward ran the subsampled path
+  feats = features_for_kernels(feats, !use_cuda(means) && !g_cpu_baseline && state[7].numel() == 0);
   fill_common(a, means, quats, scales, opacity, colors, bg, camvec, width, height, feats, grid, lam, ksign,
               ext_use_sigma, col_c0, col_dx1, col_f, row_c0, row_dy1, row_f);
-  TORCH_CHECK((int)state.size() == kStateCount, "fhgs native backward: wrong state");
   TORCH_CHECK(grads.size() == 8, "fhgs native backward: expected 8 gradients");
   const bool cuda = use_cuda(means);
   TORCH_CHECK(!cuda || kHasCuda, "fhgs native: built without CUDA");
@@ -514,6 +530,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("backward", &backward_feat, "rasterize backward; last arguments: feature_values (N, Dr) and the feature "
         "image's gradient (Dr, H, W) of a feat_grad forward; also returns d_feature_values");
   m.def("has_cuda", &has_cuda, "built with the CUDA backend");
+  m.def("accepts_half_features", []() { return true; },
+        "features_unit may be float16 (read directly by the CPU subsampled-NDFD kernels, copied for the others)");
   m.def("cuda_devices", &cuda_devices, "number of CUDA devices seen by the CUDA backend (0 or negative error)");
   m.def("build_info", &build_info, "backends compiled in");
   m.def("set_poison", [](bool on) { g_poison = on; }, "fill uninitialized buffers with NaN / sentinels (tests)");

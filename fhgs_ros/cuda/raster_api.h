@@ -44,6 +44,10 @@ struct RasterArgs {
   const float* opacity = nullptr;   // (N,)
   const float* colors = nullptr;    // (N, 3)
   const float* feats = nullptr;     // (N, D) unit features
+  // (N, D) the unit features as float16 (IEEE binary16 bits), CPU subsampled-NDFD path only: read
+  // instead of feats, each row converted to float32 as the kernel needs it (exact), so the
+  // caller need not make a float32 copy of the map's float16 features every step.
+  const uint16_t* feats16 = nullptr;
   const float* fvalues = nullptr;   // (N, Dr) raw features for the feature image
   const float* grid = nullptr;      // (gh * gw, D) GT feature cells (raw)
   const int* col_c0 = nullptr;      // (W,) lever: first grid column of each pixel column
