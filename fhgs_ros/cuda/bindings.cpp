@@ -228,6 +228,8 @@ std::vector<Tensor> forward(Tensor means, Tensor quats, Tensor scales, Tensor op
                 "fhgs native: ndfd mask must be a contiguous uint8 (H, W) tensor on the inputs' device");
     if (!cuda) a.nd_mask = nd_mask.data_ptr<uint8_t>();  // the CUDA kernels evaluate every pixel
   }
+  // CPU subsampled NDFD: SIMD rows + scalar NDFD on the masked pixels (raster_cpu.cpp)
+  a.nd_hybrid = (a.nd_mask != nullptr && !a.feat_grad && !g_cpu_baseline) ? 1 : 0;
   char err[256] = {0};
   StageTimer timer;
 
@@ -455,6 +457,8 @@ std::vector<Tensor> backward_feat(Tensor means, Tensor quats, Tensor scales, Ten
     a.d_fvalues = ptr_or_null<float>(d_fvalues);
     a.facc = ptr_or_null<float>(facc);
   }
+  // the forward ran nd_hybrid exactly when it took the subsampled path (no lever tables) on the CPU
+  a.nd_hybrid = (!cuda && a.D > 0 && state[7].numel() == 0 && !a.feat_grad && !g_cpu_baseline) ? 1 : 0;
   Tensor d_means = alloc({N, 3}, fopt), d_quats = alloc({N, 4}, fopt), d_scales = alloc({N, 2}, fopt);
   Tensor d_opacity = alloc({N}, fopt), d_colors = alloc({N, 3}, fopt);
   a.d_means = ptr_or_null<float>(d_means);

@@ -33,6 +33,11 @@ struct RasterArgs {
   // the scalar backward, which then also takes g_feat and returns d_fvalues (the feature image's
   // gradient reaches the geometry through the blending weights, like the colour's).
   int feat_grad = 0;
+  // Subsampled NDFD on the CPU (nd_mask set, no feat_grad): every tile runs the SIMD RGB row
+  // kernels for all its pixels, then the scalar per-pixel kernel for the NDFD terms of its masked
+  // pixels only (raster_cpu.cpp). The forward binding sets it; the backward binding derives it from
+  // the state (no lever tables with D > 0).
+  int nd_hybrid = 0;
   CameraParams cam;
   NdfdParams nd;
   float bg[3] = {0.f, 0.f, 0.f};
@@ -106,7 +111,9 @@ struct RasterArgs {
   // recovers from F_tot). Laid out per tile at tile_coff[t] (an upper bound: the tile's in-box
   // pairs), per pixel at pix_coff[pix]. Without NDFD (D = 0) the SIMD RGB path stores instead, per
   // tile at tile_coff[t] and per (row, row-list entry), the uint16 mask of the row's 16 pixels that
-  // kept the entry (see raster_cpu.cpp); pix_coff is then unused.
+  // kept the entry (see raster_cpu.cpp); pix_coff is then unused. With nd_hybrid a tile holds
+  // both: the SIMD masks first, then for each masked pixel a header (contributor count, T_final as
+  // float bits) and its records; pix_coff is the header's offset, -1 for the other pixels.
   float* contrib = nullptr;         // (3 * tile_coff[ntiles],) NDFD records, null without NDFD
   int* contrib_idx = nullptr;       // (tile_coff[ntiles],) list index of each kept contributor
   int64_t* tile_coff = nullptr;     // (ntiles + 1,)

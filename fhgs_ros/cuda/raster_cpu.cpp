@@ -10,6 +10,12 @@
 // them to the surfel parameters. All per-pair math lives in raster_math.h (shared with CUDA).
 // Without NDFD the tiles run the SIMD row kernels forward_tile_rgb / backward_tile_rgb (16 pixels
 // per vector, see below); raster_cpu_baseline.cpp keeps the scalar kernels as the bench baseline.
+// With subsampled NDFD (nd_hybrid) a tile runs the SIMD row kernels for the colour, depth, normal
+// and distortion of all its pixels, then the scalar kernels in NDFD-only mode (nd_only) over its
+// masked pixels: they composite the pixel again (same contributors up to the exp polynomial's
+// 2e-7) for the weights, evaluate the NDFD terms and, backward, add only the NDFD part of
+// dL/dalpha (the upstream colour/depth/... gradients set to zero; the alpha recursion is linear in
+// them) to the same per-entry accumulators. The full-resolution (lever) path stays all-scalar.
 // With feat_grad (the bench's Feature-3DGS-style step, CPU only: no CUDA version) the scalar
 // kernels also blend a Dr-channel feature image (channel loop inside the pixel, as in Feature
 // 3DGS) and the backward returns its gradient into the per-surfel features and, through the
@@ -86,8 +92,9 @@ void build_rows(const std::vector<Ent>& ents, int y0, int nrows, std::vector<int
 }
 
 struct Scratch {
-  std::vector<Ent> ents;
-  std::vector<int> rows;
+  std::vector<Ent> ents;         // the current tile's packed list entries (pack_tile)
+  std::vector<int> rows;         // and its per-row entry lists (build_rows) ...
+  int row_start[TILE + 1];       // ... with their starts; nd_only reuses what the SIMD rows built
   std::vector<float> F, S, FV;
   std::vector<float> GF;         // feature-image gradient of one pixel (feat_grad)
   std::vector<float> FR;         // one unit feature row converted from float16 (feats16)
@@ -164,25 +171,31 @@ void pixel_gt(const RasterArgs& a, int x, int y, float* G) {
 }
 
 FHGS_CLONES
-void forward_tile(const RasterArgs& a, int tile, Scratch& sc) {
+void forward_tile(const RasterArgs& a, int tile, Scratch& sc, bool nd_only) {
   const int W = a.cam.width, H = a.cam.height;
   const int64_t npix = (int64_t)W * H;
   const int ntx = tiles_x(W);
   const int tx = tile % ntx, ty = tile / ntx;
   const int64_t s = a.tile_start[tile], e = a.tile_start[tile + 1];
-  pack_tile(a, s, e, sc.ents);
+  if (!nd_only) pack_tile(a, s, e, sc.ents);  // nd_only: forward_tile_rgb packed this tile
   const Ent* ents = sc.ents.data();
-  const int D = a.D, Dr = a.Dr;
+  // nd_only (nd_hybrid, after the SIMD rows): masked pixels only, NDFD outputs and records only
+  const int D = a.D, Dr = nd_only ? 0 : a.Dr;
   const bool ndfd = D > 0;
   const bool nd_direct = ndfd && a.nd_mask != nullptr;  // subsampled NDFD: GT per pixel, no lever
   const float zn = a.cam.znear, zf = a.cam.zfar;
   float* F = ndfd ? sc.F.data() : nullptr;
   float* FV = Dr > 0 ? sc.FV.data() : nullptr;
   const int nrows = std::min(H, (ty + 1) * TILE) - ty * TILE;
-  int row_start[TILE + 1];
-  build_rows(sc.ents, ty * TILE, nrows, sc.rows, row_start);
+  const int* row_start = sc.row_start;
+  if (!nd_only) build_rows(sc.ents, ty * TILE, nrows, sc.rows, sc.row_start);
   const int* rows = sc.rows.data();
-  int64_t coff = 0;  // contributor records written in this tile so far
+  // contributor records written in this tile so far (nd_only: after the SIMD rows' uint16 masks)
+  int64_t coff = nd_only ? (row_start[nrows] + 1) / 2 : 0;
+  // nd_only with records: the SIMD forward's per-(row, entry) lane masks name each pixel's kept
+  // contributors, so only those are evaluated again (and no keep decision is re-taken)
+  const uint16_t* kept =
+      nd_only && a.contrib_idx != nullptr ? reinterpret_cast<const uint16_t*>(a.contrib_idx + a.tile_coff[tile]) : nullptr;
   for (int py = ty * TILE; py < std::min(H, (ty + 1) * TILE); ++py) {
     const int r0 = row_start[py - ty * TILE], r1 = row_start[py - ty * TILE + 1];
     for (int px = tx * TILE; px < std::min(W, (tx + 1) * TILE); ++px) {
@@ -192,6 +205,19 @@ void forward_tile(const RasterArgs& a, int tile, Scratch& sc) {
       pixel_init(st);
       PixLever pl;
       const bool nd_px = ndfd && (a.nd_mask == nullptr || a.nd_mask[pix] != 0);
+      int* hdr = nullptr;  // nd_only: (contributor count, T_final bits) ahead of the pixel's records
+      if (nd_only) {
+        if (!nd_px) {
+          a.out_ext[pix] = 0.0f;
+          a.out_int[pix] = 0.0f;
+          if (a.pix_coff != nullptr) a.pix_coff[pix] = -1;
+          continue;
+        }
+        if (a.contrib_idx != nullptr) {
+          hdr = a.contrib_idx + a.tile_coff[tile] + coff;
+          coff += 2;
+        }
+      }
       const bool nd_lever = nd_px && !nd_direct;  // NDFD inside the compositing loop (lever tables)
       if (nd_px) memset(F, 0, sizeof(float) * D);
       if (nd_lever) pl = pixel_lever(a, px, py, pix);
@@ -208,7 +234,9 @@ void forward_tile(const RasterArgs& a, int tile, Scratch& sc) {
         ridx = a.contrib_idx + a.tile_coff[tile] + coff;
         if (a.contrib != nullptr) rec = a.contrib + 3 * (a.tile_coff[tile] + coff);
       }
+      const unsigned lane = (unsigned)(px - tx * TILE);
       for (int r = r0; r < r1; ++r) {
+        if (kept != nullptr && !((kept[r] >> lane) & 1u)) continue;
         const int64_t j = s + rows[r];
         const Ent& en = ents[rows[r]];
         if ((unsigned)(px - en.x0) > (unsigned)(en.x1 - en.x0)) continue;
@@ -266,7 +294,17 @@ void forward_tile(const RasterArgs& a, int tile, Scratch& sc) {
           }
         }
       }
-      store_pixel(a, st, pix, npix);
+      if (nd_only) {
+        a.out_ext[pix] = st.ext;
+        a.out_int[pix] = st.intl;
+        if (hdr != nullptr) {
+          a.pix_coff[pix] = hdr - a.contrib_idx;
+          hdr[0] = st.n_contrib;
+          memcpy(&hdr[1], &st.T, sizeof(float));
+        }
+      } else {
+        store_pixel(a, st, pix, npix);
+      }
       coff += st.n_contrib;
       if (Dr > 0)
         for (int d = 0; d < Dr; ++d) a.out_feat[d * npix + pix] = FV[d];
@@ -275,14 +313,14 @@ void forward_tile(const RasterArgs& a, int tile, Scratch& sc) {
 }
 
 FHGS_CLONES
-void backward_tile(const RasterArgs& a, int tile, Scratch& sc) {
+void backward_tile(const RasterArgs& a, int tile, Scratch& sc, bool nd_only) {
   const int W = a.cam.width, H = a.cam.height;
   const int64_t npix = (int64_t)W * H;
   const int ntx = tiles_x(W);
   const int tx = tile % ntx, ty = tile / ntx;
   const int64_t s = a.tile_start[tile], e = a.tile_start[tile + 1];
   if (e == s) return;
-  pack_tile(a, s, e, sc.ents);
+  if (!nd_only) pack_tile(a, s, e, sc.ents);  // nd_only: backward_tile_rgb packed this tile
   const Ent* ents = sc.ents.data();
   const int D = a.D;
   const float zn = a.cam.znear, zf = a.cam.zfar;
@@ -296,19 +334,25 @@ void backward_tile(const RasterArgs& a, int tile, Scratch& sc) {
   for (int py = ty * TILE; py < std::min(H, (ty + 1) * TILE); ++py) {
     for (int px = tx * TILE; px < std::min(W, (tx + 1) * TILE); ++px) {
       const int64_t pix = (int64_t)py * W + px;
-      const int n = a.pix_idx[2 * npix + pix];
+      // nd_only: the NDFD part of a masked pixel; its header holds (count, T_final bits) and the
+      // other upstream gradients are zero here (the SIMD rows took them)
+      const int64_t hoff = nd_only ? a.pix_coff[pix] : 0;
+      if (hoff < 0) continue;
+      const int n = nd_only ? a.contrib_idx[hoff] : a.pix_idx[2 * npix + pix];
       if (n <= 0) continue;
-      const int med = a.pix_idx[npix + pix];
+      const int med = nd_only ? -1 : a.pix_idx[npix + pix];
       const float fx = (float)px, fy = (float)py;
-      PixelGrads g;
-      for (int c = 0; c < 3; ++c) {
-        g.rgb[c] = a.g_rgb[c * npix + pix];
-        g.normal[c] = a.g_normal[c * npix + pix];
+      PixelGrads g = {};
+      if (!nd_only) {
+        for (int c = 0; c < 3; ++c) {
+          g.rgb[c] = a.g_rgb[c * npix + pix];
+          g.normal[c] = a.g_normal[c * npix + pix];
+        }
+        g.alpha = a.g_alpha[pix];
+        g.depth = a.g_depth[pix];
+        g.median = a.g_median[pix];
+        g.dist = a.g_dist[pix];
       }
-      g.alpha = a.g_alpha[pix];
-      g.depth = a.g_depth[pix];
-      g.median = a.g_median[pix];
-      g.dist = a.g_dist[pix];
       g.ext = D > 0 ? a.g_ext[pix] : 0.0f;
       g.intl = D > 0 ? a.g_int[pix] : 0.0f;
       const bool nd_phi = D > 0 && (g.ext != 0.0f || g.intl != 0.0f);
@@ -318,14 +362,21 @@ void backward_tile(const RasterArgs& a, int tile, Scratch& sc) {
         GF[d] = a.g_feat[d * npix + pix];
         fg = fg || GF[d] != 0.0f;
       }
+      if (nd_only && !nd_phi) continue;
       PixelBack b;
-      pixel_back_init(b, g, a.bg, (float)a.pix_state[pix], a.pix_state[npix + pix], a.pix_state[2 * npix + pix],
-                      a.pix_state[3 * npix + pix], a.pix_state[4 * npix + pix]);
+      if (nd_only) {
+        float t_final;
+        memcpy(&t_final, &a.contrib_idx[hoff + 1], sizeof(float));
+        pixel_back_init(b, g, a.bg, t_final, 0.0, 0.0, 0.0, 0.0);
+      } else {
+        pixel_back_init(b, g, a.bg, (float)a.pix_state[pix], a.pix_state[npix + pix], a.pix_state[2 * npix + pix],
+                        a.pix_state[3 * npix + pix], a.pix_state[4 * npix + pix]);
+      }
       if (nd_pass) memset(S, 0, sizeof(float) * D);
       // The forward's records of this pixel: the list index of every kept contributor and, with
       // NDFD, (phi, sigma, F_{k-1} . f_k). Walking them in reverse visits exactly the forward's
       // contributors (no validity decision is re-taken) and skips every other list entry.
-      const int64_t base = a.pix_coff[pix];
+      const int64_t base = nd_only ? hoff + 2 : a.pix_coff[pix];
       if (nd_pass) prefetch_feat(a, ents[a.contrib_idx[base + n - 1] - s].sid);
       for (int r = n - 1; r >= 0; --r) {
         const int64_t j = a.contrib_idx[base + r];
@@ -337,7 +388,7 @@ void backward_tile(const RasterArgs& a, int tile, Scratch& sc) {
         const float w = pixel_back_weight(b, pe.alpha);
         const float* col = a.colors + (int64_t)en.sid * 3;
         const float* nrm = a.geom + (int64_t)en.sid * GEOM_STRIDE + G_N;
-        float gk = pixel_back_g(b, g, col, nrm, pe.z, zn, zf);
+        float gk = nd_only ? 0.0f : pixel_back_g(b, g, col, nrm, pe.z, zn, zf);
         if (fg) {
           gk += dot_host(a.fvalues + (int64_t)en.sid * Dr, GF, Dr);
           feature_blend_pass_host(a.facc + j * Dr, GF, Dr, w);
@@ -488,7 +539,7 @@ void cpu_bin(RasterArgs& a) {
   a.tile_start[0] = 0;
   for (int t = 0; t < ntiles; ++t) a.tile_start[t + 1] = a.tile_start[t] + cnt[t];
   if (a.tile_coff != nullptr) {  // upper bound of the contributors of each tile: its in-box pairs
-    std::vector<int64_t> pairs(ntiles, 0);
+    std::vector<int64_t> pairs(ntiles, 0), rowents(ntiles, 0);
     for (int i : order) {
       const int* b = a.ibox + (int64_t)i * IBOX_STRIDE;
       for (int ty = b[B_Y0] / TILE; ty <= b[B_Y1] / TILE; ++ty)
@@ -496,10 +547,14 @@ void cpu_bin(RasterArgs& a) {
           const int64_t w = std::min(b[B_X1], tx * TILE + TILE - 1) - std::max(b[B_X0], tx * TILE) + 1;
           const int64_t h = std::min(b[B_Y1], ty * TILE + TILE - 1) - std::max(b[B_Y0], ty * TILE) + 1;
           pairs[ty * ntx + tx] += w * h;
+          rowents[ty * ntx + tx] += h;
         }
     }
+    // nd_hybrid: the SIMD rows' uint16 masks (one per row-list entry) and a 2-int header per pixel
+    // come before the scalar NDFD records
     a.tile_coff[0] = 0;
-    for (int t = 0; t < ntiles; ++t) a.tile_coff[t + 1] = a.tile_coff[t] + pairs[t];
+    for (int t = 0; t < ntiles; ++t)
+      a.tile_coff[t + 1] = a.tile_coff[t] + pairs[t] + (a.nd_hybrid ? (rowents[t] + 1) / 2 + 2 * TILE * TILE : 0);
   }
   std::vector<int64_t> cur(a.tile_start, a.tile_start + ntiles);
   for (int i : order) {
@@ -601,11 +656,17 @@ void cpu_forward(RasterArgs& a) {
     sc.F.assign((size_t)std::max(a.D, 1), 0.0f);
     sc.G.assign((size_t)std::max(a.D, 1), 0.0f);
     sc.FR.assign((size_t)std::max(a.D, 1), 0.0f);
-    sc.FV.assign((size_t)std::max(a.D > 0 ? a.Dr : TILE * a.Dr, 1), 0.0f);
+    sc.FV.assign((size_t)std::max(a.D > 0 && !a.nd_hybrid ? a.Dr : TILE * a.Dr, 1), 0.0f);
 #pragma omp for schedule(dynamic, 1)
     for (int t = 0; t < ntiles; ++t) {
-      if (a.D > 0 || a.feat_grad) forward_tile(a, t, sc);
-      else rgb.fwd(a, t, sc);  // no NDFD: the SIMD row path
+      if (a.nd_hybrid) {  // subsampled NDFD: SIMD rows for every pixel, scalar NDFD on the masked ones
+        rgb.fwd(a, t, sc);
+        forward_tile(a, t, sc, true);
+      } else if (a.D > 0 || a.feat_grad) {
+        forward_tile(a, t, sc, false);
+      } else {
+        rgb.fwd(a, t, sc);  // no NDFD: the SIMD row path
+      }
     }
   }
 }
@@ -622,8 +683,14 @@ void cpu_backward(RasterArgs& a) {
     sc.FR.assign((size_t)std::max(a.D, 1), 0.0f);
 #pragma omp for schedule(dynamic, 1)
     for (int t = 0; t < ntiles; ++t) {
-      if (a.D > 0 || a.feat_grad) backward_tile(a, t, sc);
-      else rgb.bwd(a, t, sc);
+      if (a.nd_hybrid) {
+        rgb.bwd(a, t, sc);
+        backward_tile(a, t, sc, true);
+      } else if (a.D > 0 || a.feat_grad) {
+        backward_tile(a, t, sc, false);
+      } else {
+        rgb.bwd(a, t, sc);
+      }
     }
     // per-surfel reduction of the entry accumulators (fixed order) and parameter gradients
 #pragma omp for schedule(static)

@@ -172,8 +172,8 @@ void forward_tile_rgb(const RasterArgs& a, int tile, Scratch& sc) {
   const float zn = a.cam.znear, zf = a.cam.zfar;
   const double mk = (double)zf / ((double)zf - zn), znd = zn;  // dist_m = mk (1 - zn / z)
   const int nrows = std::min(H, (ty + 1) * TILE) - ty * TILE;
-  int row_start[TILE + 1];
-  build_rows(sc.ents, ty * TILE, nrows, sc.rows, row_start);
+  const int* row_start = sc.row_start;
+  build_rows(sc.ents, ty * TILE, nrows, sc.rows, sc.row_start);
   const int* rows = sc.rows.data();
   uint16_t* masks = a.contrib_idx != nullptr ? reinterpret_cast<uint16_t*>(a.contrib_idx + a.tile_coff[tile]) : nullptr;
   const int xt = tx * TILE, nx = std::min(TILE, W - xt);
@@ -295,8 +295,8 @@ void backward_tile_rgb(const RasterArgs& a, int tile, Scratch& sc) {
   const float zn = a.cam.znear, zf = a.cam.zfar;
   const double mk = (double)zf / ((double)zf - zn), znd = zn;
   const int nrows = std::min(H, (ty + 1) * TILE) - ty * TILE;
-  int row_start[TILE + 1];
-  build_rows(sc.ents, ty * TILE, nrows, sc.rows, row_start);
+  const int* row_start = sc.row_start;
+  build_rows(sc.ents, ty * TILE, nrows, sc.rows, sc.row_start);
   const int* rows = sc.rows.data();
   const uint16_t* masks = reinterpret_cast<const uint16_t*>(a.contrib_idx + a.tile_coff[tile]);
   const int xt = tx * TILE, nx = std::min(TILE, W - xt);
