@@ -52,6 +52,8 @@ def test_official_layout_and_config_path(ckpt, ext):
     cfg.features.sam2_checkpoint, cfg.features.sam2_input_size, cfg.features.device = str(ckpt), S, "cpu"
     built = build_extractor(cfg)
     assert type(built).__name__ == "Sam2Extractor" and built.model_id == ext.model_id
+    from fhgs_ros.features.selection import describe_extractor
+    assert describe_extractor(built).startswith("features: SAM 2.1 image encoder (sam2_hiera_t@256")
     cfg.features.sam2_checkpoint = ""
     cfg.features.extractor = "sam2"
     from fhgs_ros.config import ConfigError
