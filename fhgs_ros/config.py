@@ -27,9 +27,10 @@ from fhgs_ros.core.params import ConfigError, from_dict, param, walk  # noqa: F4
 class FeatureConfig:
     """Feature extractor selection (see fhgs_ros.features)."""
 
-    extractor: str = param('auto', 'auto (SAM-family checkpoint -> sam, num_labels > 0 -> label, else the pretrained '
-                           'vgg16 backbone) | label (labelled/synthetic data) | sam (SAM / MobileSAM image '
-                           'encoder) | vgg16', choices=('auto', 'label', 'sam', 'vgg16'))
+    extractor: str = param('auto', 'auto (SAM-family checkpoint -> sam, SAM 2 checkpoint -> sam2, num_labels > 0 -> '
+                           'label, else the pretrained vgg16 backbone) | label (labelled/synthetic data) | sam (SAM / '
+                           'MobileSAM image encoder) | sam2 (SAM 2.1 Hiera image encoder) | vgg16',
+                           choices=('auto', 'label', 'sam', 'sam2', 'vgg16'))
     dim: int = param(64, 'label / vgg16 feature width D (SAM: 256, fixed by the model)', lo=1)
     num_labels: int = param(0, 'label extractor: number of label ids (0 = from the dataset; the node needs it > 0)',
                             lo=0)
@@ -39,6 +40,11 @@ class FeatureConfig:
     sam_checkpoint: str = param('', 'path to the official SAM / MobileSAM checkpoint (.pth)')
     sam_input_size: int = param(1024, 'encoder input long side [px]; 512 is ~4x faster on CPU, coarser', lo=64,
                                 hi=4096)
+    sam2_model: str = param('hiera_t', 'SAM 2.1 image encoder: hiera_t | hiera_s | hiera_b+ | hiera_l (sam2 package '
+                            'configs sam2.1_hiera_{t,s,b+,l}.yaml)', choices=('hiera_t', 'hiera_s', 'hiera_b+', 'hiera_l'))
+    sam2_checkpoint: str = param('', 'path to the official SAM 2.1 checkpoint (sam2.1_hiera_*.pt); empty: no SAM 2')
+    sam2_input_size: int = param(1024, 'SAM 2 square encoder input side (anisotropic resize; 1024 trained)', unit='px',
+                                 lo=64, hi=4096)
     vgg16_input_size: int = param(512, 'vgg16: encoder input long side (512: 64-cell grid)', unit='px', lo=32,
                                   hi=4096)
     device: str = param('auto', 'auto | cpu | cuda', choices=('auto', 'cpu', 'cuda'))

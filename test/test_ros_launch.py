@@ -106,7 +106,8 @@ def test_launch_description_arguments_and_node(monkeypatch):
     mod = _load(monkeypatch)
     ld = mod.generate_launch_description()
     decls = {a.name: a for a in ld if type(a).__name__ == "DeclareLaunchArgument"}
-    for name in ("params_file", "namespace", "use_sim_time", "sam_checkpoint", "sam_model", "map_path", "rviz"):
+    for name in ("params_file", "namespace", "use_sim_time", "sam_checkpoint", "sam_model", "sam2_checkpoint",
+                 "sam2_model", "map_path", "rviz"):
         assert name in decls and decls[name].description
     opaque = [a for a in ld if type(a).__name__ == "OpaqueFunction"]
     assert len(opaque) == 1
@@ -137,6 +138,11 @@ def test_launch_description_arguments_and_node(monkeypatch):
     # every override is a declared node parameter
     from fhgs_ros.config import default_parameters
     assert set(kw["parameters"][1]) - {"use_sim_time"} <= set(default_parameters())
+    kw2 = run(sam2_checkpoint="/data/sam2.1_hiera_tiny.pt", sam2_model="hiera_t")[0].kw
+    assert kw2["parameters"][1] == {"use_sim_time": False, "features.extractor": "sam2",
+                                    "features.sam2_checkpoint": "/data/sam2.1_hiera_tiny.pt",
+                                    "features.sam2_model": "hiera_t"}
+    assert set(kw2["parameters"][1]) - {"use_sim_time"} <= set(default_parameters())
 
 
 def test_launch_file_names_existing_executables_and_files(monkeypatch):

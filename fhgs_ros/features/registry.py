@@ -1,6 +1,6 @@
 """Feature extractors by name, and the one mapping from the ``features:`` configuration to an extractor.
 
-``make_extractor("sam", checkpoint=..., model="vit_b")``, ``make_extractor("label", num_labels=8)``;
+``make_extractor("sam", checkpoint=..., model="vit_b")``, ``make_extractor("sam2", checkpoint=..., model="hiera_t")``, ``make_extractor("label", num_labels=8)``;
 :func:`make_extractor_from_config` takes the YAML ``features:`` block (``extractor: sam``,
 ``sam_checkpoint: ...``, ``cache_dir: ...``; any non-empty ``cache_dir`` wraps the extractor in
 the on-disk cache); :func:`build_extractor` adds the checks with advice that a user needs when
@@ -17,9 +17,10 @@ from fhgs_ros.config import ConfigError, FHGSConfig
 from fhgs_ros.features.base import FeatureError, FeatureExtractor
 
 _REGISTRY: dict[str, Callable[..., FeatureExtractor]] = {}
-# Built-ins are imported lazily so that importing this module never imports segment_anything.
+# Built-ins are imported lazily so that importing this module never imports segment_anything or sam2.
 _LAZY: dict[str, str] = {
     "sam": "fhgs_ros.features.sam:SamExtractor",
+    "sam2": "fhgs_ros.features.sam2:Sam2Extractor",
     "label": "fhgs_ros.features.label_extractor:LabelExtractor",
     "vgg16": "fhgs_ros.features.vgg16:VGG16Extractor",
 }

