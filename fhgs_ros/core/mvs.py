@@ -55,7 +55,6 @@ import torch.nn.functional as F
 from fhgs_ros.core.camera import Camera
 
 log = logging.getLogger(__name__)
-_DEBUG: dict | None = None
 
 
 @contextlib.contextmanager
@@ -539,8 +538,6 @@ def depth_from_views(ref: MVSView, srcs: list[MVSView], cfg: MVSConfig | None = 
     depth = (1.0 / inv_best).float()
     # distinctness: best score more than 3 hypotheses away
     ar = torch.arange(D)[:, None, None]
-    if _DEBUG is not None:
-        _DEBUG.update(agg=agg, sc=sc, idx=idx, best=best, top=top, tex=tex, depth=depth)
     far_mask = (ar - idx[None]).abs() > 3
     second = torch.where(far_mask, sc, torch.full_like(sc, -1e30)).max(0).values
     conf = best.clamp(0, 1).float()
