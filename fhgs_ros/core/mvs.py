@@ -417,7 +417,7 @@ def sgm_aggregate(cost: torch.Tensor, p1: float, p2: float, guide: torch.Tensor 
     ``paths`` (4: rows and columns both ways; 8: plus diagonals) of path costs that add ``p1`` for a
     change of one hypothesis between neighbours and ``p2`` for a larger one. With ``guide`` (h, w) grey
     image and ``edge`` > 0, ``p2`` is divided by 1 + |grey step| / ``edge`` (depth jumps at image edges)."""
-    d, h, w = cost.shape
+    _, h, w = cost.shape
 
     def pens(g: torch.Tensor | None, shape: tuple[int, int], axis: int) -> tuple[torch.Tensor, torch.Tensor]:
         q1 = torch.full(shape, float(p1))
@@ -822,6 +822,6 @@ def multi_view_points(images: list[torch.Tensor], cameras: list[Camera], masks: 
 
 
 __all__ = ["MVSConfig", "MVSView", "MVSResult", "KeyframeBuffer", "prepare_view", "to_gray", "select_source_views",
-           "default_depth_hint", "axis_convergence_depth", "triangulate_pair", "sweep", "depth_from_views",
+           "default_depth_hint", "axis_convergence_depth", "triangulate_pair", "sweep", "sgm_aggregate", "depth_from_views",
            "estimate_depth", "upsample", "backproject", "SeedPoints", "online_seed_points",
            "multi_view_points"]
