@@ -14,7 +14,9 @@ With ``--throughput`` (default size 640x480) it instead runs the live node twice
 previous default: NDFD evaluated at every pixel, ``mapper.ndfd_stride = 1``) and "after" (the
 current defaults), each: (a) a keyframe run as in 1; (b) optimizer steps per second over
 ``--window`` seconds with no input (the mapper iterating on the map that run built); (c) the
-keyframe-to-integrated latency as in 2 (image published -> render of the map that integrated it).
+keyframe-to-integrated latency as in 2 (image published -> render of the map that integrated it;
+median, quartiles / IQR and p90 over ``--latency-frames`` frames per run). ``--rounds N`` repeats
+the pair interleaved (before, after, after, before, ...) and pools each variant's samples.
 Prints a table and writes ``bench/results/node_throughput.json``.
 
 The feature model is SAM ``vit_tiny`` with random weights at input 256 (fhgs_ros.features.sam),
@@ -149,23 +151,55 @@ def live_run(a, st, diag, frames, arrivals: dict, lock, stamp0: float, window: f
     time.sleep(3.0)
     with lock:
         lat = [1000 * (arrivals[s] - t) for s, t in published.items() if s in arrivals]
-    out["latency_ms_median"] = statistics.median(lat) if lat else None
-    out["latency_ms_p90"] = sorted(lat)[int(0.9 * (len(lat) - 1))] if lat else None
-    out["latency_samples"] = len(lat)
+    out.update(latency_stats(lat))
+    out["latency_ms"] = lat
     out["live_peak_rss_mb"] = float(_diag(diag).get("peak_rss_mb", 0))
     return out
 
 
+def latency_stats(lat: list[float]) -> dict:
+    """Median, quartiles (IQR), p90 [ms] and sample count of image->render latencies."""
+    if not lat:
+        return {"latency_ms_median": None, "latency_ms_p25": None, "latency_ms_p75": None, "latency_ms_iqr": None,
+                "latency_ms_p90": None, "latency_samples": 0}
+    q = statistics.quantiles(lat, n=4, method="inclusive") if len(lat) > 1 else [lat[0]] * 3
+    return {"latency_ms_median": statistics.median(lat), "latency_ms_p25": q[0], "latency_ms_p75": q[2],
+            "latency_ms_iqr": q[2] - q[0], "latency_ms_p90": sorted(lat)[int(0.9 * (len(lat) - 1))],
+            "latency_samples": len(lat)}
+
+
+def summarize_throughput(rows: list[dict]) -> list[dict]:
+    """Per variant over its rounds: mean kf/s and steps/s, every round's value, pooled latency statistics."""
+    out = []
+    for name in dict.fromkeys(r["variant"] for r in rows):
+        rs = [r for r in rows if r["variant"] == name]
+        lat = [v for r in rs for v in r.get("latency_ms", [])]
+        sps = [r["steps_per_second"] for r in rs if "steps_per_second" in r]
+        out.append({"variant": name, "mapper": rs[0]["mapper"], "rounds": len(rs),
+                    "keyframes_per_second": statistics.mean(r["keyframes_per_second"] for r in rs),
+                    "keyframes_per_second_rounds": [r["keyframes_per_second"] for r in rs],
+                    "steps_per_second": statistics.mean(sps) if sps else None, "steps_per_second_rounds": sps,
+                    "window_steps": sum(r.get("window_steps", 0) for r in rs),
+                    "iteration_ms": statistics.median(r.get("window_iteration_ms", r["iteration_ms"]) for r in rs),
+                    "surfels": rs[-1].get("surfels_after_window", rs[-1]["surfels_after_keyframe_run"]),
+                    **latency_stats(lat)})
+    return out
+
+
 def _finish_throughput(a, results: dict) -> int:
-    lines = [f"fhgs-bench node --throughput ({a.width}x{a.height}, synthetic stream, tiny SAM model)",
-             "  variant  mapper               kf/s   ms/iter  steps/s  surfels  latency med  p90 ms"]
-    for r in results["throughput"]:
-        lat = r.get("latency_ms_median")
-        p90 = r.get("latency_ms_p90")
+    nan = float("nan")
+    lines = [(f"fhgs-bench node --throughput ({a.width}x{a.height}, synthetic stream, tiny SAM model, "
+              f"{a.rounds} interleaved round(s), {a.window:.0f} s windows, {a.latency_frames} latency frames per round)"),
+             "  variant  mapper               kf/s   ms/iter  steps/s  surfels  lat. med    p25    p75    IQR  n"]
+    results["summary"] = summarize_throughput(results["throughput"])
+    for r in results["summary"]:
+        def f(k, r=r):
+            v = r.get(k)
+            return v if v is not None else nan
         lines.append(f"  {r['variant']:<7}  {json.dumps(r['mapper']):<18} {r['keyframes_per_second']:6.3f} "
-                     f"{r.get('window_iteration_ms', r['iteration_ms']):9.0f} {r.get('steps_per_second', 0):8.2f} "
-                     f"{r.get('surfels_after_window', r['surfels_after_keyframe_run']):8d} "
-                     f"{lat if lat is not None else float('nan'):12.0f} {p90 if p90 is not None else float('nan'):7.0f}")
+                     f"{r['iteration_ms']:9.0f} {f('steps_per_second'):8.2f} {r['surfels']:8d} "
+                     f"{f('latency_ms_median'):9.0f} {f('latency_ms_p25'):6.0f} {f('latency_ms_p75'):6.0f} "
+                     f"{f('latency_ms_iqr'):6.0f} {r['latency_samples']:2d}")
     table = "\n".join(lines)
     print(table)
     results["table"] = table
@@ -189,6 +223,9 @@ def run(argv: list[str] | None = None) -> int:
     p.add_argument("--frame-gap", type=float, default=None,
                    help="[s] between frames of the keyframe run (default 0.05; 0.5 with --throughput)")
     p.add_argument("--window", type=float, default=20.0, help="[s] steps-per-second window of --throughput")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="--throughput: rounds of the two variants, interleaved (before, after, after, before, ...); "
+                        "latencies are pooled per variant")
     p.add_argument("--sync-timeout", type=float, default=None,
                    help="[s] node.sync_timeout of the live node (default: the node's own)")
     p.add_argument("--out", type=Path, default=None, help="JSON output (default bench/results/node[_throughput].json)")
@@ -199,7 +236,6 @@ def run(argv: list[str] | None = None) -> int:
         a.width = a.width if a.width != 128 else 640
         a.height = a.height if a.height != 96 else 480
         a.frames = min(a.frames, 6)
-        a.latency_frames = min(a.latency_frames, 4)
         a.latency_period = max(a.latency_period, 6.0)
     if a.frame_gap is None:
         a.frame_gap = 0.5 if a.throughput else 0.05
@@ -237,9 +273,13 @@ def run(argv: list[str] | None = None) -> int:
         # ---------------------------------------------------------------- 1 + 2: live node
         if a.throughput:
             rows = []
-            for name, mapper in THROUGHPUT_VARIANTS:
-                node = NodeProcess(write_params(tmp / f"live_{name}.yaml", _params(tmp, ckpt, mapper, **live_node)),
-                                   tmp / f"live_{name}.log", dom)
+            order = []
+            for k in range(max(1, a.rounds)):  # ABBA...: drifts of the machine load hit both variants alike
+                order += list(THROUGHPUT_VARIANTS if k % 2 == 0 else THROUGHPUT_VARIANTS[::-1])
+            for name, mapper in order:
+                k = len(rows)
+                node = NodeProcess(write_params(tmp / f"live_{name}_{k}.yaml", _params(tmp, ckpt, mapper, **live_node)),
+                                   tmp / f"live_{name}_{k}.log", dom)
                 try:
                     node.wait_ready(120)
                     row = {"variant": name, "mapper": mapper, **live_run(a, st, diag, frames, arrivals, renders_lock,
@@ -248,6 +288,9 @@ def run(argv: list[str] | None = None) -> int:
                 finally:
                     node.stop()
                 rows.append(row)
+                print(f"  {name}: kf/s {row['keyframes_per_second']:.3f}, steps/s {row.get('steps_per_second', 0):.2f}, "
+                      f"latency median {row.get('latency_ms_median') or float('nan'):.0f} ms "
+                      f"({row['latency_samples']} samples)", flush=True)
             results["throughput"] = rows
             return _finish_throughput(a, results)
         node = NodeProcess(write_params(tmp / "live.yaml", _params(tmp, ckpt, **live_node)), tmp / "live.log", dom)

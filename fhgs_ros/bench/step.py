@@ -17,18 +17,20 @@ D-SSIM, NDFD losses, backward, density statistics, Adam) interleaved FHGS / 2DGS
   (``MapperConfig.ndfd_stride = 1``, the pre-subsampling behaviour) when the default subsamples;
 * ``bytes_per_surfel_memory``: every per-surfel tensor the mapper holds between steps (map
   fields, Adam moments, density statistics; ``memory_breakdown`` itemizes them), per surfel;
-  ``feature_fp32_copy_ms``: the float32 copy of the float16 unit features that each NDFD
-  step makes for the kernel (included in ``fhgs_step_ms``);
+  ``feature_fp32_copy_ms``: a float32 copy of the float16 unit features, what each NDFD step
+  made for the kernel before the CPU kernels read float16 directly (no longer in
+  ``fhgs_step_ms``; the full-resolution ``ndfd_stride = 1`` path still copies, in the bindings);
   ``sh_colors_ms`` / ``adam_ms``: SH colours forward + backward and one Adam update alone;
   ``bytes_per_surfel_file``: the size of the default (version-2) ``save_map`` file per surfel
   (``bytes_per_surfel_file_v1``: the version-1 file);
-* with ``--f3dgs``: a Feature-3DGS-style step (blended D-channel feature image, L1 against the
-  bilinearly upsampled GT features, gradients into the features and the geometry, plus the RGB
-  loss, Adam over features and geometry). The native kernel composites 3 channels per pass, so
-  the D channels are rendered in ceil(D/3) passes of the colour path (forward, L1, backward per
-  chunk: the L1 is separable by channel, so the gradients are exact); this repeats the
-  per-pair geometry work per chunk, which a dedicated D-channel kernel would share, so the ratio
-  is an upper bound of what a Feature-3DGS CPU kernel would cost here.
+* with ``--f3dgs``: a Feature-3DGS-style step (``f3dgs_step``), timed interleaved with the others:
+  RGB and a blended D-channel feature image rendered in one traversal by the native CPU kernel's
+  differentiable feature image (``rasterize_native(..., feature_grad=True)``: the scalar
+  per-pixel kernel with the channel loop inside the pixel, as Feature 3DGS's CUDA kernel; CPU
+  only, there is no CUDA version), the loss of Feature 3DGS's ``train.py`` (the feature image
+  resized to the GT grid, L1; RGB L1 + D-SSIM), backward into features and geometry, Adam over
+  everything; ``f3dgs_over_fhgs`` is its time over the FHGS step. ``--f3dgs-speedup-dims``
+  (default 128) adds Feature 3DGS's speed-up variant: render fewer channels, 1x1-conv decoder to D.
 
 Writes ``bench/results/step.json`` (a list of records with ``width, height, surfels, dim,
 fhgs_step_ms, twodgs_step_ms, ratio, rgb_kernel_ms, bytes_per_surfel_memory,
@@ -52,8 +54,8 @@ import torch.nn.functional as F
 from fhgs_ros.bench import write_results
 from fhgs_ros.bench.raster import PARAMS, bench_scene
 from fhgs_ros.core import native
+from fhgs_ros.core.losses import photometric_loss
 from fhgs_ros.core.mapper import Keyframe, Mapper, MapperConfig
-from fhgs_ros.core.reference import sample_grid
 from fhgs_ros.core.render import surfel_colors
 from fhgs_ros.core.storage import save_map
 from fhgs_ros.core.surfels import SurfelMap
@@ -175,47 +177,45 @@ def with_extension(ext, fn):
 
 
 # --------------------------------------------------------------------------- Feature-3DGS style
-def f3dgs_step(scene: dict, image: torch.Tensor, state: dict) -> None:
-    """One Feature-3DGS-style step (see the module docstring); ``state`` keeps the Adam optimizer."""
-    if "params" not in state:
+def f3dgs_step(scene: dict, image: torch.Tensor, state: dict, dim_render: int | None = None) -> None:
+    """One Feature-3DGS-style step (Zhou et al. 2024, its ``train.py`` loss); ``state`` keeps the map,
+    the per-surfel features, the decoder and the Adam optimizer between calls.
+
+    One native traversal renders the RGB image (SH degree 3 colours, as the FHGS map) and the
+    blended ``dim_render``-channel feature image (``rasterize_native(..., feature_grad=True)``: the
+    scalar per-pixel kernel with the channel loop inside the pixel, CPU only); the feature image is
+    resized bilinearly (align_corners) to the GT feature grid's size, passed through the 1x1-conv
+    decoder when ``dim_render`` < D (Feature 3DGS's "speed-up" variant), and compared by L1 with the
+    GT grid; loss = 0.8 L1 + 0.2 D-SSIM (RGB) + L1 (features); backward into the geometry, SH,
+    opacity, the features (and the decoder); Adam over all of them. No density statistics."""
+    d = scene["features_unit"].shape[1]
+    dr = d if dim_render is None else dim_render
+    if "map" not in state:
         m = scene_map(scene)
-        ps = {"means": m.means, "quats": m.quats, "log_scales": m.log_scales, "opacity_logit": m.opacity_logit,
-              "sh_dc": m.sh_dc, "features": torch.nn.Parameter(scene["features_unit"].clone())}
-        state["params"] = ps
-        state["opt"] = torch.optim.Adam(list(ps.values()), lr=1e-3, eps=1e-15)
-        cam = scene["camera"]
-        with torch.no_grad():
-            ys, xs = torch.meshgrid(torch.arange(cam.height), torch.arange(cam.width), indexing="ij")
-            raw = sample_grid(scene["target"], torch.stack([xs.reshape(-1), ys.reshape(-1)], -1))
-            state["gt_feat"] = raw.T.reshape(-1, cam.height, cam.width).float().contiguous()  # (D, H, W)
-    ps, cam = state["params"], scene["camera"]
-    scales, op = torch.exp(ps["log_scales"]), torch.sigmoid(ps["opacity_logit"]).squeeze(-1)
-    colors = torch.clamp_min(0.28209479177387814 * ps["sh_dc"][:, 0] + 0.5, 0.0)
-    geo = (ps["means"], ps["quats"], scales, op)
-    r = native.rasterize_native(*geo, colors, cam)
-    loss = 0.8 * (r.rgb - image).abs().mean() + 0.2 * (1 - _ssim(r.rgb, image))
-    loss.backward(retain_graph=True)
-    d = ps["features"].shape[1]
-    gt = state["gt_feat"]
-    for c in range(0, d, 3):
-        chunk = ps["features"][:, c:c + 3]
-        pad = 3 - chunk.shape[1]
-        if pad:
-            chunk = F.pad(chunk, (0, pad))
-        rf = native.rasterize_native(*geo, chunk, cam)
-        lf = (rf.rgb[:3 - pad] - gt[c:c + 3]).abs().sum() / gt.numel()
-        lf.backward(retain_graph=c + 3 < d)
+        feats = torch.nn.Parameter(scene["features_unit"][:, :dr].clone().contiguous())
+        params = list(m.parameters().values()) + [feats]
+        decoder = None
+        if dr < d:
+            decoder = torch.nn.Conv2d(dr, d, kernel_size=1)
+            params += list(decoder.parameters())
+        state.update(map=m, feats=feats, decoder=decoder, opt=torch.optim.Adam(params, lr=1e-3, eps=1e-15),
+                     gt_feat=scene["target"].grid.float().contiguous())  # (D, gh, gw)
+    m, cam, gt = state["map"], scene["camera"], state["gt_feat"]
+    colors = surfel_colors(m, cam)
+    r = native.rasterize_native(m.means, m.quats, m.scales, m.opacity, colors, cam,
+                                feature_values=state["feats"], feature_grad=True)
+    fmap = F.interpolate(r.features[None], size=tuple(gt.shape[1:]), mode="bilinear", align_corners=True)[0]
+    if state["decoder"] is not None:
+        fmap = state["decoder"](fmap[None])[0]
+    loss = photometric_loss(r.rgb, image, 0.2) + (fmap - gt).abs().mean()
+    loss.backward()
     state["opt"].step()
     state["opt"].zero_grad(set_to_none=True)
 
 
-def _ssim(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    from fhgs_ros.core.losses import ssim
-    return ssim(a, b)
-
-
 # ------------------------------------------------------------------------------------------- main
-def measure(width: int, height: int, n: int, dim: int, repeats: int, baseline, f3dgs: bool) -> dict:
+def measure(width: int, height: int, n: int, dim: int, repeats: int, baseline, f3dgs: bool,
+            f3dgs_dims: tuple[int, ...] = ()) -> dict:
     scene = bench_scene(width, height, n, dim)
     image = gt_image(scene)
     fh = make_mapper(scene, image, True)
@@ -228,10 +228,15 @@ def measure(width: int, height: int, n: int, dim: int, repeats: int, baseline, f
         with_extension(baseline, lambda: rgb_kernel(scene))
     t_fh, t_tw, t_full, t_k, t_kb, t_conv, t_sh, t_adam = [], [], [], [], [], [], [], []
     aux = make_mapper(scene, image, True)  # SH / Adam component timings on a map of its own
+    f3_dims = ((dim,) + tuple(x for x in f3dgs_dims if 0 < x < dim)) if f3dgs else ()
+    f3_state: dict[int, dict] = {x: {} for x in f3_dims}
+    t_f3: dict[int, list[float]] = {x: [] for x in f3_dims}
+    for x in f3_dims:
+        f3dgs_step(scene, image, f3_state[x], x)  # warm-up
     for _ in range(repeats):
         t_sh.append(_timed(lambda: sh_colors_fwd_bwd(aux, scene["camera"])))
         t_adam.append(_timed(lambda: adam_step(aux)))
-        t_conv.append(_timed(lambda: fh.surfels.features_unit))  # the per-step float16 -> float32 copy for NDFD
+        t_conv.append(_timed(lambda: fh.surfels.features_unit))  # float16 -> float32 copy (no longer per step)
         t_fh.append(_timed(fh.step))
         t_tw.append(_timed(tw.step))
         if full is not None:
@@ -239,6 +244,8 @@ def measure(width: int, height: int, n: int, dim: int, repeats: int, baseline, f
         t_k.append(_timed(lambda: rgb_kernel(scene)))
         if baseline is not None:
             t_kb.append(with_extension(baseline, lambda: _timed(lambda: rgb_kernel(scene))))
+        for x in f3_dims:
+            t_f3[x].append(_timed(lambda x=x: f3dgs_step(scene, image, f3_state[x], x)))
     med = statistics.median
     rec = {
         "width": width, "height": height, "surfels": n, "dim": dim,
@@ -260,11 +267,12 @@ def measure(width: int, height: int, n: int, dim: int, repeats: int, baseline, f
                        "rgb_kernel_baseline": t_kb},
     }
     if f3dgs:
-        st: dict = {}
-        f3dgs_step(scene, image, st)  # warm-up
-        t = [_timed(lambda: f3dgs_step(scene, image, st)) for _ in range(max(1, repeats // 3))]
-        rec["f3dgs_step_ms"] = med(t)
-        rec["f3dgs_over_fhgs"] = med(t) / med(t_fh)
+        rec["f3dgs_step_ms"] = med(t_f3[dim])
+        rec["f3dgs_over_fhgs"] = med(t_f3[dim]) / med(t_fh)
+        rec["f3dgs_over_twodgs"] = med(t_f3[dim]) / med(t_tw)
+        rec["f3dgs_speedup"] = [{"dim_render": x, "step_ms": med(t_f3[x]), "over_fhgs": med(t_f3[x]) / med(t_fh)}
+                                for x in f3_dims[1:]]
+        rec["samples_ms"]["f3dgs"] = {str(x): v for x, v in t_f3.items()}
     return rec
 
 
@@ -280,6 +288,9 @@ def run(argv: list[str] | None = None) -> int:
                          "(default: the frozen pre-SIMD kernels compiled into this build)")
     ap.add_argument("--f3dgs", action="store_true",
                     help="also time a Feature-3DGS-style step at the first configuration (slow)")
+    ap.add_argument("--f3dgs-speedup-dims", default="128",
+                    help="comma-separated rendered widths of Feature 3DGS's speed-up variant (1x1-conv decoder "
+                         "to D) timed with --f3dgs; empty: none")
     ap.add_argument("--out", default=os.path.join("bench", "results", "step.json"))
     args = ap.parse_args(argv)
     if not native.native_available():
@@ -299,7 +310,8 @@ def run(argv: list[str] | None = None) -> int:
     print("-" * len(header))
     records = []
     for i, (w, h, n) in enumerate(configs):
-        rec = measure(w, h, n, args.dim, repeats, baseline, args.f3dgs and i == 0)
+        rec = measure(w, h, n, args.dim, repeats, baseline, args.f3dgs and i == 0,
+                      tuple(int(x) for x in args.f3dgs_speedup_dims.split(",") if x.strip()))
         records.append(rec)
         base = f"{rec['rgb_kernel_baseline_ms']:8.1f}" if rec["rgb_kernel_baseline_ms"] else f"{'-':>8}"
         f3 = f"{rec['f3dgs_over_fhgs']:6.1f}x" if "f3dgs_over_fhgs" in rec else f"{'-':>7}"
@@ -308,6 +320,14 @@ def run(argv: list[str] | None = None) -> int:
               f"{rec['rgb_kernel_ms']:7.1f} {base} {rec['bytes_per_surfel_memory']:6.0f} "
               f"{rec['bytes_per_surfel_file']:6.0f} {rec['feature_fp32_copy_ms']:7.1f} "
               f"{rec['sh_colors_ms']:6.1f} {rec['adam_ms']:7.1f} {f3}", flush=True)
+    for rec in records:
+        if "f3dgs_step_ms" in rec:
+            print(f"Feature-3DGS-style step at {rec['width']}x{rec['height']}/{rec['surfels']}: D={rec['dim']} "
+                  f"{rec['f3dgs_step_ms']:.1f} ms = {rec['f3dgs_over_fhgs']:.2f}x the FHGS step "
+                  f"({rec['f3dgs_over_twodgs']:.2f}x 2DGS)")
+            for v in rec["f3dgs_speedup"]:
+                print(f"  speed-up variant (render {v['dim_render']} channels + 1x1 conv to {rec['dim']}): "
+                      f"{v['step_ms']:.1f} ms = {v['over_fhgs']:.2f}x the FHGS step")
     ok = all(r["ratio"] <= 1.15 for r in records)
     print(f"target: FHGS step <= 1.15x the 2DGS step: {'met' if ok else 'NOT met'}")
     write_results(args.out, records)

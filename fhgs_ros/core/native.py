@@ -6,7 +6,10 @@ the same ``RenderResult``. It runs the compiled extension ``fhgs_ros._native`` (
 on a GPU and the extension was built with nvcc, the CPU kernels otherwise. The backward is a
 ``torch.autograd.Function`` calling the native reverse-order backward (docs/METHOD.md §4);
 it produces gradients for means, raw quaternions, scales, opacity, colours and the background.
-Features (unit and raw) and the GT grid never receive gradients, as in the reference.
+Features (unit and raw) and the GT grid never receive gradients, as in the reference, except
+with ``feature_grad=True`` (CPU only, used by the Feature-3DGS-style step of ``fhgs-bench step``):
+the blended feature image is then differentiable in the raw features and, through the blending
+weights, in the geometry.
 
 Kernels run in float32: float64 inputs are cast (differentiably) and outputs cast back.
 A missing extension or backend is reported by one log line, never by an import error.
@@ -116,15 +119,16 @@ def lever_tables(target: FeatureTarget, width: int, height: int):
 class _Static:
     """Non-tensor (and non-differentiable tensor) arguments of one native call."""
 
-    def __init__(self, camvec, width, height, feats, grid, lam, ksign, ext_use_sigma, lever, fvalues,
-                 need_backward, stream, ext=None, nd_mask=None):
+    def __init__(self, camvec, width, height, feats, grid, lam, ksign, ext_use_sigma, lever,
+                 need_backward, stream, ext=None, nd_mask=None, feature_grad=False):
         self.ext = ext if ext is not None else _ext  # the compiled module that runs the kernels
         self.camvec, self.width, self.height = camvec, width, height
         self.feats, self.grid = feats, grid
         self.lam, self.ksign, self.ext_use_sigma = lam, ksign, ext_use_sigma
-        self.lever, self.fvalues = lever, fvalues
+        self.lever = lever
         self.need_backward, self.stream = need_backward, stream
         self.nd_mask = nd_mask  # uint8 (H, W) or None
+        self.feature_grad = feature_grad  # fvalues is an input of the Function (differentiable)
 
     def common(self):
         return (self.camvec, self.width, self.height, self.feats, self.grid, self.lam, self.ksign,
@@ -160,52 +164,72 @@ class NativeRasterize(torch.autograd.Function):
     """Differentiable native rasterization (forward and reverse-order backward in C++/CUDA)."""
 
     @staticmethod
-    def forward(ctx, means, quats, scales, opacity, colors, background, static: _Static):
+    def forward(ctx, means, quats, scales, opacity, colors, background, fvalues, static: _Static):
         bg_cpu = background.detach().to("cpu", torch.float32).contiguous()
         extra = () if static.nd_mask is None else (static.nd_mask,)
-        outs = static.ext.forward(means, quats, scales, opacity, colors, bg_cpu, *static.common(), static.fvalues,
+        if static.feature_grad:
+            extra = (static.nd_mask if static.nd_mask is not None else torch.empty(0, dtype=torch.uint8), True)
+        outs = static.ext.forward(means, quats, scales, opacity, colors, bg_cpu, *static.common(), fvalues,
                                   static.need_backward, static.stream, *extra)
         n = len(ForwardOutputs._fields)
         main = ForwardOutputs(*outs[:n])
         ctx.static = static
         ctx.bg_cpu = bg_cpu
-        ctx.save_for_backward(means, quats, scales, opacity, colors, *outs[n:])
-        ctx.mark_non_differentiable(main.feat, main.radii, main.n_contrib)
+        ctx.save_for_backward(means, quats, scales, opacity, colors, fvalues, *outs[n:])
+        if static.feature_grad:
+            ctx.mark_non_differentiable(main.radii, main.n_contrib)
+        else:
+            ctx.mark_non_differentiable(main.feat, main.radii, main.n_contrib)
         return tuple(main)
 
     @staticmethod
     @torch.autograd.function.once_differentiable
-    def backward(ctx, g_rgb, g_alpha, g_depth, g_median, g_normal, g_dist, g_ext, g_int, *_unused):
+    def backward(ctx, g_rgb, g_alpha, g_depth, g_median, g_normal, g_dist, g_ext, g_int, g_feat, *_unused):
         st: _Static = ctx.static
         saved = ctx.saved_tensors
-        means, quats, scales, opacity, colors = saved[:5]
-        state = _NativeState(*saved[5:])
+        means, quats, scales, opacity, colors, fvalues = saved[:6]
+        state = _NativeState(*saved[6:])
         if st.nd_mask is not None:  # NDFD outputs are constant 0 outside the mask: no gradient there
             keep_px = st.nd_mask.to(torch.bool)
             g_ext = g_ext * keep_px if g_ext is not None else None
             g_int = g_int * keep_px if g_int is not None else None
         grads = [g_rgb, g_alpha, g_depth, g_median, g_normal, g_dist, g_ext, g_int]
         grads = [g if g is not None else torch.empty(0, device=means.device) for g in grads]
-        d_means, d_quats, d_scales, d_op, d_colors = st.ext.backward(
-            means, quats, scales, opacity, colors, ctx.bg_cpu, *st.common(), list(state), grads, st.stream)
+        d_fv = None
+        if st.feature_grad:  # the feature-image overload: also d_fvalues (N, Dr)
+            g_feat = g_feat if g_feat is not None else torch.empty(0, device=means.device)
+            d_means, d_quats, d_scales, d_op, d_colors, d_fv = st.ext.backward(
+                means, quats, scales, opacity, colors, ctx.bg_cpu, *st.common(), list(state), grads, st.stream,
+                fvalues, g_feat)
+        else:
+            d_means, d_quats, d_scales, d_op, d_colors = st.ext.backward(
+                means, quats, scales, opacity, colors, ctx.bg_cpu, *st.common(), list(state), grads, st.stream)
         d_bg = None
         if ctx.needs_input_grad[5] and g_rgb is not None:
             t_final = state.pix_state[0]  # pix_state[0] = T_final
             d_bg = (g_rgb * t_final[None].to(g_rgb.dtype)).sum(dim=(1, 2))
-        return d_means, d_quats, d_scales, d_op, d_colors, d_bg, None
+        return d_means, d_quats, d_scales, d_op, d_colors, d_bg, d_fv, None
+
+
+def _accepts_half() -> bool:
+    """Does the loaded extension take float16 unit features (builds since issue 13)?"""
+    return _ext is not None and hasattr(_ext, "accepts_half_features")
 
 
 def rasterize_native(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacity: torch.Tensor,
                      colors: torch.Tensor, camera: Camera, background: torch.Tensor | None = None,
                      features_unit: torch.Tensor | None = None, target: FeatureTarget | None = None,
                      ndfd: NDFDParams | None = None, feature_values: torch.Tensor | None = None,
-                     ndfd_mask: torch.Tensor | None = None, *, extension=None) -> RenderResult:
+                     ndfd_mask: torch.Tensor | None = None, *, extension=None,
+                     feature_grad: bool = False) -> RenderResult:
     """Render one view with the native kernels; same arguments and result as ``rasterize_reference``.
 
     ndfd_mask: (H, W) bool, the pixels where the NDFD losses are evaluated (the CPU kernel skips
     the feature terms everywhere else; ``ndfd_ext`` / ``ndfd_int`` are 0 there). None: every pixel.
     ``extension``: another build of the bindings to run instead of ``fhgs_ros._native`` (the tests
-    pass the CUDA-emulator module, see ``fhgs_ros.core.cuda_emu``)."""
+    pass the CUDA-emulator module, see ``fhgs_ros.core.cuda_emu``).
+    ``feature_grad``: the feature image is differentiable in ``feature_values`` and the geometry
+    (as ``rasterize_reference(..., feature_grad=True)``; CPU kernels only, no CUDA version)."""
     dev, dt = means.device, means.dtype
     if _ext is None and extension is None:
         raise RuntimeError(f"fhgs_ros native rasterizer extension is not built ({_IMPORT_ERROR}); run `make setup`")
@@ -214,7 +238,7 @@ def rasterize_native(means: torch.Tensor, quats: torch.Tensor, scales: torch.Ten
                            f"({build_info()}); using the PyTorch reference rasterizer")
         from fhgs_ros.core.reference import rasterize_reference
         return rasterize_reference(means, quats, scales, opacity, colors, camera, background, features_unit,
-                                   target, ndfd, feature_values, ndfd_mask)
+                                   target, ndfd, feature_values, ndfd_mask, feature_grad=feature_grad)
     width, height = int(camera.width), int(camera.height)
     bg = torch.zeros(3, dtype=dt, device=dev) if background is None else background.to(dev, dt)
 
@@ -227,7 +251,11 @@ def rasterize_native(means: torch.Tensor, quats: torch.Tensor, scales: torch.Ten
     if ndfd is not None:
         if features_unit is None or target is None:
             raise ValueError("NDFD needs features_unit and a FeatureTarget")
-        feats = f32(features_unit.detach())
+        fu = features_unit.detach()
+        # float16 unit features (the map's storage) go to the CPU kernels as they are: the
+        # subsampled NDFD path reads them directly, the bindings copy them for every other path
+        half_ok = fu.dtype == torch.float16 and not means.is_cuda and extension is None and _accepts_half()
+        feats = fu.to(dev).contiguous() if half_ok else f32(fu)
         grid = f32(target.grid.detach().permute(1, 2, 0))
         if feats.shape[1] != grid.shape[2]:
             raise ValueError(f"feature width {feats.shape[1]} != GT grid width {grid.shape[2]}")
@@ -240,14 +268,20 @@ def rasterize_native(means: torch.Tensor, quats: torch.Tensor, scales: torch.Ten
         if tuple(ndfd_mask.shape) != (height, width):
             raise ValueError(f"ndfd_mask has shape {tuple(ndfd_mask.shape)}, expected ({height}, {width})")
         mask_u8 = ndfd_mask.to(device=dev, dtype=torch.uint8).contiguous()
-    fvalues = f32(feature_values.detach()) if feature_values is not None else torch.empty(0)
-    diff_inputs = (means, quats, scales, opacity, colors, bg)
+    feature_grad = bool(feature_grad and feature_values is not None)
+    if feature_grad and (means.is_cuda or (extension is not None and extension.__name__.endswith("_cuda_emu"))):
+        raise ValueError("feature_grad: the differentiable feature image has no CUDA kernel (CPU only)")
+    if feature_values is None:
+        fvalues = torch.empty(0)
+    else:
+        fvalues = f32(feature_values) if feature_grad else f32(feature_values.detach())
+    diff_inputs = (means, quats, scales, opacity, colors, bg) + ((feature_values,) if feature_grad else ())
     need_backward = torch.is_grad_enabled() and any(t.requires_grad for t in diff_inputs)
     stream = torch.cuda.current_stream(dev).cuda_stream if means.is_cuda else 0
     static = _Static(camera_vector(camera), width, height, feats.to(dev), grid.to(dev), lam, ksign, ext_use_sigma,
-                     lever, fvalues.to(dev), need_backward, stream, extension, mask_u8)
+                     lever, need_backward, stream, extension, mask_u8, feature_grad and need_backward)
     out = ForwardOutputs(*NativeRasterize.apply(f32(means), f32(quats), f32(scales), f32(opacity.reshape(-1)),
-                                                f32(colors), bg, static))
+                                                f32(colors), bg, fvalues.to(dev), static))
 
     def back(t: torch.Tensor) -> torch.Tensor:
         return t if t.dtype == dt else t.to(dt)

@@ -220,7 +220,7 @@ def rasterize_reference(means: torch.Tensor, quats: torch.Tensor, scales: torch.
                         colors: torch.Tensor, camera: Camera, background: torch.Tensor | None = None,
                         features_unit: torch.Tensor | None = None, target: FeatureTarget | None = None,
                         ndfd: NDFDParams | None = None, feature_values: torch.Tensor | None = None,
-                        ndfd_mask: torch.Tensor | None = None) -> RenderResult:
+                        ndfd_mask: torch.Tensor | None = None, *, feature_grad: bool = False) -> RenderResult:
     """Render one view.
 
     Args (N surfels, activated values, world frame):
@@ -228,7 +228,10 @@ def rasterize_reference(means: torch.Tensor, quats: torch.Tensor, scales: torch.
         opacity (N,) in (0, 1); colors (N, 3) RGB (already evaluated from SH);
         background (3,) RGB; features_unit (N, D) unit features and ``target`` for NDFD (both
         needed when ``ndfd`` is given); feature_values (N, Dr) to alpha-blend into a feature image;
-        ndfd_mask (H, W) bool: pixels where the NDFD losses are evaluated (0 elsewhere; None: all).
+        ndfd_mask (H, W) bool: pixels where the NDFD losses are evaluated (0 elsewhere; None: all);
+        feature_grad: the feature image F = sum_i w_i f_i is differentiable in ``feature_values``
+        too (otherwise detached; it always is in the geometry through w): the Feature-3DGS-style
+        feature rendering of ``fhgs-bench step --f3dgs``, reference of the native ``feature_grad``.
     """
     dev, dt = means.device, means.dtype
     width, height = int(camera.width), int(camera.height)
@@ -293,7 +296,7 @@ def rasterize_reference(means: torch.Tensor, quats: torch.Tensor, scales: torch.
 
     feats = None
     if feature_values is not None:
-        fv = feature_values.detach().to(dev, dt)
+        fv = (feature_values if feature_grad else feature_values.detach()).to(dev, dt)
         feats = seg_sum(w[:, None] * fv[sid]).T.reshape(-1, height, width)
 
     n_contrib = seg_sum(keep.long())

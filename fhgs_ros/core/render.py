@@ -73,6 +73,6 @@ def render(surfels: SurfelMap, camera: Camera, *, background: torch.Tensor | Non
     fn = rasterizer(backend)
     colors = surfel_colors(surfels, camera, sh_degree)
     return fn(surfels.means, surfels.quats, surfels.scales, surfels.opacity, colors, camera, background,
-              surfels.features_unit if ndfd is not None else None, target if ndfd is not None else None, ndfd,
+              surfels.features_unit16 if ndfd is not None else None, target if ndfd is not None else None, ndfd,
               surfels.features_raw.float() if render_features else None,
               **({"ndfd_mask": ndfd_mask} if ndfd_mask is not None and ndfd is not None else {}))

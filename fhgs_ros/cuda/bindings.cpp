@@ -152,14 +152,19 @@ void fill_common(fhgs::RasterArgs& a, const Tensor& means, const Tensor& quats, 
   a.nd.ksign = (float)ksign;
   a.nd.ext_use_sigma = ext_use_sigma ? 1 : 0;
   if (feats.defined() && feats.dim() == 2) {
-    check_f32(feats, "features_unit");
+    if (feats.scalar_type() != at::kHalf) check_f32(feats, "features_unit");
+    TORCH_CHECK(feats.is_contiguous(), "fhgs native: features_unit must be contiguous");
     check_f32(grid, "grid");
     TORCH_CHECK(feats.dim() == 2 && feats.size(0) == N, "features_unit must be (N, D)");
     TORCH_CHECK(grid.dim() == 3 && grid.size(2) == feats.size(1), "grid must be (gh, gw, D) with the features' D");
     a.D = (int)feats.size(1);
     a.gh = (int)grid.size(0);
     a.gw = (int)grid.size(1);
-    a.feats = ptr_or_null<float>(feats);
+    if (feats.scalar_type() == at::kHalf) {  // see features_for_kernels
+      a.feats16 = feats.numel() > 0 ? reinterpret_cast<const uint16_t*>(feats.data_ptr<at::Half>()) : nullptr;
+    } else {
+      a.feats = ptr_or_null<float>(feats);
+    }
     a.grid = ptr_or_null<float>(grid);
     TORCH_CHECK(col_c0.numel() == width && row_c0.numel() == height, "lever column/row tables have wrong sizes");
     a.col_c0 = col_c0.data_ptr<int>();
@@ -170,6 +175,14 @@ void fill_common(fhgs::RasterArgs& a, const Tensor& means, const Tensor& quats, 
     a.row_f = row_f.data_ptr<float>();
   }
   a.nthreads = at::get_num_threads();
+}
+
+// float16 unit features are read as such only by the CPU kernels of the subsampled NDFD path
+// (nd_mask given, no lever tables); every other path (CUDA, the lever tables of full-resolution
+// NDFD, the frozen baseline kernels) gets a float32 copy here.
+Tensor features_for_kernels(const Tensor& feats, bool half_ok) {
+  if (feats.defined() && feats.scalar_type() == at::kHalf && !half_ok) return feats.to(at::kFloat).contiguous();
+  return feats;
 }
 
 std::vector<std::string> state_names() {
@@ -183,8 +196,9 @@ std::vector<Tensor> forward(Tensor means, Tensor quats, Tensor scales, Tensor op
                             Tensor camvec, int64_t width, int64_t height, Tensor feats, Tensor grid, double lam,
                             double ksign, bool ext_use_sigma, Tensor col_c0, Tensor col_dx1, Tensor col_f,
                             Tensor row_c0, Tensor row_dy1, Tensor row_f, Tensor fvalues, bool need_backward,
-                            int64_t stream, Tensor nd_mask) {
+                            int64_t stream, Tensor nd_mask, bool feat_grad) {
   fhgs::RasterArgs a;
+  feats = features_for_kernels(feats, !use_cuda(means) && !g_cpu_baseline && nd_mask.defined() && nd_mask.numel() > 0);
   fill_common(a, means, quats, scales, opacity, colors, bg, camvec, width, height, feats, grid, lam, ksign,
               ext_use_sigma, col_c0, col_dx1, col_f, row_c0, row_dy1, row_f);
   const bool cuda = use_cuda(means);
@@ -202,6 +216,11 @@ std::vector<Tensor> forward(Tensor means, Tensor quats, Tensor scales, Tensor op
     TORCH_CHECK(fvalues.dim() == 2 && fvalues.size(0) == N, "feature_values must be (N, Dr)");
     a.Dr = (int)fvalues.size(1);
     a.fvalues = ptr_or_null<float>(fvalues);
+  }
+  if (feat_grad && a.Dr > 0 && need_backward) {
+    TORCH_CHECK(!cuda, "fhgs native: the feature-image gradient (bench-only Feature-3DGS kernel) has no CUDA version");
+    TORCH_CHECK(!g_cpu_baseline, "fhgs native: the feature-image gradient needs the live CPU kernels, not 'baseline'");
+    a.feat_grad = 1;
   }
   if (a.D > 0 && nd_mask.defined() && nd_mask.numel() > 0) {
     TORCH_CHECK(nd_mask.scalar_type() == at::kByte && nd_mask.is_contiguous() && nd_mask.numel() == npix &&
@@ -336,6 +355,17 @@ std::vector<Tensor> forward(Tensor means, Tensor quats, Tensor scales, Tensor op
           contrib, tile_coff, pix_coff, contrib_idx};
 }
 
+// The forward with an NDFD pixel mask, without the feature-image gradient.
+std::vector<Tensor> forward_mask(Tensor means, Tensor quats, Tensor scales, Tensor opacity, Tensor colors, Tensor bg,
+                                 Tensor camvec, int64_t width, int64_t height, Tensor feats, Tensor grid, double lam,
+                                 double ksign, bool ext_use_sigma, Tensor col_c0, Tensor col_dx1, Tensor col_f,
+                                 Tensor row_c0, Tensor row_dy1, Tensor row_f, Tensor fvalues, bool need_backward,
+                                 int64_t stream, Tensor nd_mask) {
+  return forward(means, quats, scales, opacity, colors, bg, camvec, width, height, feats, grid, lam, ksign,
+                 ext_use_sigma, col_c0, col_dx1, col_f, row_c0, row_dy1, row_f, fvalues, need_backward, stream,
+                 nd_mask, false);
+}
+
 // The forward without an NDFD pixel mask (the original signature).
 std::vector<Tensor> forward_all(Tensor means, Tensor quats, Tensor scales, Tensor opacity, Tensor colors, Tensor bg,
                                 Tensor camvec, int64_t width, int64_t height, Tensor feats, Tensor grid, double lam,
@@ -344,20 +374,23 @@ std::vector<Tensor> forward_all(Tensor means, Tensor quats, Tensor scales, Tenso
                                 int64_t stream) {
   return forward(means, quats, scales, opacity, colors, bg, camvec, width, height, feats, grid, lam, ksign,
                  ext_use_sigma, col_c0, col_dx1, col_f, row_c0, row_dy1, row_f, fvalues, need_backward, stream,
-                 Tensor());
+                 Tensor(), false);
 }
 
 // grads: [rgb, alpha, depth, median, normal, dist, ext, int]; returns
-// [d_means, d_quats, d_scales, d_opacity, d_colors].
-std::vector<Tensor> backward(Tensor means, Tensor quats, Tensor scales, Tensor opacity, Tensor colors, Tensor bg,
-                             Tensor camvec, int64_t width, int64_t height, Tensor feats, Tensor grid, double lam,
-                             double ksign, bool ext_use_sigma, Tensor col_c0, Tensor col_dx1, Tensor col_f,
-                             Tensor row_c0, Tensor row_dy1, Tensor row_f, std::vector<Tensor> state,
-                             std::vector<Tensor> grads, int64_t stream) {
+// [d_means, d_quats, d_scales, d_opacity, d_colors] and, with fvalues (N, Dr) and g_feat (Dr, H, W)
+// (the forward ran with feat_grad), d_fvalues (N, Dr).
+std::vector<Tensor> backward_feat(Tensor means, Tensor quats, Tensor scales, Tensor opacity, Tensor colors, Tensor bg,
+                                  Tensor camvec, int64_t width, int64_t height, Tensor feats, Tensor grid, double lam,
+                                  double ksign, bool ext_use_sigma, Tensor col_c0, Tensor col_dx1, Tensor col_f,
+                                  Tensor row_c0, Tensor row_dy1, Tensor row_f, std::vector<Tensor> state,
+                                  std::vector<Tensor> grads, int64_t stream, Tensor fvalues, Tensor g_feat) {
   fhgs::RasterArgs a;
+  TORCH_CHECK((int)state.size() == kStateCount, "fhgs native backward: wrong state");
+  // state[7] (lever tables) is empty exactly when the forward ran the subsampled path
+  feats = features_for_kernels(feats, !use_cuda(means) && !g_cpu_baseline && state[7].numel() == 0);
   fill_common(a, means, quats, scales, opacity, colors, bg, camvec, width, height, feats, grid, lam, ksign,
               ext_use_sigma, col_c0, col_dx1, col_f, row_c0, row_dy1, row_f);
-  TORCH_CHECK((int)state.size() == kStateCount, "fhgs native backward: wrong state");
   TORCH_CHECK(grads.size() == 8, "fhgs native backward: expected 8 gradients");
   const bool cuda = use_cuda(means);
   TORCH_CHECK(!cuda || kHasCuda, "fhgs native: built without CUDA");
@@ -403,6 +436,25 @@ std::vector<Tensor> backward(Tensor means, Tensor quats, Tensor scales, Tensor o
     a.g_int = need(7, {height, width});
   }
   auto fopt = means.options();
+  Tensor d_fvalues, facc;
+  if (fvalues.defined() && fvalues.numel() > 0) {
+    check_f32(fvalues, "feature_values");
+    TORCH_CHECK(fvalues.dim() == 2 && fvalues.size(0) == N, "feature_values must be (N, Dr)");
+    TORCH_CHECK(!cuda, "fhgs native: the feature-image gradient (bench-only Feature-3DGS kernel) has no CUDA version");
+    TORCH_CHECK(!g_cpu_baseline, "fhgs native: the feature-image gradient needs the live CPU kernels, not 'baseline'");
+    a.feat_grad = 1;
+    a.Dr = (int)fvalues.size(1);
+    a.fvalues = fvalues.data_ptr<float>();
+    Tensor gf = g_feat.defined() && g_feat.numel() > 0 ? g_feat.to(fopt).contiguous()
+                                                       : at::zeros({a.Dr, height, width}, fopt);
+    TORCH_CHECK(gf.numel() == (int64_t)a.Dr * npix, "fhgs native: feature-image gradient must be (Dr, H, W)");
+    g_feat = gf;
+    a.g_feat = gf.data_ptr<float>();
+    d_fvalues = alloc({N, a.Dr}, fopt);
+    facc = alloc({a.E, a.Dr}, fopt);  // each tile zeroes its own rows
+    a.d_fvalues = ptr_or_null<float>(d_fvalues);
+    a.facc = ptr_or_null<float>(facc);
+  }
   Tensor d_means = alloc({N, 3}, fopt), d_quats = alloc({N, 4}, fopt), d_scales = alloc({N, 2}, fopt);
   Tensor d_opacity = alloc({N}, fopt), d_colors = alloc({N, 3}, fopt);
   a.d_means = ptr_or_null<float>(d_means);
@@ -428,7 +480,18 @@ std::vector<Tensor> backward(Tensor means, Tensor quats, Tensor scales, Tensor o
     timer.mark("backward");
   }
   (void)npix;
+  if (a.feat_grad) return {d_means, d_quats, d_scales, d_opacity.reshape(opacity.sizes()), d_colors, d_fvalues};
   return {d_means, d_quats, d_scales, d_opacity.reshape(opacity.sizes()), d_colors};
+}
+
+std::vector<Tensor> backward(Tensor means, Tensor quats, Tensor scales, Tensor opacity, Tensor colors, Tensor bg,
+                             Tensor camvec, int64_t width, int64_t height, Tensor feats, Tensor grid, double lam,
+                             double ksign, bool ext_use_sigma, Tensor col_c0, Tensor col_dx1, Tensor col_f,
+                             Tensor row_c0, Tensor row_dy1, Tensor row_f, std::vector<Tensor> state,
+                             std::vector<Tensor> grads, int64_t stream) {
+  return backward_feat(means, quats, scales, opacity, colors, bg, camvec, width, height, feats, grid, lam, ksign,
+                       ext_use_sigma, col_c0, col_dx1, col_f, row_c0, row_dy1, row_f, state, grads, stream, Tensor(),
+                       Tensor());
 }
 
 bool has_cuda() { return kHasCuda; }
@@ -460,9 +523,15 @@ std::string build_info() {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.doc() = "FHGS native surfel rasterizer (C++/OpenMP CPU backend, optional CUDA backend)";
   m.def("forward", &forward_all, "rasterize forward");
-  m.def("forward", &forward, "rasterize forward; last argument: uint8 (H, W) NDFD pixel mask");
+  m.def("forward", &forward_mask, "rasterize forward; last argument: uint8 (H, W) NDFD pixel mask");
+  m.def("forward", &forward, "rasterize forward; last arguments: NDFD pixel mask, feat_grad (the feature image "
+        "is differentiable: CPU scalar kernel, bench-only)");
   m.def("backward", &backward, "rasterize backward");
+  m.def("backward", &backward_feat, "rasterize backward; last arguments: feature_values (N, Dr) and the feature "
+        "image's gradient (Dr, H, W) of a feat_grad forward; also returns d_feature_values");
   m.def("has_cuda", &has_cuda, "built with the CUDA backend");
+  m.def("accepts_half_features", []() { return true; },
+        "features_unit may be float16 (read directly by the CPU subsampled-NDFD kernels, copied for the others)");
   m.def("cuda_devices", &cuda_devices, "number of CUDA devices seen by the CUDA backend (0 or negative error)");
   m.def("build_info", &build_info, "backends compiled in");
   m.def("set_poison", [](bool on) { g_poison = on; }, "fill uninitialized buffers with NaN / sentinels (tests)");

@@ -28,6 +28,11 @@ struct RasterArgs {
   int64_t lever_total = 0;
   int nthreads = 1;   // CPU threads
   int need_backward = 0;
+  // Feature-image gradient (bench-only Feature-3DGS-style kernel, CPU only): the forward runs the
+  // scalar per-pixel kernel (forward_tile) for the blended Dr-channel image so that its records fit
+  // the scalar backward, which then also takes g_feat and returns d_fvalues (the feature image's
+  // gradient reaches the geometry through the blending weights, like the colour's).
+  int feat_grad = 0;
   CameraParams cam;
   NdfdParams nd;
   float bg[3] = {0.f, 0.f, 0.f};
@@ -39,6 +44,10 @@ struct RasterArgs {
   const float* opacity = nullptr;   // (N,)
   const float* colors = nullptr;    // (N, 3)
   const float* feats = nullptr;     // (N, D) unit features
+  // (N, D) the unit features as float16 (IEEE binary16 bits), CPU subsampled-NDFD path only: read
+  // instead of feats, each row converted to float32 as the kernel needs it (exact), so the
+  // caller need not make a float32 copy of the map's float16 features every step.
+  const uint16_t* feats16 = nullptr;
   const float* fvalues = nullptr;   // (N, Dr) raw features for the feature image
   const float* grid = nullptr;      // (gh * gw, D) GT feature cells (raw)
   const int* col_c0 = nullptr;      // (W,) lever: first grid column of each pixel column
@@ -112,6 +121,9 @@ struct RasterArgs {
   const float* g_dist = nullptr;
   const float* g_ext = nullptr;     // null when NDFD is off
   const float* g_int = nullptr;
+  const float* g_feat = nullptr;    // (Dr, H, W) with feat_grad, else null
+  float* facc = nullptr;            // CPU, feat_grad: (E, Dr) per-entry sum_pix w g_feat
+  float* d_fvalues = nullptr;       // (N, Dr) with feat_grad
   float* acc = nullptr;             // CPU: (E, ACC_STRIDE) per entry; CUDA: (N, ACC_STRIDE) per surfel
   float* scratch = nullptr;         // CUDA: (2, D, H*W) V and S
   float* d_means = nullptr;         // (N, 3)

@@ -10,6 +10,10 @@
 // them to the surfel parameters. All per-pair math lives in raster_math.h (shared with CUDA).
 // Without NDFD the tiles run the SIMD row kernels forward_tile_rgb / backward_tile_rgb (16 pixels
 // per vector, see below); raster_cpu_baseline.cpp keeps the scalar kernels as the bench baseline.
+// With feat_grad (the bench's Feature-3DGS-style step, CPU only: no CUDA version) the scalar
+// kernels also blend a Dr-channel feature image (channel loop inside the pixel, as in Feature
+// 3DGS) and the backward returns its gradient into the per-surfel features and, through the
+// blending weights, into the geometry.
 #include <math.h>
 #include <string.h>
 
@@ -85,10 +89,56 @@ struct Scratch {
   std::vector<Ent> ents;
   std::vector<int> rows;
   std::vector<float> F, S, FV;
+  std::vector<float> GF;         // feature-image gradient of one pixel (feat_grad)
+  std::vector<float> FR;         // one unit feature row converted from float16 (feats16)
   std::vector<float> G;          // unit GT feature of a subsampled NDFD pixel
   std::vector<int> nd_sid;       // its kept contributors (surfel id, w, T before), front to back
   std::vector<float> nd_w, nd_T;
 };
+
+// Unit feature row of surfel sid as float32: a.feats in place, or the float16 row of a.feats16
+// converted into buf (exact: every binary16 value is a float32 value). Inlined into the ISA clones
+// (F16C conversions under x86-64-v3/v4).
+#if defined(__FLT16_MAX__)
+inline __attribute__((always_inline)) const float* feat_row(const RasterArgs& a, int sid, float* buf) {
+  if (a.feats16 == nullptr) return a.feats + (int64_t)sid * a.D;
+  const _Float16* h = reinterpret_cast<const _Float16*>(a.feats16) + (int64_t)sid * a.D;
+  for (int d = 0; d < a.D; ++d) buf[d] = (float)h[d];
+  return buf;
+}
+#else
+inline float half_to_float(uint16_t h) {  // IEEE binary16 -> binary32, without compiler support
+  const uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  uint32_t e = (h >> 10) & 0x1fu, m = h & 0x3ffu, bits;
+  if (e == 0x1f) bits = sign | 0x7f800000u | (m << 13);
+  else if (e != 0) bits = sign | ((e + 112u) << 23) | (m << 13);
+  else if (m == 0) bits = sign;
+  else {  // subnormal: normalize
+    e = 113u;
+    while (!(m & 0x400u)) { m <<= 1; --e; }
+    bits = sign | (e << 23) | ((m & 0x3ffu) << 13);
+  }
+  float f;
+  memcpy(&f, &bits, sizeof(f));
+  return f;
+}
+inline const float* feat_row(const RasterArgs& a, int sid, float* buf) {
+  if (a.feats16 == nullptr) return a.feats + (int64_t)sid * a.D;
+  const uint16_t* h = a.feats16 + (int64_t)sid * a.D;
+  for (int d = 0; d < a.D; ++d) buf[d] = half_to_float(h[d]);
+  return buf;
+}
+#endif
+
+// Prefetch surfel sid's unit feature row (float32 or float16).
+inline void prefetch_feat(const RasterArgs& a, int sid) {
+  if (a.feats16 == nullptr) {
+    prefetch_row(a.feats + (int64_t)sid * a.D, a.D);
+    return;
+  }
+  const char* p = reinterpret_cast<const char*>(a.feats16 + (int64_t)sid * a.D);
+  for (int b = 0; b < 2 * a.D; b += 64) __builtin_prefetch(p + b, 0, 1);
+}
 
 // Unit GT feature of pixel (x, y): bilinear sample of the raw grid (reference.sample_grid), then
 // divided by max(|.|, 1e-12) (reference.sample_feature_target).
@@ -179,7 +229,7 @@ void forward_tile(const RasterArgs& a, int tile, Scratch& sc) {
           const float sig = ndfd_sigma(a.nd, phi);
           const float gate = a.nd.ext_use_sigma ? sig : 1.0f;
           st.ext += gate * w * (1.0f - phi);
-          const float dotp = ndfd_forward_pass_host(F, a.feats + (int64_t)en.sid * D, D, w);
+          const float dotp = ndfd_forward_pass_host(F, feat_row(a, en.sid, sc.FR.data()), D, w);
           st.intl += sig * w * ((1.0f - Tprev) - dotp);
           if (rec != nullptr) {
             rec[0] = phi;
@@ -197,13 +247,13 @@ void forward_tile(const RasterArgs& a, int tile, Scratch& sc) {
         float* G = sc.G.data();
         pixel_gt(a, px, py, G);
         const int n = (int)sc.nd_sid.size();
-        prefetch_row(a.feats + (int64_t)sc.nd_sid[0] * D, D);
-        if (n > 1) prefetch_row(a.feats + (int64_t)sc.nd_sid[1] * D, D);
+        prefetch_feat(a, sc.nd_sid[0]);
+        if (n > 1) prefetch_feat(a, sc.nd_sid[1]);
         for (int k = 0; k < n; ++k) {
-          if (k + 2 < n) prefetch_row(a.feats + (int64_t)sc.nd_sid[k + 2] * D, D);
+          if (k + 2 < n) prefetch_feat(a, sc.nd_sid[k + 2]);
           const float w = sc.nd_w[k];
           float phi;
-          const float dotp = ndfd_forward_pass_gt_host(F, G, a.feats + (int64_t)sc.nd_sid[k] * D, D, w, &phi);
+          const float dotp = ndfd_forward_pass_gt_host(F, G, feat_row(a, sc.nd_sid[k], sc.FR.data()), D, w, &phi);
           const float sig = ndfd_sigma(a.nd, phi);
           const float gate = a.nd.ext_use_sigma ? sig : 1.0f;
           st.ext += gate * w * (1.0f - phi);
@@ -237,6 +287,12 @@ void backward_tile(const RasterArgs& a, int tile, Scratch& sc) {
   const int D = a.D;
   const float zn = a.cam.znear, zf = a.cam.zfar;
   float* S = D > 0 ? sc.S.data() : nullptr;
+  // Feature image (feat_grad): with g the pixel's upstream gradient, contributor k gets
+  // dL/dw_k += f_k . g (enters the same dL/dalpha recursion as the colour) and dL/df_k += w_k g,
+  // summed per tile-list entry in facc (this tile's rows: the tile's thread owns them).
+  const int Dr = a.feat_grad ? a.Dr : 0;
+  float* GF = Dr > 0 ? sc.GF.data() : nullptr;
+  if (Dr > 0) memset(a.facc + s * Dr, 0, sizeof(float) * (size_t)(e - s) * Dr);
   for (int py = ty * TILE; py < std::min(H, (ty + 1) * TILE); ++py) {
     for (int px = tx * TILE; px < std::min(W, (tx + 1) * TILE); ++px) {
       const int64_t pix = (int64_t)py * W + px;
@@ -257,6 +313,11 @@ void backward_tile(const RasterArgs& a, int tile, Scratch& sc) {
       g.intl = D > 0 ? a.g_int[pix] : 0.0f;
       const bool nd_phi = D > 0 && (g.ext != 0.0f || g.intl != 0.0f);
       const bool nd_pass = D > 0 && g.intl != 0.0f;  // the feature passes only feed the internal term
+      bool fg = false;  // nonzero feature-image gradient at this pixel
+      for (int d = 0; d < Dr; ++d) {
+        GF[d] = a.g_feat[d * npix + pix];
+        fg = fg || GF[d] != 0.0f;
+      }
       PixelBack b;
       pixel_back_init(b, g, a.bg, (float)a.pix_state[pix], a.pix_state[npix + pix], a.pix_state[2 * npix + pix],
                       a.pix_state[3 * npix + pix], a.pix_state[4 * npix + pix]);
@@ -265,11 +326,11 @@ void backward_tile(const RasterArgs& a, int tile, Scratch& sc) {
       // NDFD, (phi, sigma, F_{k-1} . f_k). Walking them in reverse visits exactly the forward's
       // contributors (no validity decision is re-taken) and skips every other list entry.
       const int64_t base = a.pix_coff[pix];
-      if (nd_pass) prefetch_row(a.feats + (int64_t)ents[a.contrib_idx[base + n - 1] - s].sid * D, D);
+      if (nd_pass) prefetch_feat(a, ents[a.contrib_idx[base + n - 1] - s].sid);
       for (int r = n - 1; r >= 0; --r) {
         const int64_t j = a.contrib_idx[base + r];
         const Ent& en = ents[j - s];
-        if (nd_pass && r > 0) prefetch_row(a.feats + (int64_t)ents[a.contrib_idx[base + r - 1] - s].sid * D, D);
+        if (nd_pass && r > 0) prefetch_feat(a, ents[a.contrib_idx[base + r - 1] - s].sid);
         PairEval pe;
         eval_pair(en.T, en.KL, en.cx, en.cy, en.op, fx, fy, zn, INFINITY, pe);
         if (pe.p[2] == 0.0f) continue;  // cannot happen for a forward contributor
@@ -277,10 +338,15 @@ void backward_tile(const RasterArgs& a, int tile, Scratch& sc) {
         const float* col = a.colors + (int64_t)en.sid * 3;
         const float* nrm = a.geom + (int64_t)en.sid * GEOM_STRIDE + G_N;
         float gk = pixel_back_g(b, g, col, nrm, pe.z, zn, zf);
+        if (fg) {
+          gk += dot_host(a.fvalues + (int64_t)en.sid * Dr, GF, Dr);
+          feature_blend_pass_host(a.facc + j * Dr, GF, Dr, w);
+        }
         if (nd_phi) {
           const float* rec = a.contrib + 3 * (base + r);
           const float phi = rec[0], sig = rec[1], da = rec[2];
-          const float db = nd_pass ? ndfd_backward_pass_s_host(S, a.feats + (int64_t)en.sid * D, D, sig * w) : 0.0f;
+          const float db =
+              nd_pass ? ndfd_backward_pass_s_host(S, feat_row(a, en.sid, sc.FR.data()), D, sig * w) : 0.0f;
           gk += pixel_back_g_ndfd(b, g, a.nd, phi, sig, w, da, db);
         }
         pixel_back_finish(b, g, en.T, en.cx, en.cy, en.op, fx, fy, pe, w, gk, j == med, zn, zf,
@@ -368,6 +434,15 @@ RgbKernels rgb_kernels() {
 
 inline int64_t count_of(const int64_t* excl, int64_t total, int n, int i) {
   return (i + 1 < n ? excl[i + 1] : total) - excl[i];
+}
+
+// d_fvalues of surfel i: the sum of its tile-list entries' rows of facc, in entry order.
+FHGS_CLONES
+void feature_grad_reduce(const RasterArgs& a, int i, int64_t k0, int64_t kn) {
+  const int Dr = a.Dr;
+  float* out = a.d_fvalues + (int64_t)i * Dr;
+  memset(out, 0, sizeof(float) * Dr);
+  for (int64_t k = k0; k < k0 + kn; ++k) feature_blend_pass_host(out, a.facc + (int64_t)a.entry_pos[k] * Dr, Dr, 1.0f);
 }
 
 }  // namespace
@@ -525,10 +600,11 @@ void cpu_forward(RasterArgs& a) {
     Scratch sc;
     sc.F.assign((size_t)std::max(a.D, 1), 0.0f);
     sc.G.assign((size_t)std::max(a.D, 1), 0.0f);
+    sc.FR.assign((size_t)std::max(a.D, 1), 0.0f);
     sc.FV.assign((size_t)std::max(a.D > 0 ? a.Dr : TILE * a.Dr, 1), 0.0f);
 #pragma omp for schedule(dynamic, 1)
     for (int t = 0; t < ntiles; ++t) {
-      if (a.D > 0) forward_tile(a, t, sc);
+      if (a.D > 0 || a.feat_grad) forward_tile(a, t, sc);
       else rgb.fwd(a, t, sc);  // no NDFD: the SIMD row path
     }
   }
@@ -542,9 +618,11 @@ void cpu_backward(RasterArgs& a) {
     Scratch sc;
     sc.F.assign((size_t)std::max(a.D, 1), 0.0f);
     sc.S.assign((size_t)std::max(a.D, 1), 0.0f);
+    sc.GF.assign((size_t)std::max(a.feat_grad ? a.Dr : 0, 1), 0.0f);
+    sc.FR.assign((size_t)std::max(a.D, 1), 0.0f);
 #pragma omp for schedule(dynamic, 1)
     for (int t = 0; t < ntiles; ++t) {
-      if (a.D > 0) backward_tile(a, t, sc);
+      if (a.D > 0 || a.feat_grad) backward_tile(a, t, sc);
       else rgb.bwd(a, t, sc);
     }
     // per-surfel reduction of the entry accumulators (fixed order) and parameter gradients
@@ -557,6 +635,7 @@ void cpu_backward(RasterArgs& a) {
         const float* src = a.acc + (int64_t)a.entry_pos[k] * ACC_STRIDE;
         for (int c = 0; c < ACC_STRIDE; ++c) acc[c] += src[c];
       }
+      if (a.feat_grad && a.Dr > 0) feature_grad_reduce(a, i, k0, kn);
       float* dm = a.d_means + 3 * (int64_t)i;
       float* dq = a.d_quats + 4 * (int64_t)i;
       float* ds = a.d_scales + 2 * (int64_t)i;
