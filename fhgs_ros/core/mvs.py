@@ -7,10 +7,16 @@ Dense (:func:`estimate_depth`): fronto-parallel plane sweep in the reference cam
 working resolution (``MVSConfig.long_side``), with ``num_depths`` hypotheses uniform in inverse
 depth, a zero-mean normalised cross-correlation (ZNCC) cost over a ``window`` x ``window`` patch
 on grey images, and occlusion-robust aggregation over the source views (mean of the best half).
-Winner-takes-all with parabolic sub-hypothesis refinement. The confidence per pixel (0 = none,
-else the aggregated ZNCC in (0, 1]) is zero where the patch is textureless, where the best ZNCC is
-low, where a different depth scores nearly as well (repetitive texture), where the optimum sits at
-the end of the range, or outside the caller's mask.
+Then semi-global matching (:func:`sgm_aggregate`, Hirschmueller 2008; ``sgm_p2`` > 0, the default):
+the cost (1 - ZNCC) / 2 is aggregated along 8 image paths with penalties ``sgm_p1`` for a
+one-hypothesis step between neighbours and ``sgm_p2`` (lowered at grey-level edges) for larger ones,
+so smooth surfaces with repetitive or weak texture take the depth their distinct parts agree on.
+Winner-takes-all on the aggregated cost (or on the ZNCC without SGM) with parabolic
+sub-hypothesis refinement. The confidence per pixel (0 = none, else the aggregated ZNCC at the chosen
+depth in (0, 1]) is zero where that ZNCC is low, where a different depth scores nearly as well, where
+the optimum sits at the end of the range, near a depth edge (a jump of more than ``edge_jump``
+hypotheses between neighbours, dilated by half a window: patches there take the foreground depth),
+or outside the caller's mask; without SGM also where the patch is textureless.
 
 Inverse-depth range, first match wins: the caller's ``depth_range``; the 5th-95th percentile of
 sparse ORB points triangulated against the sources (widened by ``range_margin``); else the
@@ -35,6 +41,7 @@ camera z in world units.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import time
@@ -50,19 +57,32 @@ from fhgs_ros.core.camera import Camera
 log = logging.getLogger(__name__)
 
 
+@contextlib.contextmanager
+def _threads(n: int):
+    """torch intra-op threads set to ``n`` inside (the SGM scan's many small ops are slower threaded)."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
 @dataclass
 class MVSConfig:
-    """Plane-sweep stereo settings (pixels are working-resolution pixels)."""
+    """Plane-sweep stereo settings (pixels are working-resolution pixels; defaults measured with
+    ``fhgs-bench geometry --part quality``, docs/METHOD.md §9.2)."""
 
     long_side: int = 160              # working resolution: long image side in pixels
     num_depths: int = 64              # inverse-depth hypotheses
     window: int = 7                   # ZNCC patch side (odd)
     num_sources: int = 4              # source views per reference
     min_sources: int = 1              # online (KeyframeBuffer): fewer usable sources -> the keyframe waits
-    min_zncc: float = 0.5             # aggregated ZNCC below this: no depth
-    min_texture: float = 0.015        # patch intensity std (grey in [0, 1]) below this: textureless
-    min_margin: float = 0.05          # best minus best score outside +-3 hypotheses below this: ambiguous
-    edge_ratio: float = 0.1           # depth jump (relative) that marks an edge; 0 disables the edge filter
+    min_zncc: float = 0.5             # without SGM: aggregated ZNCC below this: no depth
+    min_texture: float = 0.015        # without SGM: patch intensity std (grey in [0, 1]) below this: textureless
+    min_margin: float = 0.05          # without SGM: best minus best score outside +-3 hypotheses below this: ambiguous
+    edge_ratio: float = 0.1           # depth change (relative) within a window that marks an edge; 0 disables ...
+    edge_jump: float = 3.0            # ... unless > 0: a jump of more than this many hypotheses between neighbours
     fill_radius: int = 8              # holes filled from measured depths within this many pixels (0: no filling)
     fill_max_spread: float = 0.05     # ... where their inverse depths vary by at most this share
     fill_confidence: float = 0.25     # confidence given to filled pixels
@@ -72,7 +92,13 @@ class MVSConfig:
     min_consistent: int = 0           # ... views that must agree (0: no multi-view check; 1 measured worse, see METHOD.md)
     max_disparity: float = 0.25       # fallback range: largest disparity, fraction of the image width
     range_margin: float = 1.5         # sparse range: near end divided by this factor ...
-    far_margin: float = 1.5           # ... far end multiplied by this one
+    far_margin: float = 4.0           # ... far end multiplied by this one (distant low-parallax walls)
+    sgm_p1: float = 0.05              # semi-global matching: penalty per path for a one-hypothesis step (cost in [0, 1])
+    sgm_p2: float = 0.5               # ... for a larger step (0: no SGM, winner-takes-all on the ZNCC)
+    sgm_edge: float = 0.05            # ... p2 divided by 1 + |grey step| / this (0: constant p2)
+    sgm_paths: int = 8                # ... 4 (rows, columns) or 8 (plus diagonals)
+    sgm_min_zncc: float = 0.3         # with SGM: ZNCC at the chosen depth below this: no depth
+    sgm_min_margin: float = 0.01      # with SGM: per-path cost of the best depth outside +-3 hypotheses minus the best
     sparse_features: int = 1000       # ORB features per image for the range (0: skip the sparse step)
     min_angle_deg: float = 1.0        # source views with less parallax at the hint depth are not used
     ideal_angle_deg: float = 10.0     # preferred triangulation angle for source selection
@@ -355,6 +381,77 @@ def sweep(ref: MVSView, srcs: list[MVSView], inv_depths: torch.Tensor, window: i
     return torch.stack(out), var_r[0, 0].sqrt()
 
 
+def _sgm_scan(cost: torch.Tensor, p1: torch.Tensor, p2: torch.Tensor, shifts: tuple[int, ...]) -> torch.Tensor:
+    """Sum of the semi-global path costs of ``cost`` (w, B, D, h), scanned along its first axis (x), over
+    paths whose predecessor of (x, y) is (x - 1, y - s) for each row shift s in ``shifts`` (0: along the row,
+    +-1: diagonals). ``p1``, ``p2`` (w, B, h): penalties at the pixel entered for a change of one hypothesis
+    and of more. Path costs are normalised by subtracting the predecessor's minimum. Returns (w, B, D, h)."""
+    w, b, d, h = cost.shape
+    k = len(shifts)
+    out = torch.empty_like(cost)
+    inf = torch.full((k, b, 1, h), float("inf"))
+    zero = torch.zeros(b, d, 1)
+    prev = cost[0][None].expand(k, b, d, h)
+    out[0] = cost[0] * k
+    for x in range(1, w):
+        pv = []
+        for j, s in enumerate(shifts):
+            q = prev[j]
+            if s > 0:
+                q = torch.cat([zero.expand(b, d, s), q[:, :, :-s]], 2)   # rows without predecessor: plain cost
+            elif s < 0:
+                q = torch.cat([q[:, :, -s:], zero.expand(b, d, -s)], 2)
+            pv.append(q)
+        pr = torch.stack(pv) if k > 1 else pv[0][None]                    # (k, B, D, h)
+        m = pr.amin(2, keepdim=True)
+        nb = torch.minimum(torch.cat([pr[:, :, 1:], inf], 2), torch.cat([inf, pr[:, :, :-1]], 2))
+        t = torch.minimum(torch.minimum(pr, nb + p1[x][None, :, None]), m + p2[x][None, :, None]) - m
+        prev = cost[x][None] + t
+        out[x] = prev.sum(0)
+    return out
+
+
+def sgm_aggregate(cost: torch.Tensor, p1: float, p2: float, guide: torch.Tensor | None = None,
+                  edge: float = 0.0, paths: int = 8) -> torch.Tensor:
+    """Semi-global matching (Hirschmueller 2008) over a cost volume (D, h, w) (lower is better): the sum over
+    ``paths`` (4: rows and columns both ways; 8: plus diagonals) of path costs that add ``p1`` for a
+    change of one hypothesis between neighbours and ``p2`` for a larger one. With ``guide`` (h, w) grey
+    image and ``edge`` > 0, ``p2`` is divided by 1 + |grey step| / ``edge`` (depth jumps at image edges)."""
+    _, h, w = cost.shape
+
+    def pens(g: torch.Tensor | None, shape: tuple[int, int], axis: int) -> tuple[torch.Tensor, torch.Tensor]:
+        q1 = torch.full(shape, float(p1))
+        q2 = torch.full(shape, float(p2))
+        if g is not None and edge > 0:
+            step = (g - torch.roll(g, 1, axis)).abs()
+            q2 = torch.maximum(q2 / (1 + step / edge), q1)
+        return q1, q2
+
+    g = None if guide is None else torch.as_tensor(guide, dtype=torch.float32)
+    # along x: (w, B, D, h) with B = [forward, backward]
+    cx = torch.stack([cost, cost.flip(2)]).permute(3, 0, 1, 2).contiguous()
+    if g is not None:
+        g1, g2 = pens(g, (h, w), 1)
+        g1b, g2b = pens(g.flip(1), (h, w), 1)
+        q1 = torch.stack([g1, g1b]).permute(2, 0, 1).contiguous()
+        q2 = torch.stack([g2, g2b]).permute(2, 0, 1).contiguous()
+    else:
+        q1, q2 = torch.full((w, 2, h), float(p1)), torch.full((w, 2, h), float(p2))
+    sx = _sgm_scan(cx, q1, q2, (0, 1, -1) if paths >= 8 else (0,)).permute(1, 2, 3, 0)    # (B, D, h, w)
+    total = sx[0] + sx[1].flip(2)
+    # along y: (h, B, D, w)
+    cy = torch.stack([cost, cost.flip(1)]).permute(2, 0, 1, 3).contiguous()
+    if g is not None:
+        g1, g2 = pens(g, (h, w), 0)
+        g1b, g2b = pens(g.flip(0), (h, w), 0)
+        q1 = torch.stack([g1, g1b]).permute(1, 0, 2).contiguous()
+        q2 = torch.stack([g2, g2b]).permute(1, 0, 2).contiguous()
+    else:
+        q1, q2 = torch.full((h, 2, w), float(p1)), torch.full((h, 2, w), float(p2))
+    sy = _sgm_scan(cy, q1, q2, (0,)).permute(1, 2, 0, 3)                                  # (B, D, h, w)
+    return total + sy[0] + sy[1].flip(1)
+
+
 def consistent_sources(ref: MVSView, depth: torch.Tensor, checks: list[tuple[MVSView, torch.Tensor]],
                        tol: float = 0.02) -> tuple[torch.Tensor, torch.Tensor]:
     """Multi-view geometric consistency of ``depth`` (h, w) of ``ref`` against other views' own depths.
@@ -418,12 +515,22 @@ def depth_from_views(ref: MVSView, srcs: list[MVSView], cfg: MVSConfig | None = 
     m = max(1, (ns + 1) // 2)
     filled = torch.nan_to_num(scores, nan=-1.0)
     agg = filled.topk(m, dim=0).values.mean(0) if ns > 1 else filled[0]   # (D, h, w)
-    best, idx = agg.max(0)
     D = agg.shape[0]
+    if cfg.sgm_p2 > 0:
+        # semi-global aggregation of the cost (1 - ZNCC) / 2; the score is its negative, per path
+        with _threads(1):
+            sc = -sgm_aggregate((1 - agg) * 0.5, cfg.sgm_p1, cfg.sgm_p2, torch.from_numpy(ref.gray), cfg.sgm_edge,
+                                cfg.sgm_paths) / cfg.sgm_paths
+        top, idx = sc.max(0)
+        best = agg.gather(0, idx[None])[0]
+    else:
+        sc = agg
+        best, idx = agg.max(0)
+        top = best
     # sub-hypothesis refinement (parabola through the neighbours), in index units
     im, ip = (idx - 1).clamp(0, D - 1), (idx + 1).clamp(0, D - 1)
-    sm, sp = agg.gather(0, im[None])[0], agg.gather(0, ip[None])[0]
-    den = sm - 2 * best + sp
+    sm, sp = sc.gather(0, im[None])[0], sc.gather(0, ip[None])[0]
+    den = sm - 2 * top + sp
     off = torch.where(den < -1e-6, 0.5 * (sm - sp) / den, torch.zeros_like(den)).clamp(-0.5, 0.5)
     fidx = idx.double() + off.double()
     step = (inv[-1] - inv[0]) / max(D - 1, 1)
@@ -432,16 +539,31 @@ def depth_from_views(ref: MVSView, srcs: list[MVSView], cfg: MVSConfig | None = 
     # distinctness: best score more than 3 hypotheses away
     ar = torch.arange(D)[:, None, None]
     far_mask = (ar - idx[None]).abs() > 3
-    second = torch.where(far_mask, agg, torch.full_like(agg, -2.0)).max(0).values
+    second = torch.where(far_mask, sc, torch.full_like(sc, -1e30)).max(0).values
     conf = best.clamp(0, 1).float()
-    ok = (best >= cfg.min_zncc) & (best - second >= cfg.min_margin) & (tex >= cfg.min_texture)
+    if cfg.sgm_p2 > 0:
+        ok = (best >= cfg.sgm_min_zncc) & (top - second >= cfg.sgm_min_margin)
+    else:
+        ok = (best >= cfg.min_zncc) & (top - second >= cfg.min_margin) & (tex >= cfg.min_texture)
     ok &= (idx > 0) & (idx < D - 1)
     if cfg.min_agree > 1 and ns > 1:
         # at least min_agree sources must each have their own ZNCC peak at this depth
         s_best, s_idx = filled.max(1)                                         # (S, h, w)
         agree = ((s_idx - idx[None]).abs() <= 2) & (s_best >= cfg.min_zncc)
         ok &= agree.sum(0) >= min(cfg.min_agree, ns)
-    if cfg.edge_ratio > 0:
+    if cfg.edge_jump > 0:
+        # depth edges as jumps of more than edge_jump hypotheses between 4-neighbours; drop pixels within
+        # half a window of one (patches straddling an edge take the foreground depth: "fattening")
+        jx = (fidx[:, 1:] - fidx[:, :-1]).abs() > cfg.edge_jump
+        jy = (fidx[1:] - fidx[:-1]).abs() > cfg.edge_jump
+        jump = torch.zeros(h, w, dtype=torch.bool)
+        jump[:, 1:] |= jx
+        jump[:, :-1] |= jx
+        jump[1:] |= jy
+        jump[:-1] |= jy
+        near_edge = cv2.dilate(jump.numpy().astype(np.uint8), np.ones((cfg.window, cfg.window), np.uint8))
+        ok &= torch.from_numpy(near_edge == 0)
+    elif cfg.edge_ratio > 0:
         # patches straddling a depth edge take the foreground depth ("fattening"): drop pixels within
         # half a window of a jump of more than edge_ratio in the estimated depth
         k = np.ones((cfg.window, cfg.window), np.uint8)
@@ -700,6 +822,6 @@ def multi_view_points(images: list[torch.Tensor], cameras: list[Camera], masks: 
 
 
 __all__ = ["MVSConfig", "MVSView", "MVSResult", "KeyframeBuffer", "prepare_view", "to_gray", "select_source_views",
-           "default_depth_hint", "axis_convergence_depth", "triangulate_pair", "sweep", "depth_from_views",
+           "default_depth_hint", "axis_convergence_depth", "triangulate_pair", "sweep", "sgm_aggregate", "depth_from_views",
            "estimate_depth", "upsample", "backproject", "SeedPoints", "online_seed_points",
            "multi_view_points"]

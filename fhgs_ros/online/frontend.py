@@ -86,7 +86,8 @@ class KeyframeFrontend:
         self.selector = KeyframeSelector(ncfg.kf_min_translation, ncfg.kf_min_rotation_deg, ncfg.kf_max_interval,
                                          ncfg.kf_min_interval)
         self.seed_points = SeedPoints(cfg.seed.max_points)
-        self.stereo = KeyframeBuffer(MVSConfig(long_side=cfg.seed.mvs_long_side, num_sources=cfg.seed.mvs_sources))
+        self.stereo = KeyframeBuffer(MVSConfig(long_side=cfg.seed.mvs_long_side, num_sources=cfg.seed.mvs_sources,
+                                             sgm_p1=cfg.seed.mvs_sgm_p1, sgm_p2=cfg.seed.mvs_sgm_p2))
         self._undistorters: dict[tuple, Undistorter] = {}
 
     def apply_live(self, ncfg: NodeConfig) -> None:
