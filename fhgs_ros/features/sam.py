@@ -67,6 +67,24 @@ class CheckpointError(ValueError):
         self.model_type = model_type
 
 
+def state_dict_mismatch(state: dict, target: dict) -> str:
+    """How a checkpoint's state dict differs from the model's (wrong shapes, missing and unexpected
+    keys, each counted with one example); "" when the keys and shapes all match."""
+    missing = [k for k in target if k not in state]
+    unexpected = [k for k in state if k not in target]
+    shapes = [(k, tuple(state[k].shape), tuple(target[k].shape)) for k in target
+              if k in state and state[k].shape != target[k].shape]
+    parts = []
+    if shapes:
+        k, a, b = shapes[0]
+        parts.append(f"{len(shapes)} tensor(s) of the wrong shape, e.g. {k}: checkpoint {a} vs expected {b}")
+    if missing:
+        parts.append(f"{len(missing)} missing key(s), e.g. {missing[0]}")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
+    return "; ".join(parts)
+
+
 @dataclass(frozen=True)
 class SamArch:
     """Image-encoder architecture of a SAM variant (prompt encoder and mask decoder are standard).
@@ -309,19 +327,8 @@ def load_sam(model_type: str, checkpoint: str | os.PathLike | None, input_size: 
     sam = build_sam_model(model_type, input_size)
     target = sam.state_dict()
     state = adapt_state_dict(state, target)
-    missing = [k for k in target if k not in state]
-    unexpected = [k for k in state if k not in target]
-    shapes = [(k, tuple(state[k].shape), tuple(target[k].shape)) for k in target
-              if k in state and state[k].shape != target[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        if shapes:
-            k, a, b = shapes[0]
-            parts.append(f"{len(shapes)} tensor(s) of the wrong shape, e.g. {k}: checkpoint {a} vs expected {b}")
-        if missing:
-            parts.append(f"{len(missing)} missing key(s), e.g. {missing[0]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
+    mismatch = state_dict_mismatch(state, target)
+    if mismatch:
         guess = guess_model_type(state)
         hint = (f" It looks like a '{guess}' checkpoint: use --sam-model {guess}." if guess and guess != model_type
                 else "")
@@ -334,7 +341,7 @@ def load_sam(model_type: str, checkpoint: str | os.PathLike | None, input_size: 
             hint = " It looks like a MobileSAM checkpoint (TinyViT encoder): use --sam-model vit_t."
         raise CheckpointError(
             f"SAM checkpoint '{checkpoint}' does not match the expected model type '{model_type}' "
-            f"(encoder width {arch.embed_dim}, depth {arch.depth}): " + "; ".join(parts) + "." + hint,
+            f"(encoder width {arch.embed_dim}, depth {arch.depth}): {mismatch}." + hint,
             checkpoint, model_type)
     sam.load_state_dict({k: v.to(target[k].dtype) for k, v in state.items()}, strict=True)
     sam.eval()

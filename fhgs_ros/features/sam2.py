@@ -47,7 +47,7 @@ import torch
 import torch.nn.functional as F
 
 from fhgs_ros.features.base import FeatureError, FeatureGrid, image_to_uint8_hwc
-from fhgs_ros.features.sam import CheckpointError, _checkpoint_fingerprint, resolve_device
+from fhgs_ros.features.sam import CheckpointError, _checkpoint_fingerprint, resolve_device, state_dict_mismatch
 
 log = logging.getLogger(__name__)
 
@@ -233,22 +233,11 @@ def load_sam2(model: str, checkpoint: str | os.PathLike | None, input_size: int 
     state = read_checkpoint(checkpoint, model)
     m = build_sam2_model(model, input_size)
     target = m.state_dict()
-    missing = [k for k in target if k not in state]
-    unexpected = [k for k in state if k not in target]
-    shapes = [(k, tuple(state[k].shape), tuple(target[k].shape)) for k in target
-              if k in state and state[k].shape != target[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        if shapes:
-            k, a, b = shapes[0]
-            parts.append(f"{len(shapes)} tensor(s) of the wrong shape, e.g. {k}: checkpoint {a} vs expected {b}")
-        if missing:
-            parts.append(f"{len(missing)} missing key(s), e.g. {missing[0]}")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected key(s), e.g. {unexpected[0]}")
+    mismatch = state_dict_mismatch(state, target)
+    if mismatch:
         raise CheckpointError(f"SAM 2 checkpoint '{checkpoint}' does not match the expected model '{model}' "
-                              f"({SAM2_ARCHS[model].filename}): " + "; ".join(parts) + "."
-                              + _family_hint(state, model), checkpoint, model)
+                              f"({SAM2_ARCHS[model].filename}): {mismatch}." + _family_hint(state, model),
+                              checkpoint, model)
     m.load_state_dict({k: v.to(target[k].dtype) for k, v in state.items()}, strict=True)
     m.eval()
     return m
