@@ -428,28 +428,18 @@ def sgm_aggregate(cost: torch.Tensor, p1: float, p2: float, guide: torch.Tensor 
         return q1, q2
 
     g = None if guide is None else torch.as_tensor(guide, dtype=torch.float32)
-    # along x: (w, B, D, h) with B = [forward, backward]
-    cx = torch.stack([cost, cost.flip(2)]).permute(3, 0, 1, 2).contiguous()
-    if g is not None:
-        g1, g2 = pens(g, (h, w), 1)
-        g1b, g2b = pens(g.flip(1), (h, w), 1)
-        q1 = torch.stack([g1, g1b]).permute(2, 0, 1).contiguous()
-        q2 = torch.stack([g2, g2b]).permute(2, 0, 1).contiguous()
-    else:
-        q1, q2 = torch.full((w, 2, h), float(p1)), torch.full((w, 2, h), float(p2))
-    sx = _sgm_scan(cx, q1, q2, (0, 1, -1) if paths >= 8 else (0,)).permute(1, 2, 3, 0)    # (B, D, h, w)
-    total = sx[0] + sx[1].flip(2)
-    # along y: (h, B, D, w)
-    cy = torch.stack([cost, cost.flip(1)]).permute(2, 0, 1, 3).contiguous()
-    if g is not None:
-        g1, g2 = pens(g, (h, w), 0)
-        g1b, g2b = pens(g.flip(0), (h, w), 0)
-        q1 = torch.stack([g1, g1b]).permute(1, 0, 2).contiguous()
-        q2 = torch.stack([g2, g2b]).permute(1, 0, 2).contiguous()
-    else:
-        q1, q2 = torch.full((h, 2, w), float(p1)), torch.full((h, 2, w), float(p2))
-    sy = _sgm_scan(cy, q1, q2, (0,)).permute(1, 2, 0, 3)                                  # (B, D, h, w)
-    return total + sy[0] + sy[1].flip(1)
+
+    def along(axis: int, shifts: tuple[int, ...]) -> torch.Tensor:
+        """Both directions along image axis ``axis`` of cost (1: rows / y, 2: columns / x), summed (D, h, w)."""
+        cs = torch.stack([cost, cost.flip(axis)]).movedim(axis + 1, 0).contiguous()   # (n, 2, D, m)
+        pen = [pens(gg, (h, w), axis - 1) for gg in ((g, g.flip(axis - 1)) if g is not None else (None, None))]
+        q1 = torch.stack([pen[0][0], pen[1][0]]).movedim(axis, 0).contiguous()        # (n, 2, m)
+        q2 = torch.stack([pen[0][1], pen[1][1]]).movedim(axis, 0).contiguous()
+        out = _sgm_scan(cs, q1, q2, shifts).movedim(0, axis + 1)                      # (2, D, h, w)
+        return out[0] + out[1].flip(axis)
+
+    # along x with the diagonals (8 paths), along y
+    return along(2, (0, 1, -1) if paths >= 8 else (0,)) + along(1, (0,))
 
 
 def consistent_sources(ref: MVSView, depth: torch.Tensor, checks: list[tuple[MVSView, torch.Tensor]],
