@@ -37,7 +37,7 @@ import re
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
@@ -248,19 +248,22 @@ def _checkpoint_fingerprint(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
-def read_checkpoint(path: str | os.PathLike, model_type: str) -> dict[str, torch.Tensor]:
-    """Tensor state dict of a SAM checkpoint, or CheckpointError naming file and model type."""
+def read_state_dict_file(path: str | os.PathLike, label: str, model: str, expected: str,
+                         missing_help: Callable[[str | None], str], official: str = "",
+                         source: str = "") -> dict[str, torch.Tensor]:
+    """Tensor state dict of a checkpoint file: ``.safetensors`` or ``torch.load(weights_only=True)``,
+    a ``{"model": ...}`` / ``{"state_dict": ...}`` wrapper unwrapped. Otherwise CheckpointError naming
+    the file, ``label`` ("SAM", "SAM 2"), ``model`` and ``expected`` (e.g. "a 'vit_b' checkpoint"):
+    a missing file gets ``missing_help(folder)`` (folder: the path's own folder, None for the current
+    one), an unreadable one its size against ``official`` ("; the official ... is 375 MB") and where
+    to re-download it (``source``)."""
     p = Path(path)
     if not p.exists():
-        raise CheckpointError(f"SAM checkpoint '{p}' does not exist (expected a '{model_type}' checkpoint).\n"
-                              + missing_checkpoint_help(model_type, p.parent if str(p.parent) != "." else
-                                                        DEFAULT_CHECKPOINT_DIR), p, model_type)
+        raise CheckpointError(f"{label} checkpoint '{p}' does not exist (expected {expected}).\n"
+                              + missing_help(str(p.parent) if str(p.parent) != "." else None), p, model)
     if not p.is_file():
-        raise CheckpointError(f"SAM checkpoint '{p}' is not a file (expected a '{model_type}' checkpoint)",
-                              p, model_type)
+        raise CheckpointError(f"{label} checkpoint '{p}' is not a file (expected {expected})", p, model)
     size = p.stat().st_size
-    arch = SAM_ARCHS.get(model_type)
-    expect = f"; the official {model_type} file is {arch.approx_size}" if arch and arch.approx_size else ""
     try:
         if p.suffix == ".safetensors":
             from safetensors.torch import load_file
@@ -270,17 +273,27 @@ def read_checkpoint(path: str | os.PathLike, model_type: str) -> dict[str, torch
     except Exception as exc:  # truncated zip, not a checkpoint, disallowed pickle globals, ...
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"cannot read SAM checkpoint '{p}' (expected a '{model_type}' checkpoint, file has {size} bytes{expect}): "
+            f"cannot read {label} checkpoint '{p}' (expected {expected}, file has {size} bytes{official}): "
             f"the file is truncated, corrupt or not a plain tensor state dict ({type(exc).__name__}: {reason[:160]}). "
-            f"Re-download it" + (f" from {arch.url}" if arch and arch.url else "") + ".", p, model_type) from exc
+            f"Re-download it" + (f" from {source}" if source else "") + ".", p, model) from exc
     for wrapper in ("model", "state_dict"):
         if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
             obj = obj[wrapper]
     if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
                                                       for k, v in obj.items()):
-        raise CheckpointError(f"SAM checkpoint '{p}' is not a state dict of tensors (expected a '{model_type}' "
-                              f"checkpoint, got {type(obj).__name__})", p, model_type)
+        raise CheckpointError(f"{label} checkpoint '{p}' is not a state dict of tensors (expected {expected}, "
+                              f"got {type(obj).__name__})", p, model)
     return obj
+
+
+def read_checkpoint(path: str | os.PathLike, model_type: str) -> dict[str, torch.Tensor]:
+    """Tensor state dict of a SAM checkpoint, or CheckpointError naming file and model type."""
+    arch = SAM_ARCHS.get(model_type)
+    return read_state_dict_file(
+        path, "SAM", model_type, f"a '{model_type}' checkpoint",
+        lambda folder: missing_checkpoint_help(model_type, folder or DEFAULT_CHECKPOINT_DIR),
+        official=f"; the official {model_type} file is {arch.approx_size}" if arch and arch.approx_size else "",
+        source=arch.url if arch and arch.url else "")
 
 
 def adapt_state_dict(state: dict[str, torch.Tensor], target: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

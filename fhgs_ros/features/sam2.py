@@ -47,7 +47,8 @@ import torch
 import torch.nn.functional as F
 
 from fhgs_ros.features.base import FeatureError, FeatureGrid, image_to_uint8_hwc
-from fhgs_ros.features.sam import CheckpointError, _checkpoint_fingerprint, resolve_device, state_dict_mismatch
+from fhgs_ros.features.sam import (CheckpointError, _checkpoint_fingerprint, read_state_dict_file, resolve_device,
+                                   state_dict_mismatch)
 
 log = logging.getLogger(__name__)
 
@@ -160,35 +161,11 @@ def _family_hint(state: dict[str, torch.Tensor], model: str) -> str:
 
 def read_checkpoint(path: str | os.PathLike, model: str) -> dict[str, torch.Tensor]:
     """Tensor state dict of a SAM 2 checkpoint (``{"model": ...}`` unwrapped), or CheckpointError."""
-    p = Path(path)
     arch = _arch(model)
-    if not p.exists():
-        raise CheckpointError(f"SAM 2 checkpoint '{p}' does not exist (expected a '{model}' checkpoint, "
-                              f"{arch.filename}).\n" + missing_checkpoint_help(
-                                  model, p.parent if str(p.parent) != "." else DEFAULT_CHECKPOINT_DIR), p, model)
-    if not p.is_file():
-        raise CheckpointError(f"SAM 2 checkpoint '{p}' is not a file (expected {arch.filename})", p, model)
-    size = p.stat().st_size
-    try:
-        if p.suffix == ".safetensors":
-            from safetensors.torch import load_file
-            obj: Any = load_file(str(p), device="cpu")
-        else:
-            obj = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # truncated zip, not a checkpoint, disallowed pickle globals, ...
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"cannot read SAM 2 checkpoint '{p}' (expected a '{model}' checkpoint, file has {size} bytes; the official "
-            f"{arch.filename} is {arch.approx_size}): the file is truncated, corrupt or not a plain tensor state dict "
-            f"({type(exc).__name__}: {reason[:160]}). Re-download it from {arch.url}.", p, model) from exc
-    for wrapper in ("model", "state_dict"):
-        if isinstance(obj, dict) and wrapper in obj and isinstance(obj[wrapper], dict):
-            obj = obj[wrapper]
-    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and isinstance(v, torch.Tensor)
-                                                      for k, v in obj.items()):
-        raise CheckpointError(f"SAM 2 checkpoint '{p}' is not a state dict of tensors (expected a '{model}' "
-                              f"checkpoint, got {type(obj).__name__})", p, model)
-    return obj
+    return read_state_dict_file(
+        path, "SAM 2", model, f"a '{model}' checkpoint, {arch.filename}",
+        lambda folder: missing_checkpoint_help(model, folder or DEFAULT_CHECKPOINT_DIR),
+        official=f"; the official {arch.filename} is {arch.approx_size}", source=arch.url)
 
 
 # ----------------------------------------------------------------------------- model building
