@@ -372,6 +372,15 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return torch.device(d)
 
 
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """Encoder dtype: "auto" (float16 on CUDA, float32 on CPU) | float32 | float16 | bfloat16."""
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if dtype in ("float32", "float16", "bfloat16"):
+        return getattr(torch, dtype)
+    raise FeatureError(f"dtype must be auto, float32, float16 or bfloat16, got '{dtype}'")
+
+
 # ----------------------------------------------------------------------------- prompt side
 @dataclass
 class SamPromptModel:
@@ -445,12 +454,7 @@ class SamExtractor:
 
         self.model_type = model
         self.device = resolve_device(device)
-        if dtype == "auto":
-            self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        elif dtype in ("float32", "float16", "bfloat16"):
-            self.dtype = getattr(torch, dtype)
-        else:
-            raise FeatureError(f"dtype must be auto, float32, float16 or bfloat16, got '{dtype}'")
+        self.dtype = resolve_dtype(dtype, self.device)
         self.sam = load_sam(model, checkpoint, input_size, allow_random=allow_random, seed=seed)
         self.input_size = int(self.sam.image_encoder.img_size)
         self.grid_size = self.input_size // PATCH

@@ -48,7 +48,7 @@ import torch.nn.functional as F
 
 from fhgs_ros.features.base import FeatureError, FeatureGrid, image_to_uint8_hwc
 from fhgs_ros.features.sam import (CheckpointError, _checkpoint_fingerprint, read_state_dict_file, resolve_device,
-                                   state_dict_mismatch)
+                                   resolve_dtype, state_dict_mismatch)
 
 log = logging.getLogger(__name__)
 
@@ -377,12 +377,7 @@ class Sam2Extractor:
         checkpoint = checkpoint or None  # "" (YAML default) means none
         self.model_type = model
         self.device = resolve_device(device)
-        if dtype == "auto":
-            self.dtype = torch.float16 if self.device.type == "cuda" else torch.float32
-        elif dtype in ("float32", "float16", "bfloat16"):
-            self.dtype = getattr(torch, dtype)
-        else:
-            raise FeatureError(f"dtype must be auto, float32, float16 or bfloat16, got '{dtype}'")
+        self.dtype = resolve_dtype(dtype, self.device)
         self.model = load_sam2(model, checkpoint, int(input_size), allow_random=allow_random, seed=seed)
         self.input_size = int(self.model.image_size)
         self.grid_size = self.input_size // PATCH
