@@ -37,3 +37,16 @@ def small_camera(width: int = 24, height: int = 20, eye=(0.3, -2.5, 0.4)) -> Cam
 def _torch_threads():
     torch.set_num_threads(min(2, os.cpu_count() or 1))
     yield
+
+
+@pytest.fixture
+def native_poison():
+    """The native CPU extension fills its uninitialised output buffers with NaN while the test runs
+    (a kernel that leaves a pixel or gradient unwritten fails the comparison instead of passing by luck)."""
+    from fhgs_ros.core import native
+
+    if native.native_available():
+        native._ext.set_poison(True)
+    yield
+    if native.native_available():
+        native._ext.set_poison(False)

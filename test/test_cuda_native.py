@@ -21,16 +21,10 @@ except ImportError:  # run from another directory
     from test.test_native_equivalence import (FWD_TOL, GRAD_TOL, OUTPUTS, PARAMS, check_equivalent, prepared,
                                               random_scene, rel_err, run)
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.skipif(
     not (native.native_available() and native.cuda_built() and torch.cuda.is_available()),
-    reason="needs the CUDA backend (extension built with nvcc) and a visible GPU")
-
-
-@pytest.fixture(autouse=True)
-def poison():
-    native._ext.set_poison(True)
-    yield
-    native._ext.set_poison(False)
+    reason="needs the CUDA backend (extension built with nvcc) and a visible GPU"),
+    pytest.mark.usefixtures("native_poison")]
 
 
 def on(s, device):

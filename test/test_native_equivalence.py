@@ -56,13 +56,7 @@ def test_extension_is_built():
     assert "cpu" in native.build_info()
 
 
-@pytest.fixture(autouse=True)
-def poison():
-    if native.native_available():
-        native._ext.set_poison(True)
-    yield
-    if native.native_available():
-        native._ext.set_poison(False)
+pytestmark = pytest.mark.usefixtures("native_poison")
 
 
 def fresh_seed() -> int:

@@ -52,13 +52,7 @@ def check_feature_grad(s, seed, label):
     return ref, gref
 
 
-@pytest.fixture(autouse=True)
-def poison():
-    if native.native_available():
-        native._ext.set_poison(True)
-    yield
-    if native.native_available():
-        native._ext.set_poison(False)
+pytestmark = pytest.mark.usefixtures("native_poison")
 
 
 @needs_native
