@@ -175,6 +175,21 @@ FHGS_HD void store_pixel(const RasterArgs& a, const PixelState& st, int64_t pix,
   }
 }
 
+// Read one pixel's upstream gradients (the backward's counterpart of store_pixel's outputs);
+// ext / intl are zero without NDFD.
+FHGS_HD void load_pixel_grads(const RasterArgs& a, int64_t pix, int64_t npix, PixelGrads& g) {
+  for (int c = 0; c < 3; ++c) {
+    g.rgb[c] = a.g_rgb[c * npix + pix];
+    g.normal[c] = a.g_normal[c * npix + pix];
+  }
+  g.alpha = a.g_alpha[pix];
+  g.depth = a.g_depth[pix];
+  g.median = a.g_median[pix];
+  g.dist = a.g_dist[pix];
+  g.ext = a.D > 0 ? a.g_ext[pix] : 0.0f;
+  g.intl = a.D > 0 ? a.g_int[pix] : 0.0f;
+}
+
 // ---- CPU backend (raster_cpu.cpp)
 void cpu_preprocess(RasterArgs& a);
 void cpu_bin(RasterArgs& a);

@@ -343,18 +343,12 @@ void backward_tile(const RasterArgs& a, int tile, Scratch& sc, bool nd_only) {
       const int med = nd_only ? -1 : a.pix_idx[npix + pix];
       const float fx = (float)px, fy = (float)py;
       PixelGrads g = {};
-      if (!nd_only) {
-        for (int c = 0; c < 3; ++c) {
-          g.rgb[c] = a.g_rgb[c * npix + pix];
-          g.normal[c] = a.g_normal[c * npix + pix];
-        }
-        g.alpha = a.g_alpha[pix];
-        g.depth = a.g_depth[pix];
-        g.median = a.g_median[pix];
-        g.dist = a.g_dist[pix];
+      if (nd_only) {  // D > 0
+        g.ext = a.g_ext[pix];
+        g.intl = a.g_int[pix];
+      } else {
+        load_pixel_grads(a, pix, npix, g);
       }
-      g.ext = D > 0 ? a.g_ext[pix] : 0.0f;
-      g.intl = D > 0 ? a.g_int[pix] : 0.0f;
       const bool nd_phi = D > 0 && (g.ext != 0.0f || g.intl != 0.0f);
       const bool nd_pass = D > 0 && g.intl != 0.0f;  // the feature passes only feed the internal term
       bool fg = false;  // nonzero feature-image gradient at this pixel

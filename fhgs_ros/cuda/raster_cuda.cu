@@ -270,16 +270,7 @@ __global__ void __launch_bounds__(BLOCK) k_backward(RasterArgs a) {
   float* V = nullptr;
   float* S = nullptr;
   if (inside && last >= 0) {
-    for (int c = 0; c < 3; ++c) {
-      g.rgb[c] = a.g_rgb[c * npix + pix];
-      g.normal[c] = a.g_normal[c * npix + pix];
-    }
-    g.alpha = a.g_alpha[pix];
-    g.depth = a.g_depth[pix];
-    g.median = a.g_median[pix];
-    g.dist = a.g_dist[pix];
-    g.ext = D > 0 ? a.g_ext[pix] : 0.f;
-    g.intl = D > 0 ? a.g_int[pix] : 0.f;
+    load_pixel_grads(a, pix, npix, g);
     nd_phi = D > 0 && (g.ext != 0.f || g.intl != 0.f);
     nd_pass = D > 0 && g.intl != 0.f;
     pixel_back_init(b, g, a.bg, (float)a.pix_state[pix], a.pix_state[npix + pix], a.pix_state[2 * npix + pix],
