@@ -58,6 +58,20 @@ struct Ent {  // one tile-list entry, packed for the per-pixel loops
   int64_t loff;
 };
 
+// Image size and the tile's place: W, H (pixels), npix = W H, tile column / row (tx, ty) and its
+// list range [s, e) in tile_list.
+struct TileSpan {
+  int W, H;
+  int64_t npix;
+  int tx, ty;
+  int64_t s, e;
+};
+
+inline TileSpan tile_span(const RasterArgs& a, int tile) {
+  const int W = a.cam.width, H = a.cam.height, ntx = tiles_x(W);
+  return {W, H, (int64_t)W * H, tile % ntx, tile / ntx, a.tile_start[tile], a.tile_start[tile + 1]};
+}
+
 void pack_tile(const RasterArgs& a, int64_t s, int64_t e, std::vector<Ent>& ents) {
   ents.resize((size_t)(e - s));
   for (int64_t j = s; j < e; ++j) {
@@ -172,11 +186,7 @@ void pixel_gt(const RasterArgs& a, int x, int y, float* G) {
 
 FHGS_CLONES
 void forward_tile(const RasterArgs& a, int tile, Scratch& sc, bool nd_only) {
-  const int W = a.cam.width, H = a.cam.height;
-  const int64_t npix = (int64_t)W * H;
-  const int ntx = tiles_x(W);
-  const int tx = tile % ntx, ty = tile / ntx;
-  const int64_t s = a.tile_start[tile], e = a.tile_start[tile + 1];
+  const auto [W, H, npix, tx, ty, s, e] = tile_span(a, tile);
   if (!nd_only) pack_tile(a, s, e, sc.ents);  // nd_only: forward_tile_rgb packed this tile
   const Ent* ents = sc.ents.data();
   // nd_only (nd_hybrid, after the SIMD rows): masked pixels only, NDFD outputs and records only
@@ -314,11 +324,7 @@ void forward_tile(const RasterArgs& a, int tile, Scratch& sc, bool nd_only) {
 
 FHGS_CLONES
 void backward_tile(const RasterArgs& a, int tile, Scratch& sc, bool nd_only) {
-  const int W = a.cam.width, H = a.cam.height;
-  const int64_t npix = (int64_t)W * H;
-  const int ntx = tiles_x(W);
-  const int tx = tile % ntx, ty = tile / ntx;
-  const int64_t s = a.tile_start[tile], e = a.tile_start[tile + 1];
+  const auto [W, H, npix, tx, ty, s, e] = tile_span(a, tile);
   if (e == s) return;
   if (!nd_only) pack_tile(a, s, e, sc.ents);  // nd_only: backward_tile_rgb packed this tile
   const Ent* ents = sc.ents.data();

@@ -160,11 +160,7 @@ FHGS_AI void eval16(const Ent& en, f16v fx, float fy, Pair16& e) {
 
 void forward_tile_rgb(const RasterArgs& a, int tile, Scratch& sc) {
   using namespace simd;
-  const int W = a.cam.width, H = a.cam.height;
-  const int64_t npix = (int64_t)W * H;
-  const int ntx = tiles_x(W);
-  const int tx = tile % ntx, ty = tile / ntx;
-  const int64_t s = a.tile_start[tile], e = a.tile_start[tile + 1];
+  const auto [W, H, npix, tx, ty, s, e] = tile_span(a, tile);
   pack_tile(a, s, e, sc.ents);
   const Ent* ents = sc.ents.data();
   const int Dr = a.Dr;
@@ -284,11 +280,7 @@ void forward_tile_rgb(const RasterArgs& a, int tile, Scratch& sc) {
 
 void backward_tile_rgb(const RasterArgs& a, int tile, Scratch& sc) {
   using namespace simd;
-  const int W = a.cam.width, H = a.cam.height;
-  const int64_t npix = (int64_t)W * H;
-  const int ntx = tiles_x(W);
-  const int tx = tile % ntx, ty = tile / ntx;
-  const int64_t s = a.tile_start[tile], e = a.tile_start[tile + 1];
+  const auto [W, H, npix, tx, ty, s, e] = tile_span(a, tile);
   if (e == s) return;
   pack_tile(a, s, e, sc.ents);
   const Ent* ents = sc.ents.data();
