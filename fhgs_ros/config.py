@@ -65,6 +65,8 @@ class SeedConfig:
     orient_from_normals: bool = param(False, 'align depth-seeded surfels with depth normals')
     mvs_long_side: int = param(160, 'stereo working resolution (long side)', unit='px', lo=16, hi=4096)
     mvs_sources: int = param(4, 'source views per stereo depth map', lo=1, hi=16)
+    mvs_defer: int = param(2, "online stereo: a keyframe's depth waits for this many later keyframes, so that its "
+                           'stereo sources lie on both sides of it (0: at once, earlier keyframes only)', lo=0, hi=8)
     mvs_sgm_p1: float = param(0.05, 'stereo semi-global matching: penalty per path for a one-hypothesis depth step '
                               '(cost (1 - ZNCC) / 2 in [0, 1])', lo=0.0, hi=1.0)
     mvs_sgm_p2: float = param(0.5, 'stereo semi-global matching: penalty for a larger depth step (0: winner-takes-all '

@@ -65,3 +65,24 @@ def test_budget_schedule_full_resolution_in_the_last_30_percent():
     s = KeyframeBudgetSchedule(MapperConfig(), budget=100)
     s.new_keyframe(1000)
     assert s.coarse_on(1070) and not s.coarse_on(1071)
+
+
+def test_budget_schedule_densifies_every_densify_every_window_iterations():
+    """Rounds after every 100 (densify_every) iterations inside the per-keyframe windows (70 % of the budget),
+    counted across keyframes, so budgets whose window is shorter than 100 densify too; never outside a window."""
+    for budget in (35, 50, 100, 200):
+        s = KeyframeBudgetSchedule(MapperConfig(), budget=budget)
+        it, in_window, rounds = 0, 0, []
+        for _ in range(12):
+            s.new_keyframe(it)
+            start = it
+            for _ in range(budget):
+                it += 1
+                if s.collect_stats(it):
+                    in_window += 1
+                if s.densify_now(it):
+                    assert s.collect_stats(it) and it > start
+                    rounds.append(in_window)
+        wl = int(0.7 * budget)
+        assert in_window == 12 * wl
+        assert rounds == list(range(100, 12 * wl + 1, 100)), (budget, rounds)

@@ -114,7 +114,8 @@ def test_triangulated_features_lie_on_the_surface():
 
 
 def test_keyframe_buffer_first_keyframe_waits_then_both_are_seeded(room):
-    buf = KeyframeBuffer(MVSConfig(), capacity=3, max_waiting=1)
+    """defer 0: every keyframe is estimated as soon as it has an earlier source."""
+    buf = KeyframeBuffer(MVSConfig(defer=0), capacity=3, max_waiting=1)
     f0, f1 = room.frames[1], room.frames[2]
     assert online_seed_points(buf, f0.image, f0.camera, token="a") == []  # nothing to match yet: no guess
     pts = online_seed_points(buf, f1.image, f1.camera, token="b")
@@ -131,8 +132,43 @@ def test_keyframe_buffer_first_keyframe_waits_then_both_are_seeded(room):
     assert len(buf) == 3 and all(it.image is None for it in buf.items)  # bounded memory: grey views only
 
 
+def test_deferred_keyframe_depth_uses_sources_on_both_sides(room):
+    """defer 2 (default): a keyframe's depth arrives with the second keyframe after it, from sources before
+    and after it, and the map coverage test runs in that keyframe's own camera (``explain``)."""
+    frames = [room.frames[i] for i in (1, 2, 3, 4)]
+    asked = []
+
+    def no_map(c):
+        asked.append(c.name)
+        return None, None
+
+    buf = KeyframeBuffer(MVSConfig(defer=2), capacity=6)
+    out = [online_seed_points(buf, f.image, f.camera, token=k, explain=no_map) for k, f in enumerate(frames)]
+    assert out[0] == [] and out[1] == []          # the first keyframe waits for two later ones
+    assert [p.token for p in out[2]] == [0] and [p.token for p in out[3]] == [1]
+    assert asked == [frames[0].camera.name, frames[1].camera.name]
+    p = out[3][0]
+    w2c = p.camera.world_to_cam
+    z = p.xyz @ w2c[2, :3] + w2c[2, 3]
+    gt = frames[1].depth[p.xy[:, 1].long(), p.xy[:, 0].long()]
+    assert len(z) > 100 and float(((z - gt).abs() / gt).median()) < 0.05
+
+    # a map that explains every pixel at its exact depth: only the stereo pixels that disagree with it by
+    # more than 10 % are seeded, a minority
+    exact = {f.camera.name: f.depth for f in frames}
+    buf = KeyframeBuffer(MVSConfig(defer=2), capacity=6)
+    again = [online_seed_points(buf, f.image, f.camera, token=k,
+                                explain=lambda c: (torch.ones(c.height, c.width, dtype=torch.bool), exact[c.name]))
+             for k, f in enumerate(frames)]
+    q = again[3][0]
+    zq = q.xyz @ w2c[2, :3] + w2c[2, 3]
+    gq = frames[1].depth[q.xy[:, 1].long(), q.xy[:, 0].long()]
+    assert bool(((zq - gq).abs() > 0.099 * zq).all()) and len(zq) < 0.3 * len(z)
+
+
 def test_engine_without_depth_waits_for_a_stereo_partner(room):
-    """node.init_geometry mvs: the first keyframe without depth gets no surfels, the second seeds both."""
+    """node.init_geometry mvs: the first keyframes without depth get no surfels (nothing to match yet, then
+    seed.mvs_defer = 2 later keyframes); the third seeds the first, on its exact surface."""
     from fhgs_ros.config import FHGSConfig
     from fhgs_ros.features.registry import make_extractor
     from fhgs_ros.online.frames import InputFrame
@@ -143,22 +179,22 @@ def test_engine_without_depth_waits_for_a_stereo_partner(room):
     ext = make_extractor("label", num_labels=11, dim=8, grid_long_side=32)
     eng = MappingEngine(FHGSConfig(), NodeConfig(kf_min_translation=0.0, kf_min_rotation_deg=0.0), ext)
     preps = []
-    for k, i in enumerate((1, 2)):
+    for k, i in enumerate((1, 2, 3)):
         f = room.frames[i]
         c = f.camera
         rgb = (f.image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
         intr = Intrinsics(c.width, c.height, float(c.fx), float(c.fy), float(c.cx), float(c.cy))
         preps.append(eng.prepare(InputFrame(float(k + 1), rgb, intr, c.cam_to_world.double().numpy(), None,
                                             labels=f.labels.numpy())))
-    assert preps[0].surfels is None
-    s = preps[1].surfels
+    assert preps[0].surfels is None and preps[1].surfels is None
+    s = preps[2].surfels
     assert s is not None and len(s) > 200
-    # the seeds lie on the exact surface (distance to the exact depth along the view of frame 2)
-    cam = room.frames[2].camera
+    # the seeds lie on the exact surface (distance to the exact depth along the view of frame 1)
+    cam = room.frames[1].camera
     from fhgs_ros.core.seeding import project
     xy, z = project(s.means.detach(), cam)
     inside = (xy[:, 0] >= 0) & (xy[:, 0] <= 127) & (xy[:, 1] >= 0) & (xy[:, 1] <= 95) & (z > 0)
-    gt = room.frames[2].depth[xy[inside, 1].round().long(), xy[inside, 0].round().long()]
+    gt = room.frames[1].depth[xy[inside, 1].round().long(), xy[inside, 0].round().long()]
     assert float(((z[inside] - gt).abs() / gt).median()) < 0.1  # measured and filled pixels
 
 

@@ -46,6 +46,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -78,6 +79,8 @@ class MVSConfig:
     window: int = 7                   # ZNCC patch side (odd)
     num_sources: int = 4              # source views per reference
     min_sources: int = 1              # online (KeyframeBuffer): fewer usable sources -> the keyframe waits
+    defer: int = 2                    # online: a keyframe's depth waits for this many later keyframes (sources on
+    #                                   both sides of it: more measured pixels, fewer wrong ones; 0: at once)
     min_zncc: float = 0.5             # without SGM: aggregated ZNCC below this: no depth
     min_texture: float = 0.015        # without SGM: patch intensity std (grey in [0, 1]) below this: textureless
     min_margin: float = 0.05          # without SGM: best minus best score outside +-3 hypotheses below this: ambiguous
@@ -664,22 +667,27 @@ class _Buffered:
     token: object = None              # caller's handle (e.g. the keyframe's feature target)
     estimated: bool = False
     measured: torch.Tensor | None = None  # working-resolution depth before the multi-view check (for later views)
+    mask: torch.Tensor | None = None      # (H, W) True = may carry depth, kept while waiting
 
 
 class KeyframeBuffer:
     """Bounded memory of recent keyframes (grey, working resolution) for online stereo.
 
-    ``add(image, camera, token)`` estimates the new keyframe's depth against the best buffered
-    keyframes (at least ``cfg.min_sources`` of them) and returns a list of (camera, image, token, MVSResult
-    at full size): the new keyframe's and those of earlier keyframes that had no estimate yet.
-    Memory: ``capacity`` grey images at ``cfg.long_side`` plus at most ``max_waiting`` full-size colour
-    images of keyframes still waiting.
+    ``add(image, camera, token)`` estimates depths against the best buffered keyframes (at least
+    ``cfg.min_sources`` of them) and returns a list of (camera, image, token, MVSResult at full size).
+    With ``cfg.defer`` = 0 the new keyframe is estimated at once (sources: earlier keyframes only);
+    with ``cfg.defer`` = n it waits until n later keyframes have arrived, so its sources lie on both
+    sides of it (on the synthetic room, defer 2 measures 28 % of the pixels with 1.7 % more than 10 %
+    off, against 16.5 % and 3.4 % at once; ``fhgs-bench geometry``). Keyframes that found no usable
+    source are retried with every later keyframe; the last ``defer`` keyframes of a stream get no stereo
+    depth. Memory: ``capacity`` grey images at ``cfg.long_side`` plus at most ``max_waiting``
+    (>= defer + 1) full-size colour images of keyframes still waiting.
     """
 
     def __init__(self, cfg: MVSConfig | None = None, capacity: int = 12, max_waiting: int = 2):
         self.cfg = cfg or MVSConfig()
         self.capacity = capacity
-        self.max_waiting = max_waiting
+        self.max_waiting = max(max_waiting, self.cfg.defer + 1)
         self.items: list[_Buffered] = []
 
     def __len__(self) -> int:
@@ -710,23 +718,26 @@ class KeyframeBuffer:
     def add(self, image: torch.Tensor, camera: Camera, token: object = None, depth_hint: float | None = None,
             mask: torch.Tensor | None = None) -> list[tuple[Camera, torch.Tensor, object, MVSResult]]:
         """Insert a keyframe ((3, H, W) float colour, full-size camera); returns the new depth estimates."""
-        new = _Buffered(prepare_view(image, camera, self.cfg.long_side), camera, image, token)
+        defer = self.cfg.defer
+        new = _Buffered(prepare_view(image, camera, self.cfg.long_side), camera, image, token, mask=mask)
         out = []
-        res = self._estimate(new, self.items, depth_hint, mask)
+        res = self._estimate(new, self.items, depth_hint, mask) if defer == 0 else None
         if res is not None:
             new.estimated, new.image = True, None
             out.append((camera, image, token, res))
-        for old in self.items:
+        for j, old in enumerate(self.items):
             if old.estimated or old.image is None:
                 continue
-            r = self._estimate(old, [o for o in self.items if o is not old] + [new], depth_hint, None)
+            if len(self.items) - j < defer:   # fewer than ``defer`` keyframes after it so far: keep waiting
+                continue
+            r = self._estimate(old, [o for o in self.items if o is not old] + [new], depth_hint, old.mask)
             if r is not None:
                 out.append((old.full_camera, old.image, old.token, r))
                 old.estimated, old.image = True, None
         self.items.append(new)
         waiting = [o for o in self.items if not o.estimated and o.image is not None]
         for o in waiting[:-self.max_waiting] if len(waiting) > self.max_waiting else []:
-            o.image, o.token = None, None   # gave up waiting: keep only the grey view as a source
+            o.image, o.token, o.mask = None, None, None   # gave up waiting: keep only the grey view as a source
         while len(self.items) > self.capacity:
             self.items.pop(0)
         return out
@@ -754,17 +765,21 @@ def _points(cam: Camera, image: torch.Tensor, res: MVSResult, stride: int, token
     return SeedPoints(cam, xyz, rgb, xy, token)
 
 
-def online_seed_points(buffer: KeyframeBuffer, image: torch.Tensor, camera: Camera, token: object = None,
-                       stride: int = 4, covered: torch.Tensor | None = None, rendered_depth: torch.Tensor | None = None,
-                       mask: torch.Tensor | None = None, explained_tolerance: float = 0.1) -> list[SeedPoints]:
+def online_seed_points(buffer: KeyframeBuffer, image: torch.Tensor, camera: Camera,
+                       token: object = None, stride: int = 4, covered: torch.Tensor | None = None,
+                       rendered_depth: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                       explained_tolerance: float = 0.1,
+                       explain: Callable[[Camera], tuple[torch.Tensor, torch.Tensor]] | None = None
+                       ) -> list[SeedPoints]:
     """Seed points of a new keyframe without a depth image (the online path), from stereo against ``buffer``.
 
     ``covered`` (H, W) bool and ``rendered_depth`` (H, W): the current map rendered in ``camera``;
     pixels the map already explains (covered, rendered depth within ``explained_tolerance`` relative) are
     skipped, and the median rendered depth is the scene-depth hint for source selection (scale from the
-    map itself). Returns the new keyframe's points and those of earlier keyframes that were waiting for
-    a stereo partner (an empty list when nothing is reliable yet: the map waits instead of guessing).
-    The keyframe is added to ``buffer``.
+    map itself). ``explain(cam) -> (covered, rendered_depth)`` renders the map in the camera of an
+    earlier keyframe whose depth arrives now (``MVSConfig.defer``), for the same test. Returns the points
+    of every keyframe estimated now (an empty list when nothing is reliable yet: the map waits instead of
+    guessing). The keyframe is added to ``buffer``.
     """
     hint = None
     if covered is not None and rendered_depth is not None and bool(covered.any()):
@@ -773,10 +788,11 @@ def online_seed_points(buffer: KeyframeBuffer, image: torch.Tensor, camera: Came
         hint = float(d.median()) if d.numel() else None
     out = []
     for cam, img, tok, res in buffer.add(image, camera, token, hint, mask):
+        cov, rd = (covered, rendered_depth) if cam is camera else explain(cam) if explain is not None else (None, None)
         keep = None
-        if cam is camera and covered is not None and rendered_depth is not None:
+        if cov is not None and rd is not None:
             z = res.depth
-            keep = ~(covered & ((rendered_depth - z).abs() <= explained_tolerance * z))
+            keep = ~(cov & ((rd - z).abs() <= explained_tolerance * z))
         sp = _points(cam, img, res, stride, tok, keep)
         log.debug("stereo depth of '%s': %d points from %d sources in %.3f s", cam.name, len(sp.xyz),
                   len(res.sources), res.seconds)

@@ -4,7 +4,8 @@ control and opacity resets run), in the way gsplat's ``Strategy`` owns densifica
 - :class:`OfflineSchedule`: the global iteration numbers of ``MapperConfig`` (docs/METHOD.md §5.6);
 - :class:`KeyframeBudgetSchedule`: the online per-keyframe budget of docs/METHOD.md §8.9: each
   new keyframe opens a budget of ``steps_per_keyframe`` iterations; the depth-distortion loss
-  starts after 30 % of it, the normal loss after 70 %, densification runs in its first 70 %.
+  starts after 30 % of it, the normal loss after 70 %, densification runs in its first 70 % (a round
+  after every ``densify_every`` iterations spent inside these windows, counted across keyframes).
 
 Iterations are the Mapper's 1-based ``iteration`` counter after increment.
 """
@@ -65,9 +66,12 @@ class KeyframeBudgetSchedule(OfflineSchedule):
     densify: bool = True
     opacity_reset: bool = False
     start: int | None = None
+    window_done: int = 0     # iterations inside the densification windows of the earlier keyframes
 
     def new_keyframe(self, iteration: int) -> None:
         """A keyframe was integrated when the mapper's counter stood at ``iteration``."""
+        if self.start is not None and self.densify:
+            self.window_done += max(0, min(iteration, self._frac(0.7)) - self.start)
         self.start = iteration
 
     def _frac(self, f: float) -> int:
@@ -85,9 +89,15 @@ class KeyframeBudgetSchedule(OfflineSchedule):
         return self.densify and it <= self._frac(0.7)
 
     def densify_now(self, it: int) -> bool:
+        """A round after every ``densify_every`` iterations spent inside densification windows, counted
+        across keyframes (statistics accumulate over them): budgets whose window is shorter than
+        ``densify_every`` (50 or 100 steps: windows of 35 or 70) densify every few keyframes. (Rounds on
+        global multiples of ``densify_every`` never fell inside such windows: the map never densified.)"""
         if self.start is None:
             return super().densify_now(it)
-        return self.collect_stats(it) and it > self.start and it % self.cfg.densify_every == 0
+        if not self.collect_stats(it) or it <= self.start:
+            return False
+        return (self.window_done + it - self.start) % self.cfg.densify_every == 0
 
     def _reset_every(self) -> int:
         return self.cfg.opacity_reset_every if self.opacity_reset else NEVER

@@ -216,7 +216,17 @@ def seed_keyframe(image: torch.Tensor, depth: torch.Tensor | None, cam: Camera, 
     elif not xyzs and p.init_geometry == "mvs" and stereo is not None:
         # 3. no depth, no seed points: stereo depth against earlier keyframes (none yet: the map waits)
         from fhgs_ros.core.mvs import online_seed_points
-        for sp in online_seed_points(stereo, image, cam, target, max(1, stride // 2), covered, rdepth):
+
+        def explain(c: Camera) -> tuple[torch.Tensor, torch.Tensor]:
+            """The map rendered in an earlier keyframe whose stereo depth arrives now: (covered, depth)."""
+            if not len(surfels):
+                return torch.zeros(c.height, c.width, dtype=torch.bool), torch.zeros(c.height, c.width)
+            with torch.no_grad():
+                rr = render(surfels, c, backend=p.backend)
+            return rr.alpha > 0.5, rr.depth_median
+
+        for sp in online_seed_points(stereo, image, cam, target, max(1, stride // 2), covered, rdepth,
+                                     explain=explain):
             xyzs.append(sp.xyz)
             rgbs.append(sp.rgb)
             feats.append(sample_grid(sp.token, sp.xy))

@@ -87,7 +87,8 @@ class KeyframeFrontend:
                                          ncfg.kf_min_interval)
         self.seed_points = SeedPoints(cfg.seed.max_points)
         self.stereo = KeyframeBuffer(MVSConfig(long_side=cfg.seed.mvs_long_side, num_sources=cfg.seed.mvs_sources,
-                                             sgm_p1=cfg.seed.mvs_sgm_p1, sgm_p2=cfg.seed.mvs_sgm_p2))
+                                             sgm_p1=cfg.seed.mvs_sgm_p1, sgm_p2=cfg.seed.mvs_sgm_p2,
+                                             defer=cfg.seed.mvs_defer))
         self._undistorters: dict[tuple, Undistorter] = {}
 
     def apply_live(self, ncfg: NodeConfig) -> None:
