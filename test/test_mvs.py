@@ -142,8 +142,11 @@ def test_deferred_keyframe_depth_uses_sources_on_both_sides(room):
         asked.append(c.name)
         return None, None
 
+    # the map covers every pixel, at no depth that agrees with the stereo one (defer applies to a non-empty map)
+    cover = torch.ones(96, 128, dtype=torch.bool)
     buf = KeyframeBuffer(MVSConfig(defer=2), capacity=6)
-    out = [online_seed_points(buf, f.image, f.camera, token=k, explain=no_map) for k, f in enumerate(frames)]
+    out = [online_seed_points(buf, f.image, f.camera, token=k, covered=cover, rendered_depth=torch.zeros(96, 128),
+                              explain=no_map) for k, f in enumerate(frames)]
     assert out[0] == [] and out[1] == []          # the first keyframe waits for two later ones
     assert [p.token for p in out[2]] == [0] and [p.token for p in out[3]] == [1]
     assert asked == [frames[0].camera.name, frames[1].camera.name]
@@ -157,7 +160,7 @@ def test_deferred_keyframe_depth_uses_sources_on_both_sides(room):
     # more than 10 % are seeded, a minority
     exact = {f.camera.name: f.depth for f in frames}
     buf = KeyframeBuffer(MVSConfig(defer=2), capacity=6)
-    again = [online_seed_points(buf, f.image, f.camera, token=k,
+    again = [online_seed_points(buf, f.image, f.camera, token=k, covered=cover, rendered_depth=f.depth,
                                 explain=lambda c: (torch.ones(c.height, c.width, dtype=torch.bool), exact[c.name]))
              for k, f in enumerate(frames)]
     q = again[3][0]
@@ -167,8 +170,8 @@ def test_deferred_keyframe_depth_uses_sources_on_both_sides(room):
 
 
 def test_engine_without_depth_waits_for_a_stereo_partner(room):
-    """node.init_geometry mvs: the first keyframes without depth get no surfels (nothing to match yet, then
-    seed.mvs_defer = 2 later keyframes); the third seeds the first, on its exact surface."""
+    """node.init_geometry mvs: the first keyframe without depth gets no surfels, the second seeds both (an
+    empty map does not defer, seed.mvs_defer applies once it has surfels)."""
     from fhgs_ros.config import FHGSConfig
     from fhgs_ros.features.registry import make_extractor
     from fhgs_ros.online.frames import InputFrame
@@ -179,22 +182,22 @@ def test_engine_without_depth_waits_for_a_stereo_partner(room):
     ext = make_extractor("label", num_labels=11, dim=8, grid_long_side=32)
     eng = MappingEngine(FHGSConfig(), NodeConfig(kf_min_translation=0.0, kf_min_rotation_deg=0.0), ext)
     preps = []
-    for k, i in enumerate((1, 2, 3)):
+    for k, i in enumerate((1, 2)):
         f = room.frames[i]
         c = f.camera
         rgb = (f.image.permute(1, 2, 0) * 255).round().to(torch.uint8).numpy()
         intr = Intrinsics(c.width, c.height, float(c.fx), float(c.fy), float(c.cx), float(c.cy))
         preps.append(eng.prepare(InputFrame(float(k + 1), rgb, intr, c.cam_to_world.double().numpy(), None,
                                             labels=f.labels.numpy())))
-    assert preps[0].surfels is None and preps[1].surfels is None
-    s = preps[2].surfels
+    assert preps[0].surfels is None
+    s = preps[1].surfels
     assert s is not None and len(s) > 200
-    # the seeds lie on the exact surface (distance to the exact depth along the view of frame 1)
-    cam = room.frames[1].camera
+    # the seeds lie on the exact surface (distance to the exact depth along the view of frame 2)
+    cam = room.frames[2].camera
     from fhgs_ros.core.seeding import project
     xy, z = project(s.means.detach(), cam)
     inside = (xy[:, 0] >= 0) & (xy[:, 0] <= 127) & (xy[:, 1] >= 0) & (xy[:, 1] <= 95) & (z > 0)
-    gt = room.frames[1].depth[xy[inside, 1].round().long(), xy[inside, 0].round().long()]
+    gt = room.frames[2].depth[xy[inside, 1].round().long(), xy[inside, 0].round().long()]
     assert float(((z[inside] - gt).abs() / gt).median()) < 0.1  # measured and filled pixels
 
 

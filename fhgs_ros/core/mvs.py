@@ -680,7 +680,7 @@ class KeyframeBuffer:
     sides of it (on the synthetic room, defer 2 measures 28 % of the pixels with 1.7 % more than 10 %
     off, against 16.5 % and 3.4 % at once; ``fhgs-bench geometry``). Keyframes that found no usable
     source are retried with every later keyframe; the last ``defer`` keyframes of a stream get no stereo
-    depth. Memory: ``capacity`` grey images at ``cfg.long_side`` plus at most ``max_waiting``
+    depth (``online_seed_points`` does not defer while the map is empty). Memory: ``capacity`` grey images at ``cfg.long_side`` plus at most ``max_waiting``
     (>= defer + 1) full-size colour images of keyframes still waiting.
     """
 
@@ -716,9 +716,11 @@ class KeyframeBuffer:
         return res
 
     def add(self, image: torch.Tensor, camera: Camera, token: object = None, depth_hint: float | None = None,
-            mask: torch.Tensor | None = None) -> list[tuple[Camera, torch.Tensor, object, MVSResult]]:
-        """Insert a keyframe ((3, H, W) float colour, full-size camera); returns the new depth estimates."""
-        defer = self.cfg.defer
+            mask: torch.Tensor | None = None, defer: int | None = None
+            ) -> list[tuple[Camera, torch.Tensor, object, MVSResult]]:
+        """Insert a keyframe ((3, H, W) float colour, full-size camera); returns the new depth estimates.
+        ``defer``: this call's deferral (None: ``cfg.defer``; 0 also estimates every waiting keyframe)."""
+        defer = self.cfg.defer if defer is None else min(defer, self.cfg.defer)
         new = _Buffered(prepare_view(image, camera, self.cfg.long_side), camera, image, token, mask=mask)
         out = []
         res = self._estimate(new, self.items, depth_hint, mask) if defer == 0 else None
@@ -787,7 +789,10 @@ def online_seed_points(buffer: KeyframeBuffer, image: torch.Tensor, camera: Came
         d = d[torch.isfinite(d) & (d > 0)]
         hint = float(d.median()) if d.numel() else None
     out = []
-    for cam, img, tok, res in buffer.add(image, camera, token, hint, mask):
+    # an empty map does not wait: the first keyframes are estimated as soon as they have a source, so that
+    # a short stream (two keyframes) still gets geometry; MVSConfig.defer applies once the map has surfels
+    defer = None if covered is not None and bool(covered.any()) else 0
+    for cam, img, tok, res in buffer.add(image, camera, token, hint, mask, defer):
         cov, rd = (covered, rendered_depth) if cam is camera else explain(cam) if explain is not None else (None, None)
         keep = None
         if cov is not None and rd is not None:
