@@ -156,8 +156,8 @@ def test_deferred_keyframe_depth_uses_sources_on_both_sides(room):
     gt = frames[1].depth[p.xy[:, 1].long(), p.xy[:, 0].long()]
     assert len(z) > 100 and float(((z - gt).abs() / gt).median()) < 0.05
 
-    # a map that explains every pixel at its exact depth: only the stereo pixels that disagree with it by
-    # more than 10 % are seeded, a minority
+    # a map that explains every pixel at its exact depth: only measured stereo pixels that disagree with it
+    # by more than 3 % are seeded (hole-filled ones never where the map covers), a minority
     exact = {f.camera.name: f.depth for f in frames}
     buf = KeyframeBuffer(MVSConfig(defer=2), capacity=6)
     again = [online_seed_points(buf, f.image, f.camera, token=k, covered=cover, rendered_depth=f.depth,
@@ -166,7 +166,7 @@ def test_deferred_keyframe_depth_uses_sources_on_both_sides(room):
     q = again[3][0]
     zq = q.xyz @ w2c[2, :3] + w2c[2, 3]
     gq = frames[1].depth[q.xy[:, 1].long(), q.xy[:, 0].long()]
-    assert bool(((zq - gq).abs() > 0.099 * zq).all()) and len(zq) < 0.3 * len(z)
+    assert bool(((zq - gq).abs() > 0.0299 * zq).all()) and len(zq) < 0.3 * len(z)
 
 
 def test_engine_without_depth_waits_for_a_stereo_partner(room):

@@ -770,14 +770,18 @@ def _points(cam: Camera, image: torch.Tensor, res: MVSResult, stride: int, token
 def online_seed_points(buffer: KeyframeBuffer, image: torch.Tensor, camera: Camera,
                        token: object = None, stride: int = 4, covered: torch.Tensor | None = None,
                        rendered_depth: torch.Tensor | None = None, mask: torch.Tensor | None = None,
-                       explained_tolerance: float = 0.1,
+                       explained_tolerance: float = 0.03,
                        explain: Callable[[Camera], tuple[torch.Tensor, torch.Tensor]] | None = None
                        ) -> list[SeedPoints]:
     """Seed points of a new keyframe without a depth image (the online path), from stereo against ``buffer``.
 
-    ``covered`` (H, W) bool and ``rendered_depth`` (H, W): the current map rendered in ``camera``;
-    pixels the map already explains (covered, rendered depth within ``explained_tolerance`` relative) are
-    skipped, and the median rendered depth is the scene-depth hint for source selection (scale from the
+    ``covered`` (H, W) bool and ``rendered_depth`` (H, W): the current map rendered in ``camera``.
+    Where the map covers a pixel, only a measured stereo depth that disagrees with the rendered one by more
+    than ``explained_tolerance`` (relative; 3 %, about twice the median error of measured pixels) seeds a
+    surfel; hole-filled depths (confidence <= ``MVSConfig.fill_confidence``, a quarter or more of them more
+    than 10 % off on the synthetic room) seed only where the map has no coverage. On the synthetic room this
+    gave +0.4 dB held-out PSNR over seeding every pixel whose depth disagrees by 10 %, and a Chamfer distance
+    of 0.19-0.20 instead of 0.21-0.32 (three seeds each, ``fhgs-bench geometry``). The median rendered depth is the scene-depth hint for source selection (scale from the
     map itself). ``explain(cam) -> (covered, rendered_depth)`` renders the map in the camera of an
     earlier keyframe whose depth arrives now (``MVSConfig.defer``), for the same test. Returns the points
     of every keyframe estimated now (an empty list when nothing is reliable yet: the map waits instead of
@@ -797,7 +801,8 @@ def online_seed_points(buffer: KeyframeBuffer, image: torch.Tensor, camera: Came
         keep = None
         if cov is not None and rd is not None:
             z = res.depth
-            keep = ~(cov & ((rd - z).abs() <= explained_tolerance * z))
+            measured = res.confidence > buffer.cfg.fill_confidence    # not a hole-filled pixel
+            keep = ~cov | (measured & ((rd - z).abs() > explained_tolerance * z))
         sp = _points(cam, img, res, stride, tok, keep)
         log.debug("stereo depth of '%s': %d points from %d sources in %.3f s", cam.name, len(sp.xyz),
                   len(res.sources), res.seconds)
