@@ -30,10 +30,11 @@ Source views (:func:`select_source_views`): MVSNet-style score of the triangulat
 point on the reference ray at a scene-depth hint (from the caller, e.g. the map's rendered depth,
 or where the optical axes of the two cameras pass closest), which must project into the source.
 
-Online use (:class:`KeyframeBuffer`): a bounded buffer of downscaled grey keyframes; each new
-keyframe is matched against the best of them. A keyframe without usable sources (the first one)
-gets no depth; it waits in the buffer (until ``min_sources`` usable sources exist: with the default 1,
-the first keyframe waits for the second) and is estimated then.
+Online use (:class:`KeyframeBuffer`): a bounded buffer of downscaled grey keyframes. Once the map has
+surfels, a keyframe's depth waits for ``defer`` (2) later keyframes and is matched against the best
+buffered ones on both sides of it. A keyframe without usable sources (the first one) gets no depth; it
+waits in the buffer (until ``min_sources`` usable sources exist: with the default 1, the first keyframe
+waits for the second) and is estimated then.
 
 Frames: cameras are :class:`fhgs_ros.core.camera.Camera` (OpenCV axes, world -> camera); depth is
 camera z in world units.
@@ -680,8 +681,9 @@ class KeyframeBuffer:
     sides of it (on the synthetic room, defer 2 measures 28 % of the pixels with 1.7 % more than 10 %
     off, against 16.5 % and 3.4 % at once; ``fhgs-bench geometry``). Keyframes that found no usable
     source are retried with every later keyframe; the last ``defer`` keyframes of a stream get no stereo
-    depth (``online_seed_points`` does not defer while the map is empty). Memory: ``capacity`` grey images at ``cfg.long_side`` plus at most ``max_waiting``
-    (>= defer + 1) full-size colour images of keyframes still waiting.
+    depth (``online_seed_points`` does not defer while the map is empty). Memory: ``capacity`` grey
+    images at ``cfg.long_side`` plus at most ``max_waiting`` (>= defer + 1) full-size colour images of
+    keyframes still waiting.
     """
 
     def __init__(self, cfg: MVSConfig | None = None, capacity: int = 12, max_waiting: int = 2):
@@ -780,10 +782,10 @@ def online_seed_points(buffer: KeyframeBuffer, image: torch.Tensor, camera: Came
     than ``explained_tolerance`` (relative; 3 %, about twice the median error of measured pixels) seeds a
     surfel; hole-filled depths (confidence <= ``MVSConfig.fill_confidence``, a quarter or more of them more
     than 10 % off on the synthetic room) seed only where the map has no coverage. On the synthetic room this
-    gave +0.4 dB held-out PSNR over seeding every pixel whose depth disagrees by 10 %, and a Chamfer distance
-    of 0.19-0.20 instead of 0.21-0.32 (three seeds each, ``fhgs-bench geometry``). The median rendered depth is the scene-depth hint for source selection (scale from the
-    map itself). ``explain(cam) -> (covered, rendered_depth)`` renders the map in the camera of an
-    earlier keyframe whose depth arrives now (``MVSConfig.defer``), for the same test. Returns the points
+    gave +0.4 dB held-out PSNR over seeding every pixel whose depth disagrees by 10 %, and a Chamfer
+    distance of 0.19-0.20 instead of 0.21-0.32 (three seeds each, ``fhgs-bench geometry``). The median rendered
+    depth is the scene-depth hint for source selection (scale from the map itself).
+    ``explain(cam) -> (covered, rendered_depth)`` renders the map in the camera of an earlier keyframe whose depth arrives now (``MVSConfig.defer``), for the same test. Returns the points
     of every keyframe estimated now (an empty list when nothing is reliable yet: the map waits instead of
     guessing). The keyframe is added to ``buffer``.
     """
