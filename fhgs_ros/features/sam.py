@@ -225,14 +225,21 @@ def guess_model_type(state: dict[str, torch.Tensor]) -> str | None:
         return "sam2"
     if "image_encoder.patch_embed.seq.0.c.weight" in state:
         return next((n for n, a in SAM_ARCHS.items() if a.encoder == "tiny_vit"), None)
-    w = state.get("image_encoder.patch_embed.proj.weight")
+    return match_arch_by_width_and_depth(state, "image_encoder.patch_embed.proj.weight", "image_encoder.blocks.",
+                                         {n: (a.embed_dim, a.depth) for n, a in SAM_ARCHS.items()})
+
+
+def match_arch_by_width_and_depth(state: dict[str, torch.Tensor], patch_weight_key: str, block_prefix: str,
+                                  archs: dict[str, tuple[int, int]]) -> str | None:
+    """The name in ``archs`` (name -> (embed width, block count)) whose width is the output width of the
+    patch-embedding conv ``state[patch_weight_key]`` and whose block count is the number of distinct
+    ``{block_prefix}<i>.`` indices in ``state``; None when that conv is missing or nothing matches."""
+    w = state.get(patch_weight_key)
     if not isinstance(w, torch.Tensor) or w.ndim != 4:
         return None
-    blocks = {int(m.group(1)) for k in state for m in [re.match(r"image_encoder\.blocks\.(\d+)\.", k)] if m}
-    for name, arch in SAM_ARCHS.items():
-        if arch.embed_dim == w.shape[0] and arch.depth == len(blocks):
-            return name
-    return None
+    pattern = re.compile(re.escape(block_prefix) + r"(\d+)\.")
+    blocks = {int(m.group(1)) for k in state for m in [pattern.match(k)] if m}
+    return next((n for n, (width, depth) in archs.items() if width == w.shape[0] and depth == len(blocks)), None)
 
 
 def _checkpoint_fingerprint(path: Path) -> str:

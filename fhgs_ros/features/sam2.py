@@ -37,7 +37,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -47,8 +46,8 @@ import torch
 import torch.nn.functional as F
 
 from fhgs_ros.features.base import FeatureError, FeatureGrid, image_to_uint8_hwc
-from fhgs_ros.features.sam import (CheckpointError, _checkpoint_fingerprint, read_state_dict_file, resolve_device,
-                                   resolve_dtype, state_dict_mismatch)
+from fhgs_ros.features.sam import (CheckpointError, _checkpoint_fingerprint, match_arch_by_width_and_depth,
+                                   read_state_dict_file, resolve_device, resolve_dtype, state_dict_mismatch)
 
 log = logging.getLogger(__name__)
 
@@ -131,14 +130,9 @@ def missing_checkpoint_help(model: str = "hiera_t", dest_dir: str | os.PathLike 
 
 def guess_sam2_model(state: dict[str, torch.Tensor]) -> str | None:
     """The SAM 2 model a state dict was saved from (Hiera width and block count), or None."""
-    w = state.get("image_encoder.trunk.patch_embed.proj.weight")
-    if not isinstance(w, torch.Tensor) or w.ndim != 4:
-        return None
-    blocks = {int(m.group(1)) for k in state for m in [re.match(r"image_encoder\.trunk\.blocks\.(\d+)\.", k)] if m}
-    for name, arch in SAM2_ARCHS.items():
-        if arch.embed_dim == w.shape[0] and arch.blocks == len(blocks):
-            return name
-    return None
+    return match_arch_by_width_and_depth(state, "image_encoder.trunk.patch_embed.proj.weight",
+                                         "image_encoder.trunk.blocks.",
+                                         {n: (a.embed_dim, a.blocks) for n, a in SAM2_ARCHS.items()})
 
 
 def _family_hint(state: dict[str, torch.Tensor], model: str) -> str:
