@@ -201,6 +201,40 @@ def test_engine_without_depth_waits_for_a_stereo_partner(room):
     assert float(((z[inside] - gt).abs() / gt).median()) < 0.1  # measured and filled pixels
 
 
+def test_coverage_at_reduced_resolution_agrees_with_the_full_render():
+    """The stereo path tests the map's coverage at twice the stereo working resolution (seeding.coverage
+    with long_side): same size as the camera, the same covered pixels as a full-size render, and median
+    depths about as close to the exact depth on smooth surfaces."""
+    import torch.nn.functional as F
+
+    from fhgs_ros.core.seeding import coverage, points_from_depth, surfels_from_points
+    from fhgs_ros.datasets.synthetic import synthetic_dataset
+
+    ds = synthetic_dataset(320, 240, 8, seed=0, num_points=100, supersample=1)
+    g = torch.Generator().manual_seed(0)
+    pts = [points_from_depth(f.image, f.depth, f.camera, stride=3) for f in ds.frames[::2]]
+    xyz, rgb = torch.cat([p[0] for p in pts]), torch.cat([p[1] for p in pts])
+    s = surfels_from_points(xyz, rgb, torch.randn(len(xyz), 8, generator=g), 0.8, generator=g)
+    cam, gt = ds.frames[3].camera, ds.frames[3].depth
+    full_cov, full_depth = coverage(s, cam)
+    low_cov, low_depth = coverage(s, cam, long_side=160)
+    assert low_cov.shape == full_cov.shape == (240, 320) and low_depth.shape == (240, 320)
+    assert float(full_cov.float().mean()) > 0.5
+    assert float((low_cov == full_cov).float().mean()) > 0.97
+    # pixels whose exact depth varies by at most 5 % within 9 x 9 (away from depth edges)
+    mx = F.max_pool2d(gt[None, None], 9, 1, 4)[0, 0]
+    mn = -F.max_pool2d(-gt[None, None], 9, 1, 4)[0, 0]
+    smooth = mx <= 1.05 * mn
+
+    def off(cov, d):
+        return float(((((d - gt).abs() / gt) > 0.1) & cov & smooth).sum() / (cov & smooth).sum())
+
+    assert off(low_cov, low_depth) < off(full_cov, full_depth) + 0.03
+    # long_side at or above the camera's size: the full render itself
+    same_cov, same_depth = coverage(s, cam, long_side=640)
+    assert torch.equal(same_cov, full_cov) and torch.equal(same_depth, full_depth)
+
+
 def test_masked_photometric_loss_ignores_outside_pixels():
     from fhgs_ros.core.losses import photometric_loss
     g = torch.Generator().manual_seed(0)

@@ -2,8 +2,9 @@
 
 Two parts:
 - ``speed``: seconds per keyframe of the stereo depth step (ORB range + plane sweep + back-projection)
-  at 640x480 against ``--sources`` buffered keyframes, on the synthetic room rendered at that size,
-  with ``torch.set_num_threads(--threads)``;
+  at 640x480 against 4 buffered keyframes, on the synthetic room rendered at that size, with
+  ``torch.set_num_threads(--threads)``; and of the node's whole seeding step (the map rendered in the new
+  and in the deferred keyframe's camera, stereo, new surfels) against a 100k-surfel map;
 - ``quality``: the synthetic room (as in ``make demo``) through the online engine (``MappingEngine``
   in budget mode, the node's keyframe path) three times with the same steps per keyframe: keyframes
   with their depth images (``depth``), RGB + poses only seeded by stereo (``mvs``), and RGB + poses
@@ -31,16 +32,26 @@ log = logging.getLogger(__name__)
 
 
 def bench_speed(width: int = 640, height: int = 480, sources: int = 4, keyframes: int = 5, long_side: int = 160,
-                threads: int = 2) -> dict:
-    """Mean seconds per keyframe of ``KeyframeBuffer.add`` + back-projection at ``width`` x ``height``."""
+                threads: int = 2, map_surfels: int = 100_000) -> dict:
+    """Seconds per keyframe of the geometry step at ``width`` x ``height``.
+
+    ``seconds_per_keyframe``: the stereo alone (``KeyframeBuffer.add`` with its default deferral + back-projection).
+    ``seed_seconds_per_keyframe``: the whole keyframe seeding of the node (``seed_keyframe`` with
+    ``init_geometry`` mvs): the coverage render of the map in the new keyframe, the stereo, the render of the
+    map in the deferred keyframe's camera, back-projection and the new surfels, against a map of
+    ``map_surfels`` surfels seeded from the room's exact depth (0: skip this row).
+    """
     from fhgs_ros.core.mvs import KeyframeBuffer, MVSConfig, backproject
+    from fhgs_ros.core.raster_types import FeatureTarget
+    from fhgs_ros.core.seeding import KeyframeSeedParams, points_from_depth, seed_keyframe, surfels_from_points
     from fhgs_ros.datasets.synthetic import synthetic_dataset
 
     torch.set_num_threads(threads)
     n = sources + keyframes
     ds = synthetic_dataset(width, height, 40, seed=0, num_points=100, supersample=1)
     idx = list(range(0, 2 * n, 2))[:n]
-    buf = KeyframeBuffer(MVSConfig(long_side=long_side, num_sources=sources), capacity=sources + 1)
+    cfg = MVSConfig(long_side=long_side, num_sources=sources)
+    buf = KeyframeBuffer(cfg, capacity=sources + 1)
     times = []
     for k, i in enumerate(idx):
         f = ds.frames[i]
@@ -51,8 +62,38 @@ def bench_speed(width: int = 640, height: int = 480, sources: int = 4, keyframes
         dt = time.perf_counter() - t0
         if k >= sources:
             times.append(dt)
-    return {"width": width, "height": height, "sources": sources, "long_side": long_side, "threads": threads,
-            "seconds_per_keyframe": float(np.mean(times)), "max_seconds": float(np.max(times))}
+    result = {"width": width, "height": height, "sources": sources, "long_side": long_side, "threads": threads,
+              "seconds_per_keyframe": float(np.mean(times)), "max_seconds": float(np.max(times))}
+    if map_surfels <= 0:
+        return result
+    # the node's whole seeding step against a map of map_surfels surfels (from the exact depth of the frames)
+    gen = torch.Generator().manual_seed(0)
+    xyz, rgb = [], []
+    for i in range(0, len(ds.frames), 4):
+        f = ds.frames[i]
+        p, c, _ = points_from_depth(f.image, f.depth, f.camera, stride=2)
+        xyz.append(p)
+        rgb.append(c)
+    xyz, rgb = torch.cat(xyz), torch.cat(rgb)
+    sel = torch.randperm(len(xyz), generator=gen)[:map_surfels]
+    feats = torch.randn(len(sel), 32, generator=gen)
+    surfels = surfels_from_points(xyz[sel], rgb[sel], feats, 0.5, generator=gen)
+    target = FeatureTarget.for_image(torch.randn(32, 48, 64, generator=gen), width, height)
+    params = KeyframeSeedParams(max_new=4000, init_geometry="mvs")
+    buf = KeyframeBuffer(cfg, capacity=sources + 1)
+    seed_times, new = [], []
+    empty = torch.zeros(0, 3)
+    for k, i in enumerate(idx):
+        f = ds.frames[i]
+        t0 = time.perf_counter()
+        s, _ = seed_keyframe(f.image, None, f.camera, target, surfels, empty, empty, params, gen, stereo=buf)
+        dt = time.perf_counter() - t0
+        if k >= sources:
+            seed_times.append(dt)
+            new.append(0 if s is None else len(s))
+    result.update({"map_surfels": int(len(surfels)), "seed_seconds_per_keyframe": float(np.mean(seed_times)),
+                   "seed_max_seconds": float(np.max(seed_times)), "new_surfels_per_keyframe": float(np.mean(new))})
+    return result
 
 
 def depth_accuracy(ds, views: list[int], long_side: int = 160) -> dict:
@@ -167,6 +208,10 @@ def run(argv: list[str] | None = None) -> int:
         print(f"stereo depth step at {sp['width']}x{sp['height']} ({sp['sources']} sources, working long side "
               f"{sp['long_side']}, {sp['threads']} threads): {sp['seconds_per_keyframe']:.3f} s per keyframe "
               f"(max {sp['max_seconds']:.3f})")
+        if "seed_seconds_per_keyframe" in sp:
+            print(f"whole seeding step (coverage renders + stereo + new surfels) against a {sp['map_surfels']}-surfel "
+                  f"map: {sp['seed_seconds_per_keyframe']:.3f} s per keyframe (max {sp['seed_max_seconds']:.3f}), "
+                  f"{sp['new_surfels_per_keyframe']:.0f} new surfels per keyframe")
     if a.part in ("quality", "all"):
         from fhgs_ros.datasets.synthetic import synthetic_dataset
         from fhgs_ros.demo import DEMO_PARAMS, DEMO_SCENE, HOLDOUT_EVERY
