@@ -106,9 +106,6 @@ class MVSConfig:
     sparse_features: int = 1000       # ORB features per image for the range (0: skip the sparse step)
     min_angle_deg: float = 1.0        # source views with less parallax at the hint depth are not used
     ideal_angle_deg: float = 10.0     # preferred triangulation angle for source selection
-    plane_sweep: bool = False         # also sweep planes parallel to the dominant plane of the sparse points
-    plane_tolerance: float = 0.02     # ... RANSAC inlier distance, share of the median sparse depth
-    plane_span: tuple[float, float] = (1 / 3, 1.5)   # ... plane offsets from span[0] to span[1] x the plane's
 
 
 @dataclass
@@ -324,129 +321,6 @@ def _sparse_range(ref: MVSView, srcs: list[MVSView], cfg: MVSConfig) -> tuple[fl
     return float(lo / cfg.range_margin), float(hi * cfg.far_margin)
 
 
-def dominant_plane(pts: np.ndarray, tolerance: float = 0.02, iters: int = 300, min_inliers: int = 30,
-                   min_share: float = 0.1, max_nz: float = 0.9, seed: int = 0) -> tuple[np.ndarray, float] | None:
-    """The RANSAC plane n . X = d (unit n, d > 0) with the most camera-frame points (P, 3) within
-    ``tolerance`` x their median depth, among planes that are not nearly fronto-parallel (|n_z| <= ``max_nz``:
-    the ordinary sweep covers those), refined by least squares on its inliers; None with fewer than
-    ``min_inliers`` or ``min_share`` of the points on it."""
-    if len(pts) < min_inliers:
-        return None
-    rng = np.random.default_rng(seed)
-    thr = tolerance * float(np.median(pts[:, 2]))
-    best_in = None
-    for _ in range(iters):
-        a, b, c = pts[rng.choice(len(pts), 3, replace=False)]
-        n = np.cross(b - a, c - a)
-        nn = np.linalg.norm(n)
-        if nn < 1e-12:
-            continue
-        n /= nn
-        if abs(n[2]) > max_nz:
-            continue
-        inl = np.abs(pts @ n - n @ a) <= thr
-        if best_in is None or inl.sum() > best_in.sum():
-            best_in = inl
-    if best_in is None or best_in.sum() < max(min_inliers, min_share * len(pts)):
-        return None
-    q = pts[best_in]
-    cen = q.mean(0)
-    n = np.linalg.svd(q - cen)[2][2]
-    d = float(n @ cen)
-    if d < 0:
-        n, d = -n, -d
-    if d <= 0 or abs(n[2]) > max_nz:
-        return None
-    return n, d
-
-
-@dataclass
-class _Hypotheses:
-    """Per-pixel inverse depths of a family of planes: hypothesis i at pixel p is inv0[p] + i * step[p]."""
-
-    inv0: torch.Tensor                # (h * w,) float64
-    step: torch.Tensor                # (h * w,) float64
-    valid: torch.Tensor               # (h * w,) bool: the pixel's ray meets the planes in front of the camera
-    fronto: bool = False
-
-
-def _plane_hypotheses(cam: Camera, n: np.ndarray, d0: float, num: int, span: tuple[float, float]) -> _Hypotheses:
-    """Planes n . X = d parallel to a dominant scene plane (camera frame), 1/d uniform over
-    [1 / (span[1] d0), 1 / (span[0] d0)]: camera z on pixel p's ray is d / (n . r_p), r_p = K^-1 p."""
-    h, w = cam.height, cam.width
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
-    nr = (n[0] * (xs - cam.cx) / cam.fx + n[1] * (ys - cam.cy) / cam.fy + n[2]).reshape(-1)
-    valid = nr > 1e-3
-    i0, i1 = 1.0 / (span[0] * d0), 1.0 / (span[1] * d0)
-    inv0 = torch.where(valid, i0 * nr, torch.zeros_like(nr))
-    step = torch.where(valid, (i1 - i0) / max(num - 1, 1) * nr, torch.zeros_like(nr))
-    return _Hypotheses(inv0, step, valid)
-
-
-@dataclass
-class _Family:
-    """One hypothesis family swept and aggregated, per pixel (h, w)."""
-
-    top: torch.Tensor                 # aggregated score at the optimum (SGM: minus the mean path cost)
-    second: torch.Tensor              # best aggregated score more than 3 hypotheses away
-    idx: torch.Tensor                 # optimum hypothesis (long)
-    best: torch.Tensor                # ZNCC (mean over the best half of the sources) there
-    inv_best: torch.Tensor            # inverse depth with the sub-hypothesis refinement (float64)
-    step: torch.Tensor                # inverse depth per hypothesis (float64)
-    valid: torch.Tensor               # bool
-    agree: torch.Tensor               # sources whose own ZNCC peak is within +-2 hypotheses (int)
-    tex: torch.Tensor | None = None   # reference patch std (h, w)
-
-
-def _sweep_family(ref: MVSView, srcs: list[MVSView], cfg: MVSConfig, hy: _Hypotheses) -> _Family:
-    h, w = ref.gray.shape
-    D = cfg.num_depths
-    ar = torch.arange(D, dtype=torch.float64)
-    if hy.fronto:
-        inv = hy.inv0[0] + ar * hy.step[0]
-    else:
-        inv = hy.inv0[None] + ar[:, None] * hy.step[None]                # (D, hw)
-    scores, tex = sweep(ref, srcs, inv, cfg.window)                       # (S, D, h, w)
-    ns = scores.shape[0]
-    m = max(1, (ns + 1) // 2)
-    filled = torch.nan_to_num(scores, nan=-1.0)
-    agg = filled.topk(m, dim=0).values.mean(0) if ns > 1 else filled[0]   # (D, h, w)
-    if cfg.sgm_p2 > 0:
-        # semi-global aggregation of the cost (1 - ZNCC) / 2; the score is its negative, per path
-        with _threads(1):
-            sc = -sgm_aggregate((1 - agg) * 0.5, cfg.sgm_p1, cfg.sgm_p2, torch.from_numpy(ref.gray), cfg.sgm_edge,
-                                cfg.sgm_paths) / cfg.sgm_paths
-        top, idx = sc.max(0)
-        best = agg.gather(0, idx[None])[0]
-    else:
-        sc = agg
-        best, idx = agg.max(0)
-        top = best
-    # sub-hypothesis refinement (parabola through the neighbours), in index units
-    im, ip = (idx - 1).clamp(0, D - 1), (idx + 1).clamp(0, D - 1)
-    sm, sp = sc.gather(0, im[None])[0], sc.gather(0, ip[None])[0]
-    den = sm - 2 * top + sp
-    off = torch.where(den < -1e-6, 0.5 * (sm - sp) / den, torch.zeros_like(den)).clamp(-0.5, 0.5)
-    fidx = idx.double() + off.double()
-    inv0, step = hy.inv0.reshape(h, w), hy.step.reshape(h, w)
-    inv_best = inv0 + fidx * step
-    # distinctness: best score more than 3 hypotheses away
-    far_mask = (torch.arange(D)[:, None, None] - idx[None]).abs() > 3
-    second = torch.where(far_mask, sc, torch.full_like(sc, -1e30)).max(0).values
-    # sources that each have their own ZNCC peak at this depth
-    s_best, s_idx = filled.max(1)                                             # (S, h, w)
-    agree = (((s_idx - idx[None]).abs() <= 2) & (s_best >= cfg.min_zncc)).sum(0)
-    return _Family(top, second, idx, best, inv_best, step, hy.valid.reshape(h, w), agree, tex)
-
-
-def _select_family(fams: list[_Family], pick: torch.Tensor) -> _Family:
-    """Per pixel, the fields of family ``pick`` (h, w)."""
-    def sel(name: str) -> torch.Tensor:
-        return torch.stack([getattr(f, name) for f in fams]).gather(0, pick[None].long())[0]
-    return _Family(*(sel(n) for n in ("top", "second", "idx", "best", "inv_best", "step", "valid", "agree")),
-                   tex=fams[0].tex)
-
-
 def _disparity_range(ref: MVSView, srcs: list[MVSView], cfg: MVSConfig) -> tuple[float, float]:
     """Depths whose disparity against the widest source baseline spans [0.5 px, max_disparity * W]."""
     f = ref.camera.fx
@@ -474,8 +348,7 @@ def _box(x: torch.Tensor, k: int) -> torch.Tensor:
 def sweep(ref: MVSView, srcs: list[MVSView], inv_depths: torch.Tensor, window: int = 7
           ) -> tuple[torch.Tensor, torch.Tensor]:
     """ZNCC cost volume: (scores (S, D, h, w) in [-1, 1], NaN where the patch leaves the source;
-    reference patch std (h, w)). ``inv_depths``: (D,) fronto-parallel hypotheses, or (D, h * w) per pixel
-    (0 = no hypothesis there: NaN)."""
+    reference patch std (h, w))."""
     h, w = ref.gray.shape
     I = torch.from_numpy(ref.gray)[None, None]
     mr = _box(torch.cat([I, I * I], 1), window)
@@ -483,25 +356,19 @@ def sweep(ref: MVSView, srcs: list[MVSView], inv_depths: torch.Tensor, window: i
     var_r = (mr[:, 1:] - mu_r * mu_r).clamp_min(0)
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
     pix = torch.stack([xs.reshape(-1), ys.reshape(-1), torch.ones(h * w, dtype=torch.float64)])  # (3, hw)
-    per_pixel = inv_depths.dim() == 2
-    usable = inv_depths > 0 if per_pixel else None
-    depths = (1.0 / torch.where(inv_depths > 0, inv_depths.double(), torch.ones_like(inv_depths.double()))).float()
+    depths = (1.0 / inv_depths.double()).float()
     nd = len(depths)
-    if not per_pixel:
-        depths = depths[:, None]
     out = []
     for s in srcs:
         r, t = _rel(ref.camera, s.camera)
         Ks = torch.from_numpy(_K(s.camera))
         A = (Ks @ torch.from_numpy(r) @ torch.linalg.inv(torch.from_numpy(_K(ref.camera))) @ pix).float()  # (3, hw)
         b = (Ks @ torch.from_numpy(t)).float()                                                              # (3,)
-        z = depths * A[2] + b[2]                                                                             # (D, hw)
-        front = z > 1e-6 * depths
-        if usable is not None:
-            front &= usable
+        z = depths[:, None] * A[2] + b[2]                                                                    # (D, hw)
+        front = z > 1e-6 * depths[:, None]
         zi = 1.0 / torch.where(front, z, torch.ones_like(z))
-        u = (depths * A[0] + b[0]) * zi
-        v = (depths * A[1] + b[1]) * zi
+        u = (depths[:, None] * A[0] + b[0]) * zi
+        v = (depths[:, None] * A[1] + b[1]) * zi
         sh, sw = s.gray.shape
         inside = front & (u >= 0) & (u <= sw - 1) & (v >= 0) & (v <= sh - 1)
         gx = torch.where(inside, u * (2.0 / max(sw - 1, 1)) - 1, torch.full_like(u, -2.0))
@@ -636,50 +503,53 @@ def depth_from_views(ref: MVSView, srcs: list[MVSView], cfg: MVSConfig | None = 
     near, far = float(depth_range[0]), float(depth_range[1])
     if not (0 < near < far and math.isfinite(far)):
         return MVSResult(torch.zeros(h, w), torch.zeros(h, w), seconds=time.perf_counter() - t0)
-    D = cfg.num_depths
-    hyps = [_Hypotheses(torch.full((h * w,), 1.0 / near, dtype=torch.float64),
-                        torch.full((h * w,), (1.0 / far - 1.0 / near) / max(D - 1, 1), dtype=torch.float64),
-                        torch.ones(h * w, dtype=torch.bool), fronto=True)]
-    fams = [_sweep_family(ref, srcs, cfg, hyps[0])]
-    if cfg.plane_sweep:
-        # planes parallel to the dominant plane among the reliable fronto-parallel depths (slanted floors
-        # and walls, where fronto-parallel windows distort)
-        f0 = fams[0]
-        rel = (f0.best >= cfg.sgm_min_zncc) & (f0.top - f0.second >= cfg.sgm_min_margin) & (f0.idx > 0) \
-            & (f0.idx < D - 1)
-        if cfg.min_agree > 1 and len(srcs) > 1:
-            rel &= f0.agree >= min(cfg.min_agree, len(srcs))
-        ys, xs = torch.nonzero(rel, as_tuple=True)
-        z = 1.0 / f0.inv_best[ys, xs]
-        c = ref.camera
-        pts = torch.stack([(xs.double() - c.cx) / c.fx * z, (ys.double() - c.cy) / c.fy * z, z], -1).numpy()
-        plane = dominant_plane(pts, cfg.plane_tolerance)
-        if plane is not None:
-            hyps.append(_plane_hypotheses(c, plane[0], plane[1], D, cfg.plane_span))
-            fams.append(_sweep_family(ref, srcs, cfg, hyps[1]))
-    tex = fams[0].tex
-    if len(fams) == 1:
-        fam = fams[0]
+    inv = torch.linspace(1.0 / near, 1.0 / far, cfg.num_depths, dtype=torch.float64)
+    scores, tex = sweep(ref, srcs, inv, cfg.window)          # (S, D, h, w)
+    ns = scores.shape[0]
+    m = max(1, (ns + 1) // 2)
+    filled = torch.nan_to_num(scores, nan=-1.0)
+    agg = filled.topk(m, dim=0).values.mean(0) if ns > 1 else filled[0]   # (D, h, w)
+    D = agg.shape[0]
+    if cfg.sgm_p2 > 0:
+        # semi-global aggregation of the cost (1 - ZNCC) / 2; the score is its negative, per path
+        with _threads(1):
+            sc = -sgm_aggregate((1 - agg) * 0.5, cfg.sgm_p1, cfg.sgm_p2, torch.from_numpy(ref.gray), cfg.sgm_edge,
+                                cfg.sgm_paths) / cfg.sgm_paths
+        top, idx = sc.max(0)
+        best = agg.gather(0, idx[None])[0]
     else:
-        # per pixel, the family whose aggregated (SGM) score at its optimum is higher
-        pick = torch.stack([f.top for f in fams]).argmax(0)
-        fam = _select_family(fams, pick)
-    top, idx, best, second, inv_best = fam.top, fam.idx, fam.best, fam.second, fam.inv_best
-    depth = (1.0 / inv_best.clamp_min(1e-30)).float()
+        sc = agg
+        best, idx = agg.max(0)
+        top = best
+    # sub-hypothesis refinement (parabola through the neighbours), in index units
+    im, ip = (idx - 1).clamp(0, D - 1), (idx + 1).clamp(0, D - 1)
+    sm, sp = sc.gather(0, im[None])[0], sc.gather(0, ip[None])[0]
+    den = sm - 2 * top + sp
+    off = torch.where(den < -1e-6, 0.5 * (sm - sp) / den, torch.zeros_like(den)).clamp(-0.5, 0.5)
+    fidx = idx.double() + off.double()
+    step = (inv[-1] - inv[0]) / max(D - 1, 1)
+    inv_best = inv[0] + fidx * step
+    depth = (1.0 / inv_best).float()
+    # distinctness: best score more than 3 hypotheses away
+    ar = torch.arange(D)[:, None, None]
+    far_mask = (ar - idx[None]).abs() > 3
+    second = torch.where(far_mask, sc, torch.full_like(sc, -1e30)).max(0).values
     conf = best.clamp(0, 1).float()
     if cfg.sgm_p2 > 0:
         ok = (best >= cfg.sgm_min_zncc) & (top - second >= cfg.sgm_min_margin)
     else:
         ok = (best >= cfg.min_zncc) & (top - second >= cfg.min_margin) & (tex >= cfg.min_texture)
-    ok &= (idx > 0) & (idx < D - 1) & fam.valid & (inv_best > 0)
-    if cfg.min_agree > 1 and len(srcs) > 1:
-        ok &= fam.agree >= min(cfg.min_agree, len(srcs))
+    ok &= (idx > 0) & (idx < D - 1)
+    if cfg.min_agree > 1 and ns > 1:
+        # at least min_agree sources must each have their own ZNCC peak at this depth
+        s_best, s_idx = filled.max(1)                                         # (S, h, w)
+        agree = ((s_idx - idx[None]).abs() <= 2) & (s_best >= cfg.min_zncc)
+        ok &= agree.sum(0) >= min(cfg.min_agree, ns)
     if cfg.edge_jump > 0:
         # depth edges as jumps of more than edge_jump hypotheses between 4-neighbours; drop pixels within
         # half a window of one (patches straddling an edge take the foreground depth: "fattening")
-        st = fam.step.abs()
-        jx = (inv_best[:, 1:] - inv_best[:, :-1]).abs() > cfg.edge_jump * torch.maximum(st[:, 1:], st[:, :-1])
-        jy = (inv_best[1:] - inv_best[:-1]).abs() > cfg.edge_jump * torch.maximum(st[1:], st[:-1])
+        jx = (fidx[:, 1:] - fidx[:, :-1]).abs() > cfg.edge_jump
+        jy = (fidx[1:] - fidx[:-1]).abs() > cfg.edge_jump
         jump = torch.zeros(h, w, dtype=torch.bool)
         jump[:, 1:] |= jx
         jump[:, :-1] |= jx
