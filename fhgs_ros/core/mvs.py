@@ -785,9 +785,10 @@ def online_seed_points(buffer: KeyframeBuffer, image: torch.Tensor, camera: Came
     gave +0.4 dB held-out PSNR over seeding every pixel whose depth disagrees by 10 %, and a Chamfer
     distance of 0.19-0.20 instead of 0.21-0.32 (three seeds each, ``fhgs-bench geometry``). The median rendered
     depth is the scene-depth hint for source selection (scale from the map itself).
-    ``explain(cam) -> (covered, rendered_depth)`` renders the map in the camera of an earlier keyframe whose depth arrives now (``MVSConfig.defer``), for the same test. Returns the points
-    of every keyframe estimated now (an empty list when nothing is reliable yet: the map waits instead of
-    guessing). The keyframe is added to ``buffer``.
+    ``explain(cam) -> (covered, rendered_depth)`` renders the map in the camera of an earlier keyframe
+    whose depth arrives now (``MVSConfig.defer``), for the same test. Returns the points of every keyframe
+    estimated now (an empty list when nothing is reliable yet: the map waits instead of guessing). The
+    keyframe is added to ``buffer``.
     """
     hint = None
     if covered is not None and rendered_depth is not None and bool(covered.any()):
