@@ -169,6 +169,58 @@ def test_deferred_keyframe_depth_uses_sources_on_both_sides(room):
     assert bool(((zq - gq).abs() > 0.0299 * zq).all()) and len(zq) < 0.3 * len(z)
 
 
+def test_end_of_stream_flush_seeds_the_keyframes_still_waiting(room):
+    """defer 2: the last two keyframes of a stream wait for later ones that never come; ``flush_seed_points``
+    estimates them from the keyframes before them (one side), seeds by the same coverage rule, and empties
+    the queue (a second flush returns nothing)."""
+    from fhgs_ros.core.mvs import flush_seed_points
+
+    frames = [room.frames[i] for i in (1, 2, 3, 4, 5)]
+    cover = torch.ones(96, 128, dtype=torch.bool)
+    buf = KeyframeBuffer(MVSConfig(defer=2), capacity=6)
+    got = [p.token for k, f in enumerate(frames)
+           for p in online_seed_points(buf, f.image, f.camera, token=k, covered=cover,
+                                       rendered_depth=torch.zeros(96, 128), explain=lambda c: (None, None))]
+    assert got == [0, 1, 2] and buf.waiting() == 2
+    asked = []
+
+    def uncovered(c):
+        asked.append(c.name)
+        return torch.zeros(c.height, c.width, dtype=torch.bool), torch.zeros(c.height, c.width)
+
+    out = flush_seed_points(buf, stride=2, explain=uncovered)
+    assert [p.token for p in out] == [3, 4] and buf.waiting() == 0
+    assert asked.count(frames[3].camera.name) == 2 and asked.count(frames[4].camera.name) == 2  # hint + coverage
+    for p in out:
+        f = frames[p.token]
+        w2c = p.camera.world_to_cam
+        z = p.xyz @ w2c[2, :3] + w2c[2, 3]
+        gt = f.depth[p.xy[:, 1].long(), p.xy[:, 0].long()]
+        assert len(z) > 100 and float(((z - gt).abs() / gt).median()) < 0.1  # measured and filled, one side
+    assert flush_seed_points(buf, stride=2, explain=uncovered) == []
+
+
+def test_offline_bag_mapping_seeds_the_last_keyframes_at_the_end_of_the_bag(room, tmp_path):
+    """``fhgs-replay --offline`` (``map_bag``) on a bag without depth: at the end of the bag the keyframes whose
+    stereo depth waited for later ones are seeded and get one keyframe budget of iterations; the report says so."""
+    from fhgs_ros.bag import write_frames_bag
+    from fhgs_ros.online.bag_mapping import map_bag
+
+    bag = write_frames_bag([room.frames[i] for i in (1, 2, 3, 4, 5)], tmp_path / "bag", pose_mode="pose",
+                           with_depth=False).path
+    flat = {"features.extractor": "label", "features.num_labels": len(room.label_names), "features.dim": 8,
+            "node.pose_source": "pose", "node.steps_per_keyframe": 4, "node.kf_min_translation": 0.0,
+            "node.kf_min_rotation_deg": 0.0}
+    remap = {"/camera/image_raw": "/image", "/camera/camera_info": "/camera_info", "/camera/labels": "/labels",
+             "/camera/pose": "/pose"}
+    rep, eng = map_bag(bag, flat, tmp_path / "map.safetensors", remap=remap, progress=False)
+    assert rep.keyframes == 5 and rep.flushed_surfels > 100
+    assert rep.iterations == 5 * 4          # the first keyframe has no surfels yet (it waits): four budgets, one more
+    assert rep.surfels == len(eng.state.surfels) and (tmp_path / "map.safetensors").is_file()
+    assert any(line.startswith(f"end of bag: {rep.flushed_surfels} surfels seeded") for line in rep.lines())
+    assert eng.finish_stream() == 0          # nothing waits any more
+
+
 def test_engine_without_depth_waits_for_a_stereo_partner(room):
     """node.init_geometry mvs: the first keyframe without depth gets no surfels, the second seeds both (an
     empty map does not defer, seed.mvs_defer applies once it has surfels)."""

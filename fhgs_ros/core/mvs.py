@@ -739,12 +739,35 @@ class KeyframeBuffer:
                 out.append((old.full_camera, old.image, old.token, r))
                 old.estimated, old.image = True, None
         self.items.append(new)
+        self._drop_excess()
+        return out
+
+    def waiting(self) -> int:
+        """Keyframes still waiting for their depth (later keyframes, ``cfg.defer``)."""
+        return sum(1 for o in self.items if not o.estimated and o.image is not None)
+
+    def flush(self, depth_hint: Callable[[Camera], float | None] | None = None
+              ) -> list[tuple[Camera, torch.Tensor, object, MVSResult]]:
+        """End of stream: estimate every keyframe still waiting (``cfg.defer``) against the keyframes there are
+        (sources on one side only), as :meth:`add` returns them. ``depth_hint(camera)``: the scene-depth hint
+        per waiting keyframe (None: none)."""
+        out = []
+        for old in self.items:
+            if old.estimated or old.image is None:
+                continue
+            hint = depth_hint(old.full_camera) if depth_hint is not None else None
+            r = self._estimate(old, [o for o in self.items if o is not old], hint, old.mask)
+            if r is not None:
+                out.append((old.full_camera, old.image, old.token, r))
+            old.estimated, old.image = True, None   # estimated or not: nothing later will come for it
+        return out
+
+    def _drop_excess(self) -> None:
         waiting = [o for o in self.items if not o.estimated and o.image is not None]
         for o in waiting[:-self.max_waiting] if len(waiting) > self.max_waiting else []:
             o.image, o.token, o.mask = None, None, None   # gave up waiting: keep only the grey view as a source
         while len(self.items) > self.capacity:
             self.items.pop(0)
-        return out
 
 
 # ----------------------------------------------------------------------------- seeding helpers
@@ -790,21 +813,48 @@ def online_seed_points(buffer: KeyframeBuffer, image: torch.Tensor, camera: Came
     estimated now (an empty list when nothing is reliable yet: the map waits instead of guessing). The
     keyframe is added to ``buffer``.
     """
-    hint = None
-    if covered is not None and rendered_depth is not None and bool(covered.any()):
-        d = rendered_depth[covered]
-        d = d[torch.isfinite(d) & (d > 0)]
-        hint = float(d.median()) if d.numel() else None
-    out = []
     # an empty map does not wait: the first keyframes are estimated as soon as they have a source, so that
     # a short stream (two keyframes) still gets geometry; MVSConfig.defer applies once the map has surfels
     defer = None if covered is not None and bool(covered.any()) else 0
-    for cam, img, tok, res in buffer.add(image, camera, token, hint, mask, defer):
-        cov, rd = (covered, rendered_depth) if cam is camera else explain(cam) if explain is not None else (None, None)
+    estimates = buffer.add(image, camera, token, _median_depth(covered, rendered_depth), mask, defer)
+    return _unexplained_points(buffer.cfg, estimates, stride, explained_tolerance,
+                               lambda c: (covered, rendered_depth) if c is camera
+                               else explain(c) if explain is not None else (None, None))
+
+
+def flush_seed_points(buffer: KeyframeBuffer, stride: int = 4, explained_tolerance: float = 0.03,
+                      explain: Callable[[Camera], tuple[torch.Tensor, torch.Tensor]] | None = None
+                      ) -> list[SeedPoints]:
+    """End of stream: seed points of the keyframes still waiting for later ones (:meth:`KeyframeBuffer.flush`,
+    sources on one side only), with the rule of :func:`online_seed_points`; ``explain(cam)`` renders the map
+    in each of them."""
+    def hint(c: Camera) -> float | None:
+        return _median_depth(*explain(c)) if explain is not None else None
+    return _unexplained_points(buffer.cfg, buffer.flush(hint), stride, explained_tolerance,
+                               explain if explain is not None else lambda c: (None, None))
+
+
+def _median_depth(covered: torch.Tensor | None, rendered_depth: torch.Tensor | None) -> float | None:
+    """Median rendered depth over the covered pixels (the scene-depth hint; None without coverage)."""
+    if covered is None or rendered_depth is None or not bool(covered.any()):
+        return None
+    d = rendered_depth[covered]
+    d = d[torch.isfinite(d) & (d > 0)]
+    return float(d.median()) if d.numel() else None
+
+
+def _unexplained_points(cfg: MVSConfig, estimates: list[tuple[Camera, torch.Tensor, object, MVSResult]],
+                        stride: int, explained_tolerance: float,
+                        explain: Callable[[Camera], tuple[torch.Tensor | None, torch.Tensor | None]]
+                        ) -> list[SeedPoints]:
+    """The seed points of each estimate that the map does not explain yet (rule: :func:`online_seed_points`)."""
+    out = []
+    for cam, img, tok, res in estimates:
+        cov, rd = explain(cam)
         keep = None
         if cov is not None and rd is not None:
             z = res.depth
-            measured = res.confidence > buffer.cfg.fill_confidence    # not a hole-filled pixel
+            measured = res.confidence > cfg.fill_confidence    # not a hole-filled pixel
             keep = ~cov | (measured & ((rd - z).abs() > explained_tolerance * z))
         sp = _points(cam, img, res, stride, tok, keep)
         log.debug("stereo depth of '%s': %d points from %d sources in %.3f s", cam.name, len(sp.xyz),
@@ -843,4 +893,5 @@ def multi_view_points(images: list[torch.Tensor], cameras: list[Camera], masks: 
 __all__ = ["MVSConfig", "MVSView", "MVSResult", "KeyframeBuffer", "prepare_view", "to_gray", "select_source_views",
            "default_depth_hint", "axis_convergence_depth", "triangulate_pair", "sweep", "sgm_aggregate", "depth_from_views",
            "estimate_depth", "upsample", "backproject", "SeedPoints", "online_seed_points",
+           "flush_seed_points",
            "multi_view_points"]

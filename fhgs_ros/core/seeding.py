@@ -263,12 +263,41 @@ def seed_keyframe(image: torch.Tensor, depth: torch.Tensor | None, cam: Camera, 
             xyzs.append(pc @ c2w[:3, :3].T + c2w[:3, 3])
             rgbs.append(image[:, ys, xs].T)
             feats.append(sample_grid(target, torch.stack([xs, ys], -1).float()))
+    return _new_surfels(xyzs, rgbs, feats, p, gen), used
+
+
+def flush_stereo_seeds(surfels: SurfelMap, stereo, p: KeyframeSeedParams, gen: torch.Generator) -> SurfelMap | None:
+    """End of stream (``stereo`` a :class:`fhgs_ros.core.mvs.KeyframeBuffer`): new surfels for the keyframes
+    whose stereo depth still waits for later keyframes (``MVSConfig.defer``), from sources on one side only,
+    seeded by the rule of :func:`seed_keyframe`; None when nothing is waiting or nothing new is reliable."""
+    from fhgs_ros.core.mvs import flush_seed_points
+
+    if stereo is None or p.max_new <= 0 or not stereo.waiting():
+        return None
+    cover_long_side = 2 * stereo.cfg.long_side
+
+    def explain(c: Camera) -> tuple[torch.Tensor, torch.Tensor]:
+        if not len(surfels):
+            return torch.zeros(c.height, c.width, dtype=torch.bool), torch.zeros(c.height, c.width)
+        return coverage(surfels, c, p.backend, cover_long_side)
+
+    xyzs, rgbs, feats = [], [], []
+    for sp in flush_seed_points(stereo, max(1, max(1, p.depth_stride) // 2), explain=explain):
+        xyzs.append(sp.xyz)
+        rgbs.append(sp.rgb)
+        feats.append(sample_grid(sp.token, sp.xy))
+    return _new_surfels(xyzs, rgbs, feats, p, gen)
+
+
+def _new_surfels(xyzs: list[torch.Tensor], rgbs: list[torch.Tensor], feats: list[torch.Tensor],
+                 p: KeyframeSeedParams, gen: torch.Generator) -> SurfelMap | None:
+    """Surfels of the gathered points (world frame), at most ``p.max_new`` of them (a random subset)."""
     if not xyzs:
-        return None, used
+        return None
     xyz, rgb, f = torch.cat(xyzs), torch.cat(rgbs), torch.cat(feats)
     if xyz.shape[0] > p.max_new:
         sel = torch.randperm(xyz.shape[0], generator=gen)[:p.max_new]
         xyz, rgb, f = xyz[sel], rgb[sel], f[sel]
     if xyz.shape[0] < 2:
-        return None, used
-    return surfels_from_points(xyz, rgb, f, p.opacity, p.scale_multiplier, generator=gen), used
+        return None
+    return surfels_from_points(xyz, rgb, f, p.opacity, p.scale_multiplier, generator=gen)

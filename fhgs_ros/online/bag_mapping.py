@@ -64,6 +64,7 @@ class BagMappingReport:
     skipped: dict[str, int] = field(default_factory=dict)    # drop / rejection kind -> count
     reasons: dict[str, str] = field(default_factory=dict)    # kind -> last message
     surfels: int = 0
+    flushed_surfels: int = 0     # end of bag: surfels of the keyframes whose stereo depth waited for later ones
     iterations: int = 0
     seconds: float = 0.0
     map_path: str = ""
@@ -77,6 +78,9 @@ class BagMappingReport:
         out = [f"bag {self.bag}: {self.messages} messages, {self.images} images -> {self.keyframes} keyframes, "
                f"{self.not_keyframes} not keyframes (too close to the previous one), {self.images_skipped} skipped; "
                f"{self.surfels} surfels after {self.iterations} iterations in {self.seconds:.1f} s"]
+        if self.flushed_surfels:
+            out.append(f"end of bag: {self.flushed_surfels} surfels seeded from the stereo depth of the last keyframes "
+                       f"(they waited for later keyframes, seed.mvs_defer), one keyframe budget of iterations")
         if self.images_skipped:
             out.append(f"skipped {self.images_skipped} of {self.images} images:")
         return out + drop_lines(self.skipped, self.reasons)
@@ -202,6 +206,8 @@ def map_bag(bag: str | Path, flat_params: dict[str, Any], out: str | Path | None
         bar.close()
         # flush: let every waiting image time out (sync_timeout) with the reason it is still waiting
         ingest.poll(now + ncfg.sync_timeout + ncfg.sync_slop + 1e-3)
+    # the last keyframes' stereo depth waited for later keyframes (seed.mvs_defer): none will come
+    report.flushed_surfels = engine.finish_stream()
 
     report.images = ingest.images_received
     c = counters.snapshot()

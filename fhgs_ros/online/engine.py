@@ -396,6 +396,24 @@ class MappingEngine:
         self._done(prep.keyframe.stamp, "keyframe")
         return True
 
+    def finish_stream(self) -> int:
+        """End of a batch stream (``fhgs-replay --offline``; engine threads not started): seed the keyframes whose
+        stereo depth still waits for later ones (``seed.mvs_defer``, sources on one side only) and give those
+        surfels one keyframe budget (``steps_per_keyframe``) of iterations. Returns the number of new surfels."""
+        new = self.frontend.flush_stereo(self.state.surfels)
+        if new is None or not len(new):
+            return 0
+        m = self.mapper
+        with m.lock:
+            m.add_surfels(new)
+        self.kf_start_iter = m.iteration
+        self.schedule.new_keyframe(m.iteration)
+        self.counters.inc("stereo_flushed_surfels", len(new))
+        while m.iteration - self.kf_start_iter < self.ncfg.steps_per_keyframe and len(m.surfels):
+            self._timed_step()
+        self._publish_state()
+        return len(new)
+
     def _timed_step(self) -> None:
         m = self.mapper
         t0 = time.perf_counter()

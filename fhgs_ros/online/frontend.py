@@ -22,7 +22,7 @@ from fhgs_ros.core.camera import Camera, CameraError, Intrinsics, Undistorter
 from fhgs_ros.core.geometry import invert_pose
 from fhgs_ros.core.mapper import Keyframe
 from fhgs_ros.core.mvs import KeyframeBuffer, MVSConfig
-from fhgs_ros.core.seeding import KeyframeSeedParams, seed_keyframe
+from fhgs_ros.core.seeding import KeyframeSeedParams, flush_stereo_seeds, seed_keyframe
 from fhgs_ros.core.surfels import SurfelMap
 from fhgs_ros.online.frames import InputFrame, PreparedKeyframe
 from fhgs_ros.online.imageproc import InputError, fit_size, resize_depth, resize_rgb
@@ -114,6 +114,13 @@ class KeyframeFrontend:
                                   mono_jitter=n.mono_init_jitter,
                                   opacity=sc.opacity, scale_multiplier=sc.scale_multiplier,
                                   backend=self.cfg.mapper.backend)
+
+    def flush_stereo(self, surfels: SurfelMap) -> SurfelMap | None:
+        """End of stream: surfels for the keyframes still waiting for their stereo depth (``seed.mvs_defer``),
+        from the keyframes there are; ``surfels``: the latest map snapshot (coverage)."""
+        if self.ncfg.init_geometry != "mvs":
+            return None
+        return flush_stereo_seeds(surfels, self.stereo, self.seed_params(), self.gen)
 
     def _undistorter(self, intr: Intrinsics) -> Undistorter:
         u = self._undistorters.get(intr.key())
