@@ -37,6 +37,46 @@ def _depth(ds, i, cfg=None, cams=None):
                           [cams[j] for j in others], cfg or MVSConfig())
 
 
+def test_box_filter_is_the_border_clipped_window_mean():
+    """``_box`` (OpenCV running sums, channels last) against torch's avg_pool2d without padded pixels."""
+    import torch.nn.functional as F
+    from fhgs_ros.core.mvs import _box
+
+    x = torch.rand(3, 13, 17, 4, generator=torch.Generator().manual_seed(0))
+    for k in (3, 7, 33):
+        ref = F.avg_pool2d(x.permute(0, 3, 1, 2), k, stride=1, padding=k // 2, count_include_pad=False)
+        assert torch.allclose(_box(x, k), ref.permute(0, 2, 3, 1), atol=1e-5)
+
+
+def test_opencv_sweep_matches_the_pytorch_reference(room):
+    """The plane sweep (OpenCV homography warps) against its readable PyTorch version: the same pixels leave
+    the source, and the ZNCC scores agree up to OpenCV's 1/32-pixel interpolation weights."""
+    from fhgs_ros.core.mvs import sweep, sweep_reference
+
+    views = [prepare_view(room.frames[i].image, room.frames[i].camera, 128) for i in (2, 1, 3, 4)]
+    inv = torch.linspace(1 / 0.3, 1 / 30, 48, dtype=torch.float64)
+    a, ta = sweep(views[0], views[1:], inv)
+    b, tb = sweep_reference(views[0], views[1:], inv)
+    assert a.shape == b.shape == (3, 48, 96, 128) and torch.allclose(ta, tb, atol=1e-4)
+    na, nb = torch.isnan(a), torch.isnan(b)
+    assert float((na == nb).float().mean()) > 0.999 and 0.05 < float(na.float().mean()) < 0.95
+    both = ~na & ~nb
+    d = (a - b)[both].abs()
+    assert float(d.mean()) < 0.01 and float((d > 0.05).float().mean()) < 0.01
+
+    # a source 2 units ahead of the reference, looking the same way: planes nearer than that lie behind it
+    c = room.frames[2].camera
+    w2c = c.world_to_cam.clone()
+    w2c[2, 3] -= 2.0
+    ahead = Camera(c.width, c.height, c.fx, c.fy, c.cx, c.cy, w2c, c.near, c.far, "ahead")
+    src = prepare_view(room.frames[2].image, ahead, 128)
+    inv = torch.tensor([1 / 1.0, 1 / 1.9, 1 / 2.1, 1 / 40.0], dtype=torch.float64)
+    a, _ = sweep(views[0], [src], inv)
+    b, _ = sweep_reference(views[0], [src], inv)
+    assert bool(torch.isnan(a[0, :2]).all()) and bool(torch.isnan(b[0, :2]).all())
+    assert float((torch.isnan(a) == torch.isnan(b)).float().mean()) > 0.999 and not bool(torch.isnan(a[0, 3]).all())
+
+
 def test_stereo_depth_matches_exact_depth(room):
     """Measured (confident) pixels: median relative error below 2.5 %, at least 15 % of the pixels."""
     meds, covs, outl = [], [], []
@@ -184,11 +224,11 @@ def test_end_of_stream_flush_seeds_the_keyframes_still_waiting(room):
     assert got == [0, 1, 2] and buf.waiting() == 2
     asked = []
 
-    def uncovered(c):
+    def covered_nowhere_near(c):   # coverage everywhere at no agreeing depth: the measured pixels seed
         asked.append(c.name)
-        return torch.zeros(c.height, c.width, dtype=torch.bool), torch.zeros(c.height, c.width)
+        return torch.ones(c.height, c.width, dtype=torch.bool), torch.zeros(c.height, c.width)
 
-    out = flush_seed_points(buf, stride=2, explain=uncovered)
+    out = flush_seed_points(buf, stride=2, explain=covered_nowhere_near)
     assert [p.token for p in out] == [3, 4] and buf.waiting() == 0
     assert asked.count(frames[3].camera.name) == 2 and asked.count(frames[4].camera.name) == 2  # hint + coverage
     for p in out:
@@ -196,8 +236,8 @@ def test_end_of_stream_flush_seeds_the_keyframes_still_waiting(room):
         w2c = p.camera.world_to_cam
         z = p.xyz @ w2c[2, :3] + w2c[2, 3]
         gt = f.depth[p.xy[:, 1].long(), p.xy[:, 0].long()]
-        assert len(z) > 100 and float(((z - gt).abs() / gt).median()) < 0.1  # measured and filled, one side
-    assert flush_seed_points(buf, stride=2, explain=uncovered) == []
+        assert len(z) > 100 and float(((z - gt).abs() / gt).median()) < 0.06
+    assert flush_seed_points(buf, stride=2, explain=covered_nowhere_near) == []
 
 
 def test_offline_bag_mapping_seeds_the_last_keyframes_at_the_end_of_the_bag(room, tmp_path):
