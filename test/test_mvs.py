@@ -77,6 +77,26 @@ def test_opencv_sweep_matches_the_pytorch_reference(room):
     assert float((torch.isnan(a) == torch.isnan(b)).float().mean()) > 0.999 and not bool(torch.isnan(a[0, 3]).all())
 
 
+def test_stereo_depth_is_enlarged_like_the_coverage_render():
+    """``upsample`` (stereo depth to the keyframe's size) is centre-aligned nearest, as the coverage render
+    is enlarged (``F.interpolate`` nearest-exact), also at a non-integer factor (160 -> 216 px)."""
+    import torch.nn.functional as F
+    from fhgs_ros.core.mvs import MVSResult, upsample
+
+    import cv2
+
+    d = torch.rand(120, 160, generator=torch.Generator().manual_seed(1)) + 0.5
+    up = upsample(MVSResult(d, d.clone()), 640, 480)
+    ref = F.interpolate(d[None, None], size=(480, 640), mode="nearest-exact")[0, 0]
+    assert torch.equal(up.depth, ref) and torch.equal(up.confidence, ref)
+    up = upsample(MVSResult(d, d.clone()), 216, 162)
+    ref = F.interpolate(d[None, None], size=(162, 216), mode="nearest-exact")[0, 0]
+    # the two differ only in the rows / columns whose centre falls exactly on a source pixel boundary
+    assert float((up.depth != ref).float().mean()) < 0.03 and torch.equal(up.depth, up.confidence)
+    old = torch.from_numpy(cv2.resize(d.numpy(), (216, 162), interpolation=cv2.INTER_NEAREST))
+    assert float((old != ref).float().mean()) > 0.2     # corner-aligned nearest: the half-pixel shift
+
+
 def test_stereo_depth_matches_exact_depth(room):
     """Measured (confident) pixels: median relative error below 2.5 %, at least 15 % of the pixels."""
     meds, covs, outl = [], [], []

@@ -37,9 +37,9 @@ or where the optical axes of the two cameras pass closest), which must project i
 Online use (:class:`KeyframeBuffer`): a bounded buffer of downscaled grey keyframes. Once the map has
 surfels, a keyframe's depth waits for ``defer`` (2) later keyframes and is matched against the best
 buffered ones on both sides of it; at the end of a stream :meth:`KeyframeBuffer.flush` estimates the
-keyframes still waiting from the ones before them. A keyframe without usable sources (the first one) gets no depth; it
-waits in the buffer (until ``min_sources`` usable sources exist: with the default 1, the first keyframe
-waits for the second) and is estimated then.
+keyframes still waiting from the ones before them. A keyframe without usable sources (the first one)
+gets no depth; it waits in the buffer (until ``min_sources`` usable sources exist: with the default 1,
+the first keyframe waits for the second) and is estimated then.
 
 Frames: cameras are :class:`fhgs_ros.core.camera.Camera` (OpenCV axes, world -> camera); depth is
 camera z in world units.
@@ -100,7 +100,7 @@ class MVSConfig:
     consistency_tol: float = 0.02     # multi-view check: relative depth agreement with a source's own depth
     min_consistent: int = 0           # ... views that must agree (0: no multi-view check; 1 measured worse, see METHOD.md)
     max_disparity: float = 0.25       # fallback range: largest disparity, fraction of the image width
-    range_margin: float = 4.0         # sparse range: near end divided by this factor (1.5 cut off near surfaces) ...
+    range_margin: float = 4.0         # sparse range: near end divided by this factor (1.5 cut off near floors) ...
     far_margin: float = 4.0           # ... far end multiplied by this one (distant low-parallax walls)
     sgm_p1: float = 0.05              # semi-global matching: penalty per path for a one-hypothesis step (cost in [0, 1])
     sgm_p2: float = 0.5               # ... for a larger step (0: no SGM, winner-takes-all on the ZNCC)
@@ -390,8 +390,8 @@ def sweep(ref: MVSView, srcs: list[MVSView], inv_depths: torch.Tensor, window: i
         for di, d in enumerate(depths):
             hom = ks @ (rot + np.outer(t, e3) / d) @ kr_inv
             # single-channel warps: OpenCV's two-channel float warp is several times slower than two of them
-            g = cv2.warpPerspective(src, hom, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
-            inside = cv2.warpPerspective(ones, hom, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+            g = cv2.warpPerspective(src, hom, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT)
+            inside = cv2.warpPerspective(ones, hom, (w, h), flags=flags, borderMode=cv2.BORDER_CONSTANT)
             # source depth d * (R K_r^-1 p)_z + t_z is affine in the pixel: behind the source somewhere
             # only if at a corner
             if bool(((d * (rk @ corners)[2] + t[2]) <= 1e-6 * d).any()):
@@ -675,11 +675,13 @@ def fill_holes(depth: torch.Tensor, conf: torch.Tensor, radius: int, max_spread:
 
 
 def upsample(res: MVSResult, width: int, height: int) -> MVSResult:
-    """Nearest-neighbour resize of depth and confidence to ``width`` x ``height``."""
+    """Centre-aligned nearest-neighbour resize of depth and confidence to ``width`` x ``height`` (as
+    ``online/imageproc.resize_depth`` and the coverage render of ``core/seeding.coverage``; plain
+    ``INTER_NEAREST`` is half a pixel off at non-integer factors)."""
     if res.depth.shape == (height, width):
         return res
-    d = cv2.resize(res.depth.numpy(), (width, height), interpolation=cv2.INTER_NEAREST)
-    c = cv2.resize(res.confidence.numpy(), (width, height), interpolation=cv2.INTER_NEAREST)
+    d = cv2.resize(res.depth.numpy(), (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
+    c = cv2.resize(res.confidence.numpy(), (width, height), interpolation=cv2.INTER_NEAREST_EXACT)
     return MVSResult(torch.from_numpy(d), torch.from_numpy(c), res.depth_range, res.sources, res.seconds,
                      res.measured)
 
@@ -955,7 +957,6 @@ def multi_view_points(images: list[torch.Tensor], cameras: list[Camera], masks: 
 
 
 __all__ = ["MVSConfig", "MVSView", "MVSResult", "KeyframeBuffer", "prepare_view", "to_gray", "select_source_views",
-           "default_depth_hint", "axis_convergence_depth", "triangulate_pair", "sweep", "sweep_reference", "sgm_aggregate", "depth_from_views",
-           "estimate_depth", "upsample", "backproject", "SeedPoints", "online_seed_points",
-           "flush_seed_points",
-           "multi_view_points"]
+           "default_depth_hint", "axis_convergence_depth", "triangulate_pair", "sweep", "sweep_reference",
+           "sgm_aggregate", "depth_from_views", "estimate_depth", "upsample", "backproject", "SeedPoints",
+           "online_seed_points", "flush_seed_points", "multi_view_points"]
