@@ -8,7 +8,7 @@ import torch
 
 from fhgs_ros.core.camera import Camera, look_at
 from fhgs_ros.core.ply import PlyError
-from fhgs_ros.core.mesh import (Mesh, default_tsdf_params, estimate_scene_sphere, largest_component,
+from fhgs_ros.core.mesh import (Mesh, default_tsdf_params, estimate_scene_sphere, drop_small_components,
                                 mesh_from_surfels, read_mesh_ply, tsdf_fusion, write_mesh_obj, save_mesh_ply)
 from fhgs_ros.core.metrics import chamfer_distance, sample_mesh_points
 
@@ -61,7 +61,7 @@ def test_tsdf_sphere_reconstruction():
     colors = [torch.full((3, H, W), 0.25) for _ in cams]
     voxel = 0.02
     mesh = tsdf_fusion(depths, colors, cams, voxel_size=voxel, sdf_trunc=4 * voxel, depth_trunc=3.0,
-                       keep_largest=True)
+                       drop_small=True)
     assert mesh.num_faces > 1000
     assert mesh.info["voxel_size"] == pytest.approx(voxel) and not mesh.info["capped"]
     radial = (mesh.vertices.double().norm(dim=1) - R_SPHERE).abs()
@@ -125,11 +125,33 @@ def test_defaults_follow_2dgs_recipe():
     assert p["sdf_trunc"] == pytest.approx(5 * p["voxel_size"])
 
 
-def test_largest_component():
-    v = torch.tensor([[0.0, 0, 0], [1, 0, 0], [0, 1, 0], [1, 1, 0], [5, 5, 5], [6, 5, 5], [5, 6, 5]])
-    f = torch.tensor([[0, 1, 2], [1, 3, 2], [4, 5, 6]])
-    m = largest_component(Mesh(v, f, torch.rand(7, 3)))
-    assert m.num_faces == 2 and m.num_vertices == 4 and m.colors.shape == (4, 3)
+def _strip(n: int, x0: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """A connected strip of n triangles starting at x = x0 (vertices, faces)."""
+    k = (n + 2) // 2
+    v = torch.tensor([[x0 + i, float(j), 0.0] for i in range(k + 1) for j in (0, 1)])
+    f = []
+    for i in range(k):
+        a, b, c, d = 2 * i, 2 * i + 1, 2 * i + 2, 2 * i + 3
+        f += [[a, c, b], [b, c, d]]
+    return v[:n + 2], torch.tensor(f[:n])       # the first n faces use vertices 0 .. n + 1
+
+
+def test_drop_small_components():
+    """2DGS's post-processing: components below 50 faces go, every larger one stays (a room's second wall)."""
+    parts = [_strip(300, 0.0), _strip(120, 1000.0), _strip(49, 2000.0), _strip(3, 3000.0)]
+    vs, fs, off = [], [], 0
+    for v, f in parts:
+        vs.append(v)
+        fs.append(f + off)
+        off += len(v)
+    v, f = torch.cat(vs), torch.cat(fs)
+    m = drop_small_components(Mesh(v, f, torch.rand(len(v), 3)))
+    assert m.num_faces == 420 and m.info["components"] == 4 and m.info["components_kept"] == 2
+    assert m.colors.shape == (m.num_vertices, 3) and float(m.vertices[:, 0].max()) < 2000
+    m = drop_small_components(Mesh(v, f, None), max_components=1)     # only the largest
+    assert m.num_faces == 300
+    small = drop_small_components(Mesh(*_strip(10, 0.0), None))       # nothing reaches 50: the largest stays
+    assert small.num_faces == 10
 
 
 def test_mesh_from_surfels_plane():

@@ -233,8 +233,9 @@ class TSDFVolume:
             flat_w[lin] = w_new
         self.num_integrated += 1
 
-    def extract_mesh(self, keep_largest: bool = False) -> Mesh:
-        """Marching cubes on the zero level over fully observed cubes; optional largest component."""
+    def extract_mesh(self, drop_small: bool = False) -> Mesh:
+        """Marching cubes on the zero level over fully observed cubes; ``drop_small``: without small
+        connected components (:func:`drop_small_components`)."""
         from skimage.measure import marching_cubes
 
         info = {"voxel_size": self.voxel_size, "sdf_trunc": self.sdf_trunc, "depth_trunc": self.depth_trunc,
@@ -271,8 +272,8 @@ class TSDFVolume:
         world = (self.origin.numpy()[None] + verts.astype(np.float64) * self.voxel_size).astype(np.float32)
         mesh = Mesh(world, faces, colors, info)
         mesh = remove_unreferenced_vertices(mesh)
-        if keep_largest:
-            mesh = largest_component(mesh)
+        if drop_small:
+            mesh = drop_small_components(mesh)
         return mesh
 
 
@@ -284,8 +285,11 @@ def remove_unreferenced_vertices(mesh: Mesh) -> Mesh:
                 dict(mesh.info))
 
 
-def largest_component(mesh: Mesh) -> Mesh:
-    """Keep the connected component (shared vertices) with the most faces, like 2DGS's post-processing."""
+def drop_small_components(mesh: Mesh, min_faces: int = 50, max_components: int = 1000) -> Mesh:
+    """Drop connected components (shared vertices) with fewer faces than the ``max_components``-th largest
+    one, and than ``min_faces``: the 2DGS post-processing (``post_process_mesh``: 1000 clusters, at least 50
+    triangles). Keeping only the largest component instead removed whole walls of a room whose mesh had
+    split in two (a third of the synthetic room's faces: Chamfer 0.47 instead of 0.19)."""
     if mesh.num_faces == 0:
         return mesh
     from scipy.sparse import coo_matrix
@@ -297,13 +301,14 @@ def largest_component(mesh: Mesh) -> Mesh:
     nv = mesh.num_vertices
     graph = coo_matrix((np.ones(len(rows), np.int8), (rows, cols)), shape=(nv, nv))
     ncomp, labels = connected_components(graph, directed=False)
-    info = dict(mesh.info, components=int(ncomp))
-    if ncomp <= 1:
-        return Mesh(mesh.vertices, mesh.faces, mesh.colors, info)
     face_comp = labels[f[:, 0]]
-    best = np.bincount(face_comp, minlength=ncomp).argmax()
-    keep = torch.from_numpy(face_comp == best)
-    return remove_unreferenced_vertices(Mesh(mesh.vertices, mesh.faces[keep], mesh.colors, info))
+    sizes = np.bincount(face_comp, minlength=ncomp)
+    threshold = max(min_faces, int(np.sort(sizes)[-min(max_components, ncomp)]))
+    keep = sizes[face_comp] >= threshold
+    if not keep.any():                      # every component is small: keep the largest
+        keep = face_comp == sizes.argmax()
+    info = dict(mesh.info, components=int(ncomp), components_kept=int(np.unique(face_comp[keep]).size))
+    return remove_unreferenced_vertices(Mesh(mesh.vertices, mesh.faces[torch.from_numpy(keep)], mesh.colors, info))
 
 
 def _backproject_bounds(depths, cameras, depth_trunc: float) -> tuple[np.ndarray, np.ndarray] | None:
@@ -328,7 +333,7 @@ def _backproject_bounds(depths, cameras, depth_trunc: float) -> tuple[np.ndarray
 
 def tsdf_fusion(depths: Sequence[torch.Tensor], colors: Sequence[torch.Tensor] | None, cameras: Sequence[Camera],
                 voxel_size: float, sdf_trunc: float, depth_trunc: float, bounds=None, *,
-                max_voxels: int = DEFAULT_MAX_VOXELS, keep_largest: bool = False,
+                max_voxels: int = DEFAULT_MAX_VOXELS, drop_small: bool = False,
                 device: str | torch.device = "cpu") -> Mesh:
     """Fuse camera-z depth maps (H, W) (0 = invalid) with colours (3, H, W) in [0, 1] into a mesh.
 
@@ -362,7 +367,7 @@ def tsdf_fusion(depths: Sequence[torch.Tensor], colors: Sequence[torch.Tensor] |
     vol = TSDFVolume(origin, dims, vox, trunc, depth_trunc, with_color=colors is not None, device=device)
     for i, cam in enumerate(cameras):
         vol.integrate(depths[i], cam, None if colors is None else colors[i])
-    mesh = vol.extract_mesh(keep_largest=keep_largest)
+    mesh = vol.extract_mesh(drop_small=drop_small)
     mesh.info["requested_voxel_size"] = float(voxel_size)
     mesh.info["capped"] = bool(vox > voxel_size * 1.0001)
     return mesh
@@ -370,7 +375,7 @@ def tsdf_fusion(depths: Sequence[torch.Tensor], colors: Sequence[torch.Tensor] |
 
 def mesh_from_surfels(surfels, cameras: Sequence[Camera], *, voxel_size: float | None = None,
                       sdf_trunc: float | None = None, depth_trunc: float | None = None, bounds=None,
-                      depth_mode: str = "median", alpha_min: float = 0.5, keep_largest: bool = True,
+                      depth_mode: str = "median", alpha_min: float = 0.5, drop_small: bool = True,
                       max_voxels: int = DEFAULT_MAX_VOXELS, backend: str = "auto",
                       background: torch.Tensor | None = None) -> Mesh:
     """Render each camera's depth and colour from the surfels and fuse them (2DGS mesh extraction).
@@ -401,7 +406,7 @@ def mesh_from_surfels(surfels, cameras: Sequence[Camera], *, voxel_size: float |
             depths.append(d.detach().float().cpu())
             cols.append(out.rgb.detach().float().clamp(0, 1).cpu())
     mesh = tsdf_fusion(depths, cols, cameras, voxel_size, sdf_trunc, depth_trunc, bounds,
-                       max_voxels=max_voxels, keep_largest=keep_largest)
+                       max_voxels=max_voxels, drop_small=drop_small)
     mesh.info["depth_mode"] = depth_mode
     return mesh
 
@@ -486,5 +491,5 @@ def read_mesh_ply(path: str | os.PathLike) -> Mesh:
 
 
 __all__ = ["Mesh", "TSDFVolume", "DEFAULT_MAX_VOXELS", "estimate_scene_sphere", "default_tsdf_params", "tsdf_fusion",
-           "mesh_from_surfels", "largest_component", "remove_unreferenced_vertices", "vertex_colors_from_surfels",
+           "mesh_from_surfels", "drop_small_components", "remove_unreferenced_vertices", "vertex_colors_from_surfels",
            "save_mesh_ply", "write_mesh_obj", "read_mesh_ply"]

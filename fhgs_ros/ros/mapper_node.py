@@ -517,7 +517,7 @@ class FHGSNode(Node):
 
         nc = self.ncfg
         cams = [self._view_camera(c, nc.mesh_long_side) for c in st.cameras[-nc.mesh_max_keyframes:]]
-        return mesh_from_surfels(st.surfels, cams, voxel_size=nc.mesh_voxel_size or None, keep_largest=False,
+        return mesh_from_surfels(st.surfels, cams, voxel_size=nc.mesh_voxel_size or None, drop_small=False,
                                  max_voxels=128 ** 3, backend=self.cfg.mapper.backend)
 
     def _mesh_tick(self) -> None:
