@@ -436,6 +436,32 @@ def test_fhgs_map_on_posed_rgb_without_points_or_depth(tmp_path, room):
 
 
 @pytest.mark.skipif(not (SHARED / "maryrose_tankard").is_dir(), reason="../shared/data/maryrose_tankard absent")
+@pytest.mark.skipif(not (SHARED / "opensfm_berlin").is_dir(), reason="../shared/data/opensfm_berlin not present")
+def test_berlin_stereo_depth_agrees_with_its_sfm_points():
+    """The berlin set's three real photos (OpenSfM, 816 x 612 at 1/4): each view's stereo depth against the
+    other two agrees with the SfM points it sees (median relative error about 1 %; the points themselves
+    are not used by the stereo)."""
+    from fhgs_ros.core.seeding import project
+    from fhgs_ros.datasets import load_dataset
+
+    ds = load_dataset(SHARED / "opensfm_berlin", 0.25)
+    pts = ds.points.xyz.float()
+    rels = []
+    for i, f in enumerate(ds.frames):
+        others = [j for j in range(3) if j != i]
+        r = estimate_depth(f.image, f.camera, [ds.frames[j].image for j in others],
+                           [ds.frames[j].camera for j in others], MVSConfig())
+        xy, z = project(pts, f.camera)
+        px, py = xy[:, 0].round().long(), xy[:, 1].round().long()
+        ok = (z > 0) & (px >= 0) & (py >= 0) & (px < f.camera.width) & (py < f.camera.height)
+        d, c = r.depth[py[ok], px[ok]], r.confidence[py[ok], px[ok]]
+        m = (d > 0) & (c > MVSConfig().fill_confidence)          # measured, not hole-filled
+        assert int(m.sum()) > 0.3 * int(ok.sum())
+        rels.append((d[m] - z[ok][m]).abs() / z[ok][m])
+    rel = torch.cat(rels)
+    assert float(rel.median()) < 0.02 and float((rel > 0.1).float().mean()) < 0.05
+
+
 def test_maryrose_stereo_depth_within_the_scene_bounds():
     """Real photos: the stereo depth of masked pixels lies inside the SfM near/far bounds of the view."""
     from fhgs_ros.datasets import load_dataset
