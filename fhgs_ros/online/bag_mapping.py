@@ -207,7 +207,10 @@ def map_bag(bag: str | Path, flat_params: dict[str, Any], out: str | Path | None
         # flush: let every waiting image time out (sync_timeout) with the reason it is still waiting
         ingest.poll(now + ncfg.sync_timeout + ncfg.sync_slop + 1e-3)
     # the last keyframes' stereo depth waited for later keyframes (seed.mvs_defer): none will come
-    report.flushed_surfels = engine.finish_stream()
+    try:
+        report.flushed_surfels = engine.finish_stream()
+    except Exception as exc:  # noqa: BLE001 - the bag's map is saved whatever happens here
+        log.warning("end-of-bag stereo seeding failed (%s: %s); the map is saved without it", type(exc).__name__, exc)
 
     report.images = ingest.images_received
     c = counters.snapshot()
