@@ -336,21 +336,24 @@ def _disparity_range(ref: MVSView, srcs: list[MVSView], cfg: MVSConfig) -> tuple
 
 
 # ----------------------------------------------------------------------------- dense plane sweep
+def _window_counts(h: int, w: int, k: int) -> np.ndarray:
+    """(h, w) float32: pixels in the k x k window around each pixel, windows clipped at the image border."""
+    r = k // 2
+    ys, xs = np.arange(h), np.arange(w)
+    return ((np.minimum(ys + r, h - 1) - np.maximum(ys - r, 0) + 1)[:, None]
+            * (np.minimum(xs + r, w - 1) - np.maximum(xs - r, 0) + 1)[None, :]).astype(np.float32)
+
+
 def _box(x: torch.Tensor, k: int) -> torch.Tensor:
     """Mean over the k x k window around each pixel of (N, H, W, C) float32 (channels last), windows clipped
     at the border (= ``F.avg_pool2d(..., padding=k // 2, count_include_pad=False)``). OpenCV's running-sum box
     filter per image: 4x faster than a torch integral image here, and avg_pool2d is slower still on CPU."""
-    r = k // 2
     n, h, w, c = x.shape
     xn = x.contiguous().numpy()
     out = np.empty_like(xn)
     for i in range(n):
         cv2.boxFilter(xn[i], -1, (k, k), dst=out[i], normalize=False, borderType=cv2.BORDER_CONSTANT)
-    ys = torch.arange(h)
-    xs = torch.arange(w)
-    cy = ((ys + r).clamp(max=h - 1) - (ys - r).clamp(min=0) + 1).to(x.dtype)
-    cx = ((xs + r).clamp(max=w - 1) - (xs - r).clamp(min=0) + 1).to(x.dtype)
-    return torch.from_numpy(out).div_((cy[:, None] * cx[None, :])[None, :, :, None])
+    return torch.from_numpy(out).div_(torch.from_numpy(_window_counts(h, w, k))[None, :, :, None])
 
 
 def sweep(ref: MVSView, srcs: list[MVSView], inv_depths: torch.Tensor, window: int = 7
@@ -363,10 +366,8 @@ def sweep(ref: MVSView, srcs: list[MVSView], inv_depths: torch.Tensor, window: i
     PyTorch version the tests compare it with (same scores within rounding of the sub-pixel weights)."""
     h, w = ref.gray.shape
     I = np.ascontiguousarray(ref.gray, dtype=np.float32)
-    r_ = window // 2
     ys, xs = np.arange(h), np.arange(w)
-    inv_count = 1.0 / ((np.minimum(ys + r_, h - 1) - np.maximum(ys - r_, 0) + 1)[:, None]
-                       * (np.minimum(xs + r_, w - 1) - np.maximum(xs - r_, 0) + 1)[None, :]).astype(np.float32)
+    inv_count = 1.0 / _window_counts(h, w, window)
 
     def box_sums(a: np.ndarray) -> np.ndarray:   # (h, w, C) window sums, windows clipped at the border
         return cv2.boxFilter(a, -1, (window, window), normalize=False, borderType=cv2.BORDER_CONSTANT)

@@ -198,7 +198,7 @@ def seed_keyframe(image: torch.Tensor, depth: torch.Tensor | None, cam: Camera, 
     # stereo depth has the buffer's working resolution (160 px): the map's coverage is tested at twice that
     # (two renders per keyframe of a 100k-surfel map at 640 x 480 cost 0.23 s, at 320 x 240 0.12 s; at
     # 160 x 120 the median depth of small surfels degrades: 12 % instead of 3 % of pixels > 10 % off)
-    cover_long_side = 2 * stereo.cfg.long_side if stereo_path else None
+    cover_long_side = _stereo_cover_long_side(stereo) if stereo_path else None
     covered = None
     rdepth = None
     if len(surfels):
@@ -236,17 +236,8 @@ def seed_keyframe(image: torch.Tensor, depth: torch.Tensor | None, cam: Camera, 
         # 3. no depth, no seed points: stereo depth against earlier keyframes (none yet: the map waits)
         from fhgs_ros.core.mvs import online_seed_points
 
-        def explain(c: Camera) -> tuple[torch.Tensor, torch.Tensor]:
-            """The map rendered in an earlier keyframe whose stereo depth arrives now: (covered, depth)."""
-            if not len(surfels):
-                return torch.zeros(c.height, c.width, dtype=torch.bool), torch.zeros(c.height, c.width)
-            return coverage(surfels, c, p.backend, cover_long_side)
-
-        for sp in online_seed_points(stereo, image, cam, target, max(1, stride // 2), covered, rdepth,
-                                     explain=explain):
-            xyzs.append(sp.xyz)
-            rgbs.append(sp.rgb)
-            feats.append(sample_grid(sp.token, sp.xy))
+        _gather_stereo(online_seed_points(stereo, image, cam, target, _stereo_stride(p), covered, rdepth,
+                                          explain=_explainer(surfels, p, stereo)), xyzs, rgbs, feats)
     elif not xyzs:
         # 3'. init_geometry nominal: nominal depth along the rays of uncovered pixels
         ys, xs = torch.meshgrid(torch.arange(0, cam.height, stride), torch.arange(0, cam.width, stride),
@@ -274,19 +265,40 @@ def flush_stereo_seeds(surfels: SurfelMap, stereo, p: KeyframeSeedParams, gen: t
 
     if stereo is None or p.max_new <= 0 or not stereo.waiting():
         return None
-    cover_long_side = 2 * stereo.cfg.long_side
+    xyzs, rgbs, feats = [], [], []
+    _gather_stereo(flush_seed_points(stereo, _stereo_stride(p), explain=_explainer(surfels, p, stereo)),
+                   xyzs, rgbs, feats)
+    return _new_surfels(xyzs, rgbs, feats, p, gen)
 
+
+def _stereo_cover_long_side(stereo) -> int:
+    """Long side [px] of the coverage render on the stereo path: twice the buffer's working resolution
+    (see :func:`seed_keyframe`)."""
+    return 2 * stereo.cfg.long_side
+
+
+def _stereo_stride(p: KeyframeSeedParams) -> int:
+    """Pixel stride of stereo seeds: half the depth stride (at least 1)."""
+    return max(1, max(1, p.depth_stride) // 2)
+
+
+def _explainer(surfels: SurfelMap, p: KeyframeSeedParams, stereo):
+    """``explain(cam) -> (covered, median depth)``: the map rendered in the camera of a keyframe whose
+    stereo depth arrives now (an empty map covers nothing)."""
     def explain(c: Camera) -> tuple[torch.Tensor, torch.Tensor]:
         if not len(surfels):
             return torch.zeros(c.height, c.width, dtype=torch.bool), torch.zeros(c.height, c.width)
-        return coverage(surfels, c, p.backend, cover_long_side)
+        return coverage(surfels, c, p.backend, _stereo_cover_long_side(stereo))
+    return explain
 
-    xyzs, rgbs, feats = [], [], []
-    for sp in flush_seed_points(stereo, max(1, max(1, p.depth_stride) // 2), explain=explain):
+
+def _gather_stereo(points, xyzs: list, rgbs: list, feats: list) -> None:
+    """Append each stereo ``SeedPoints``' positions, colours and features (its keyframe's feature grid,
+    ``token``) to the lists."""
+    for sp in points:
         xyzs.append(sp.xyz)
         rgbs.append(sp.rgb)
         feats.append(sample_grid(sp.token, sp.xy))
-    return _new_surfels(xyzs, rgbs, feats, p, gen)
 
 
 def _new_surfels(xyzs: list[torch.Tensor], rgbs: list[torch.Tensor], feats: list[torch.Tensor],

@@ -389,9 +389,7 @@ class MappingEngine:
             return False
         self._integrate(prep)
         self._publish_state()
-        m = self.mapper
-        while m.iteration - self.kf_start_iter < self.ncfg.steps_per_keyframe and len(m.surfels):
-            self._timed_step()
+        self._spend_budget_sync()
         self._publish_state()
         self._done(prep.keyframe.stamp, "keyframe")
         return True
@@ -406,13 +404,22 @@ class MappingEngine:
         m = self.mapper
         with m.lock:
             m.add_surfels(new)
-        self.kf_start_iter = m.iteration
-        self.schedule.new_keyframe(m.iteration)
+        self._start_budget()
         self.counters.inc("stereo_flushed_surfels", len(new))
-        while m.iteration - self.kf_start_iter < self.ncfg.steps_per_keyframe and len(m.surfels):
-            self._timed_step()
+        self._spend_budget_sync()
         self._publish_state()
         return len(new)
+
+    def _start_budget(self) -> None:
+        """A new keyframe budget starts at the mapper's current iteration (``node.step_mode: budget``)."""
+        self.kf_start_iter = self.mapper.iteration
+        self.schedule.new_keyframe(self.mapper.iteration)
+
+    def _spend_budget_sync(self) -> None:
+        """Run the rest of the current keyframe budget (``steps_per_keyframe`` iterations) on this thread."""
+        m = self.mapper
+        while m.iteration - self.kf_start_iter < self.ncfg.steps_per_keyframe and len(m.surfels):
+            self._timed_step()
 
     def _timed_step(self) -> None:
         m = self.mapper
@@ -444,8 +451,7 @@ class MappingEngine:
         self.keyframes_total += 1
         self.last_stamp = p.keyframe.stamp
         self.last_received = p.received
-        self.kf_start_iter = m.iteration
-        self.schedule.new_keyframe(m.iteration)
+        self._start_budget()
         self._update_extent()
         if self.pca is None:
             self._fit_visuals()
