@@ -48,6 +48,42 @@ def test_box_filter_is_the_border_clipped_window_mean():
         assert torch.allclose(_box(x, k), ref.permute(0, 2, 3, 1), atol=1e-5)
 
 
+def test_hole_filling_fits_local_planes_in_inverse_depth():
+    """A slanted plane (inverse depth affine in the pixel coordinates) with half its pixels and a 10 x 10 block
+    missing: the first-order fill (local plane) is exact to the ridge's bias, the mean fill is biased where the
+    measured neighbours lie on one side; a non-smooth surface is not filled by either."""
+    from fhgs_ros.core.mvs import fill_holes
+
+    g = torch.Generator().manual_seed(0)
+    h, w = 60, 80
+    ys, xs = torch.meshgrid(torch.arange(h).double(), torch.arange(w).double(), indexing="ij")
+    d = (1.0 / (0.2 + 0.004 * ys + 0.001 * xs)).float()
+    hole = torch.rand(h, w, generator=g) < 0.5
+    hole[20:30, 30:40] = True
+    d0 = torch.where(hole, torch.zeros_like(d), d)
+    c0 = torch.where(hole, torch.zeros_like(d), torch.full_like(d, 0.8))
+    err = {}
+    for order in (0, 1):
+        dd, cc = fill_holes(d0, c0, 8, 0.05, 0.25, None, order)
+        filled = cc == 0.25
+        assert bool((filled <= hole).all()) and bool((dd[~hole] == d[~hole]).all())
+        err[order] = ((dd - d).abs() / d)[filled]
+        if order == 1:
+            assert bool(filled[hole].all())               # every hole of the plane is filled
+    assert float(err[1].max()) < 0.02 and float(err[1].mean()) < 0.002
+    assert float(err[0].max()) > 0.05                     # one-sided means are biased on a slant
+    # with each pixel's own stereo optimum as a candidate, a hole is filled only where that agrees with the plane
+    cand = torch.where(torch.arange(w)[None, :].expand(h, w) < w // 2, d, 1.2 * d)
+    _, cc = fill_holes(d0, c0, 8, 0.05, 0.25, None, 1, cand, 0.05)
+    filled = cc == 0.25
+    assert bool(filled[:, : w // 2][hole[:, : w // 2]].all()) and not bool(filled[:, w // 2:].any())
+    # depths that vary at random by +-30 % are no surface: nothing filled
+    rough = d0 * (1 + 0.3 * (2 * torch.rand(h, w, generator=g) - 1))
+    for order in (0, 1):
+        _, cc = fill_holes(rough, c0, 8, 0.05, 0.25, None, order)
+        assert not bool((cc == 0.25).any())
+
+
 def test_opencv_sweep_matches_the_pytorch_reference(room):
     """The plane sweep (OpenCV homography warps) against its readable PyTorch version: the same pixels leave
     the source, and the ZNCC scores agree up to OpenCV's 1/32-pixel interpolation weights."""
