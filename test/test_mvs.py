@@ -84,6 +84,22 @@ def test_hole_filling_fits_local_planes_in_inverse_depth():
         assert not bool((cc == 0.25).any())
 
 
+def test_symmetric_3x3_solve_matches_torch_linalg():
+    """The per-pixel adjugate solve of ``fill_holes`` against ``torch.linalg.solve``; singular systems give 0."""
+    from fhgs_ros.core.mvs import _solve_sym3
+
+    g = torch.Generator().manual_seed(1)
+    m = torch.randn(50, 40, 3, 3, generator=g, dtype=torch.float64)
+    A = m @ m.transpose(-1, -2) + 0.1 * torch.eye(3, dtype=torch.float64)
+    r = torch.randn(50, 40, 3, generator=g, dtype=torch.float64)
+    A[0, 0] = torch.ones(3, 3, dtype=torch.float64)                       # rank 1
+    got = torch.stack(_solve_sym3(A[..., 0, 0], A[..., 0, 1], A[..., 0, 2], A[..., 1, 1], A[..., 1, 2], A[..., 2, 2],
+                                  r[..., 0], r[..., 1], r[..., 2]), -1)
+    ref = torch.linalg.solve(A[1:], r[1:])
+    assert torch.allclose(got[1:], ref, rtol=1e-8, atol=1e-8)
+    assert bool((got[0, 0] == 0).all())
+
+
 def test_opencv_sweep_matches_the_pytorch_reference(room):
     """The plane sweep (OpenCV homography warps) against its readable PyTorch version: the same pixels leave
     the source, and the ZNCC scores agree up to OpenCV's 1/32-pixel interpolation weights."""

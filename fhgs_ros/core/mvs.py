@@ -695,7 +695,7 @@ def fill_holes(depth: torch.Tensor, conf: torch.Tensor, radius: int, max_spread:
                  (w > 0).double()]
         st = _box(torch.stack(chans, -1)[None], k)[0]                   # window means (h, w, 11)
         s0, sx, sy, sxx, sxy, syy, si, six, siy, sii, cnt = st.unbind(-1)
-        # centred moments: sum w (x - x0)^a (y - y0)^b = expand
+        # centred moments (window means of w (x - x0)^a (y - y0)^b), by expanding the powers
         su = sx - xs * s0
         sv = sy - ys * s0
         suu = sxx - 2 * xs * sx + xs * xs * s0
@@ -730,7 +730,7 @@ def fill_holes(depth: torch.Tensor, conf: torch.Tensor, radius: int, max_spread:
 
 def _solve_sym3(a11, a12, a13, a22, a23, a33, r1, r2, r3):
     """Per-pixel solution of the symmetric 3 x 3 systems [[a11 a12 a13] [a12 a22 a23] [a13 a23 a33]] x = r
-    (tensors of one shape) by the adjugate (50x faster than batched ``torch.linalg.solve`` on 160 x 120);
+    (tensors of one shape) by the adjugate (about 2 ms against 64 ms for batched ``torch.linalg.solve`` at 160 x 120);
     singular systems give 0."""
     c11, c12, c13 = a22 * a33 - a23 * a23, a13 * a23 - a12 * a33, a12 * a23 - a13 * a22
     c22, c23, c33 = a11 * a33 - a13 * a13, a12 * a13 - a11 * a23, a11 * a22 - a12 * a12
