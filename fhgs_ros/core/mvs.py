@@ -19,8 +19,9 @@ depth in (0, 1]) is zero where that ZNCC is low, where a different depth scores 
 the optimum sits at the end of the range, near a depth edge (a jump of more than ``edge_jump``
 hypotheses between neighbours, dilated by half a window: patches there take the foreground depth),
 or outside the caller's mask; without SGM also where the patch is textureless. Holes are then filled at a
-lower confidence (:func:`fill_holes`) by a local plane in inverse depth fitted to the measured neighbours,
-where those lie smoothly on it and the pixel's own optimum agrees with the fill (``fill_agree``).
+lower confidence (:func:`fill_holes`) from smooth measured neighbourhoods: by their mean inverse depth
+(default) or by a local plane in inverse depth (``fill_order`` 1), optionally only where the pixel's own
+optimum agrees with the fill (``fill_agree``).
 
 Inverse-depth range, first match wins: the caller's ``depth_range``; the 5th-95th percentile of
 sparse ORB points triangulated against the sources (near end divided by ``range_margin``, 4: near
@@ -98,10 +99,11 @@ class MVSConfig:
     fill_max_spread: float = 0.05     # ... where their inverse depths vary by at most this share
     fill_confidence: float = 0.25     # confidence given to filled pixels
     fill_passes: int = 2              # further passes double the radius and spread and halve the confidence
-    fill_order: int = 1               # holes get: 0 the weighted mean of the inverse depth, 1 a local plane (fill_holes)
-    fill_agree: float = 0.05          # a hole is filled only where its own optimum (failing the tests) lies within this
-    #                                   share of the fill (0: not checked): on the synthetic room 10 % instead of 38 %
-    #                                   of such first-pass fills are more than 10 % off
+    fill_order: int = 0               # holes get: 0 the weighted mean of the inverse depth, 1 a local plane (fill_holes;
+    #                                   better on the synthetic room, worse on real photos: docs/METHOD.md §9.2)
+    fill_agree: float = 0.0           # > 0: a hole is filled only where its own optimum (failing the tests) lies within
+    #                                   this share of the fill (0.05 on the synthetic room: 10 % instead of 38 % of such
+    #                                   first-pass plane fills more than 10 % off)
     min_agree: int = 2                # sources whose own ZNCC peak is within +-2 hypotheses of the result
     consistency_tol: float = 0.02     # multi-view check: relative depth agreement with a source's own depth
     min_consistent: int = 0           # ... views that must agree (0: no multi-view check; 1 measured worse, see METHOD.md)
@@ -644,7 +646,7 @@ def depth_from_views(ref: MVSView, srcs: list[MVSView], cfg: MVSConfig | None = 
             mk = torch.from_numpy(cv2.resize(mk.numpy(), (w, h), interpolation=cv2.INTER_AREA))
         ok &= mk > 0.99
     conf = torch.where(ok, conf, torch.zeros_like(conf))
-    winner = depth            # every pixel's optimum, before the tests: holes are filled only where it agrees
+    winner = depth            # every pixel's optimum, before the tests (fill_agree: holes are filled only where it agrees)
     depth = torch.where(ok, depth, torch.zeros_like(depth))
     measured = depth.clone()
     if checks is not None:
@@ -678,16 +680,17 @@ def fill_holes(depth: torch.Tensor, conf: torch.Tensor, radius: int, max_spread:
     when ``fill_conf`` < min_zncc). Depths are camera z (any unit), 0 = none."""
     k = 2 * radius + 1
     h, wd = depth.shape
-    w = conf.clamp_min(0).double()
-    inv = torch.where(depth > 0, 1.0 / depth.clamp_min(1e-30), torch.zeros_like(depth)).double()
+    w = conf.clamp_min(0).float()
+    inv = torch.where(depth > 0, 1.0 / depth.clamp_min(1e-30), torch.zeros_like(depth)).float()
     if order <= 0:
-        st = _box(torch.stack([w, w * inv, w * inv * inv, (w > 0).double()], -1)[None], k)[0]   # (h, w, 4)
+        st = _box(torch.stack([w, w * inv, w * inv * inv, (w > 0).float()], -1)[None], k)[0]   # (h, w, 4)
         wsum = st[..., 0].clamp_min(1e-12)
         mean = st[..., 1] / wsum
         fit = mean
         var = st[..., 2] / wsum - mean * mean
     else:
-        # window sums of w u^a v^b and w inv u^a v^b about each window's centre pixel (u, v relative)
+        # window sums of w u^a v^b and w inv u^a v^b about each window's centre pixel (u, v relative), in float64
+        w, inv = w.double(), inv.double()
         ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(wd, dtype=torch.float64),
                                 indexing="ij")
         wi = w * inv

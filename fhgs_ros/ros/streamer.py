@@ -184,9 +184,11 @@ def call(node: Node, srv_type, name: str, request, timeout: float = 20.0, retry_
          fresh: bool = False):
     """Blocking service call from a node spun by another thread; None on timeout.
 
-    The request is re-sent every ``retry_every`` seconds without an answer: right after a server
-    (re)starts, DDS may not have matched the client with it yet and a request sent then is lost
-    (a killed server also stays in the graph until its lease expires). ``fresh`` makes a new client.
+    The request is re-sent after ``retry_every`` seconds without an answer, then after twice that, and so
+    on: right after a server (re)starts, DDS may not have matched the client with it yet and a request
+    sent then is lost (a killed server also stays in the graph until its lease expires), while a slow
+    service (a mesh export on a loaded machine) must not be queued the same request again and again.
+    ``fresh`` makes a new client.
     """
     clients = getattr(node, "_fhgs_clients", {})
     cli = None if fresh else clients.get(name)
@@ -197,11 +199,13 @@ def call(node: Node, srv_type, name: str, request, timeout: float = 20.0, retry_
     while not cli.wait_for_service(timeout_sec=0.2):
         if time.monotonic() > end:
             return None
+    wait = retry_every
     while time.monotonic() < end:
         fut = cli.call_async(request)
         ev = threading.Event()
         fut.add_done_callback(lambda f: ev.set())
-        if ev.wait(max(0.1, min(retry_every, end - time.monotonic()))):
+        if ev.wait(max(0.1, min(wait, end - time.monotonic()))):
             return fut.result()
         fut.cancel()
+        wait *= 2
     return None

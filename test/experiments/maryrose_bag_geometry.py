@@ -40,6 +40,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=35, help="optimizer steps per keyframe")
     ap.add_argument("--modes", nargs="+", default=["mvs", "nominal"])
     ap.add_argument("--out", type=Path, default=Path("out15/maryrose_bag"))
+    ap.add_argument("-p", "--param", action="append", default=[],
+                    help="further node parameter KEY:=VALUE for every run (e.g. mapper.seed:=1)")
     a = ap.parse_args(argv)
     if not a.data.is_dir():
         print(f"{a.data}: not found (../shared/data is not part of the repository)", file=sys.stderr)
@@ -63,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         params = ["features.extractor:=vgg16", "features.dim:=32", "node.pose_source:=pose",
                   f"node.steps_per_keyframe:={a.steps}", "node.kf_min_translation:=0.0",
                   "node.kf_min_rotation_deg:=0.0", f"node.init_geometry:={mode}", "node.torch_threads:=2",
-                  "mapper.sh_degree_max:=1"]
+                  "mapper.sh_degree_max:=1", *a.param]
         cmd = [sys.executable, "-m", "fhgs_ros.ros.replay", str(bag), "--offline", "--out", str(out),
                "--summary-json", str(a.out / f"summary_{mode}.json"), "--remap", "/camera/image_raw:=/image",
                "/camera/camera_info:=/camera_info", "/camera/pose:=/pose"] + [x for p in params for x in ("-p", p)]
