@@ -353,7 +353,7 @@ def _window_counts(h: int, w: int, k: int) -> np.ndarray:
 
 
 def _box(x: torch.Tensor, k: int) -> torch.Tensor:
-    """Mean over the k x k window around each pixel of (N, H, W, C) float32 (channels last), windows clipped
+    """Mean over the k x k window around each pixel of (N, H, W, C) float32 or float64 (channels last), windows clipped
     at the border (= ``F.avg_pool2d(..., padding=k // 2, count_include_pad=False)``). OpenCV's running-sum box
     filter per image: 4x faster than a torch integral image here, and avg_pool2d is slower still on CPU."""
     n, h, w, c = x.shape
@@ -646,7 +646,7 @@ def depth_from_views(ref: MVSView, srcs: list[MVSView], cfg: MVSConfig | None = 
             mk = torch.from_numpy(cv2.resize(mk.numpy(), (w, h), interpolation=cv2.INTER_AREA))
         ok &= mk > 0.99
     conf = torch.where(ok, conf, torch.zeros_like(conf))
-    winner = depth            # every pixel's optimum, before the tests (fill_agree: holes are filled only where it agrees)
+    winner = depth            # every pixel's optimum before the tests (fill_agree: holes filled only where it agrees)
     depth = torch.where(ok, depth, torch.zeros_like(depth))
     measured = depth.clone()
     if checks is not None:
@@ -663,7 +663,7 @@ def depth_from_views(ref: MVSView, srcs: list[MVSView], cfg: MVSConfig | None = 
 
 
 def fill_holes(depth: torch.Tensor, conf: torch.Tensor, radius: int, max_spread: float, fill_conf: float,
-               mask: torch.Tensor | None = None, order: int = 1, candidate: torch.Tensor | None = None,
+               mask: torch.Tensor | None = None, order: int = 0, candidate: torch.Tensor | None = None,
                agree: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Fill pixels without depth from the measured depths within ``radius`` pixels where those agree.
 
@@ -688,8 +688,9 @@ def fill_holes(depth: torch.Tensor, conf: torch.Tensor, radius: int, max_spread:
         mean = st[..., 1] / wsum
         fit = mean
         var = st[..., 2] / wsum - mean * mean
+        share = st[..., 3]                                              # measured share of the window
     else:
-        # window sums of w u^a v^b and w inv u^a v^b about each window's centre pixel (u, v relative), in float64
+        # window means of w u^a v^b and w inv u^a v^b about each window's centre pixel (u, v relative), in float64
         w, inv = w.double(), inv.double()
         ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(wd, dtype=torch.float64),
                                 indexing="ij")
@@ -697,7 +698,7 @@ def fill_holes(depth: torch.Tensor, conf: torch.Tensor, radius: int, max_spread:
         chans = [w, w * xs, w * ys, w * xs * xs, w * xs * ys, w * ys * ys, wi, wi * xs, wi * ys, wi * inv,
                  (w > 0).double()]
         st = _box(torch.stack(chans, -1)[None], k)[0]                   # window means (h, w, 11)
-        s0, sx, sy, sxx, sxy, syy, si, six, siy, sii, cnt = st.unbind(-1)
+        s0, sx, sy, sxx, sxy, syy, si, six, siy, sii, share = st.unbind(-1)
         # centred moments (window means of w (x - x0)^a (y - y0)^b), by expanding the powers
         su = sx - xs * s0
         sv = sy - ys * s0
@@ -718,9 +719,8 @@ def fill_holes(depth: torch.Tensor, conf: torch.Tensor, radius: int, max_spread:
         res = (sii - 2 * (fit * si + a * siu + b * siv) + fit * fit * s0 + 2 * fit * (a * su + b * sv)
                + a * a * suu + 2 * a * b * suv + b * b * svv)
         var = res / wsum
-        st = cnt[..., None]
     std = var.clamp_min(0).sqrt()
-    hole = (depth <= 0) & (st[..., -1] >= 0.1) & (mean > 0) & (fit > 0) & (std <= max_spread * mean)
+    hole = (depth <= 0) & (share >= 0.1) & (mean > 0) & (fit > 0) & (std <= max_spread * mean)
     if mask is not None:
         hole &= mask
     if candidate is not None and agree > 0:
