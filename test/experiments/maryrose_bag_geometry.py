@@ -19,6 +19,7 @@ Usage (108 px wide, 35 steps per keyframe: about 5 minutes per mode on 2 cores):
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -40,6 +41,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=35, help="optimizer steps per keyframe")
     ap.add_argument("--modes", nargs="+", default=["mvs", "nominal"])
     ap.add_argument("--out", type=Path, default=Path("out15/maryrose_bag"))
+    ap.add_argument("--black-backdrop", action="store_true",
+                    help="write the training photos with the masked-out backdrop set to black (a rigid scene: the "
+                         "turntable backdrop moves with the camera); held-out views are scored as without it")
     ap.add_argument("-p", "--param", action="append", default=[],
                     help="further node parameter KEY:=VALUE for every run (e.g. mapper.seed:=1)")
     a = ap.parse_args(argv)
@@ -56,9 +60,12 @@ def main(argv: list[str] | None = None) -> int:
     a.out.mkdir(parents=True, exist_ok=True)
     ds = load_dataset(a.data, a.downscale)
     train, test = ds.split(8)
-    bag = a.out / "maryrose_bag"
+    bag = a.out / ("maryrose_bag_black" if a.black_backdrop else "maryrose_bag")
     if not bag.exists():
-        write_frames_bag([ds.frames[i] for i in train], bag, pose_mode="pose", with_depth=False, with_labels=False)
+        frames = [ds.frames[i] for i in train]
+        if a.black_backdrop:
+            frames = [dataclasses.replace(f, image=f.image * f.mask.to(f.image.dtype)) for f in frames]
+        write_frames_bag(frames, bag, pose_mode="pose", with_depth=False, with_labels=False)
     rows = []
     for mode in a.modes:
         out = a.out / f"map_{mode}.safetensors"
