@@ -20,6 +20,7 @@ from pathlib import Path
 import yaml
 
 from fhgs_ros.core.mapper import MapperConfig
+from fhgs_ros.core.mvs import MVSConfig
 from fhgs_ros.core.params import ConfigError, from_dict, param, walk  # noqa: F401  (ConfigError re-exported)
 
 
@@ -71,6 +72,19 @@ class SeedConfig:
                               '(cost (1 - ZNCC) / 2 in [0, 1])', lo=0.0, hi=1.0)
     mvs_sgm_p2: float = param(0.5, 'stereo semi-global matching: penalty for a larger depth step (0: winner-takes-all '
                               'on the ZNCC, no SGM)', lo=0.0, hi=10.0)
+    mvs_fill: str = param('plane', 'stereo hole filling from smooth measured neighbourhoods: plane (weighted '
+                          'least-squares plane of their inverse depth) | mean (their weighted mean inverse depth) | '
+                          'none (docs/METHOD.md 9.2)', choices=('plane', 'mean', 'none'))
+    mvs_fill_agree: float = param(0.05, "stereo: a hole is filled only where the pixel's own optimum (which failed "
+                                  'the tests) lies within this relative distance of the fill (0: no such test)',
+                                  lo=0.0, hi=1.0)
+
+    def stereo(self) -> MVSConfig:
+        """The stereo settings (:class:`fhgs_ros.core.mvs.MVSConfig`) these parameters choose."""
+        return MVSConfig(long_side=self.mvs_long_side, num_sources=self.mvs_sources, sgm_p1=self.mvs_sgm_p1,
+                         sgm_p2=self.mvs_sgm_p2, defer=self.mvs_defer,
+                         fill_radius=0 if self.mvs_fill == 'none' else MVSConfig.fill_radius,
+                         fill_order=1 if self.mvs_fill == 'plane' else 0, fill_agree=self.mvs_fill_agree)
 
 
 @dataclass

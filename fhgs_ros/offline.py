@@ -96,11 +96,10 @@ def seed_from_stereo(ds: Dataset, train: list[int], targets: list[FeatureTarget]
     """Surfels from the plane-sweep stereo depth of every training view (``fhgs_ros.core.mvs``), each
     point with the feature of the view it was back-projected from; only confident pixels inside
     the view's mask."""
-    from fhgs_ros.core.mvs import MVSConfig, multi_view_points
+    from fhgs_ros.core.mvs import multi_view_points
     sc = cfg.seed
     frames = [ds.frames[i] for i in train]
-    mcfg = MVSConfig(long_side=sc.mvs_long_side, num_sources=sc.mvs_sources, sgm_p1=sc.mvs_sgm_p1,
-                     sgm_p2=sc.mvs_sgm_p2)
+    mcfg = sc.stereo()
     pts = multi_view_points([f.image for f in frames], [f.camera for f in frames], [f.mask for f in frames], mcfg,
                             stride=sc.depth_stride)
     if not pts:

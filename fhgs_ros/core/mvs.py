@@ -19,9 +19,9 @@ depth in (0, 1]) is zero where that ZNCC is low, where a different depth scores 
 the optimum sits at the end of the range, near a depth edge (a jump of more than ``edge_jump``
 hypotheses between neighbours, dilated by half a window: patches there take the foreground depth),
 or outside the caller's mask; without SGM also where the patch is textureless. Holes are then filled at a
-lower confidence (:func:`fill_holes`) from smooth measured neighbourhoods: by their mean inverse depth
-(default) or by a local plane in inverse depth (``fill_order`` 1), optionally only where the pixel's own
-optimum agrees with the fill (``fill_agree``).
+lower confidence (:func:`fill_holes`) from smooth measured neighbourhoods: by a local plane in inverse
+depth (``fill_order`` 1, default) or their mean inverse depth (0), only where the pixel's own optimum
+agrees with the fill (``fill_agree``; 0 fills regardless).
 
 Inverse-depth range, first match wins: the caller's ``depth_range``; the 5th-95th percentile of
 sparse ORB points triangulated against the sources (near end divided by ``range_margin``, 4: near
@@ -99,11 +99,11 @@ class MVSConfig:
     fill_max_spread: float = 0.05     # ... where their inverse depths vary by at most this share
     fill_confidence: float = 0.25     # confidence given to filled pixels
     fill_passes: int = 2              # further passes double the radius and spread and halve the confidence
-    fill_order: int = 0               # holes get: 0 the weighted mean of the inverse depth, 1 a local plane (fill_holes;
-    #                                   better on the synthetic room, worse on real photos: docs/METHOD.md §9.2)
-    fill_agree: float = 0.0           # > 0: a hole is filled only where its own optimum (failing the tests) lies within
-    #                                   this share of the fill (0.05 on the synthetic room: 10 % instead of 38 % of such
-    #                                   first-pass plane fills more than 10 % off)
+    fill_order: int = 1               # holes get: 1 a local plane in inverse depth, 0 the weighted mean (fill_holes;
+    #                                   seed.mvs_fill; measured in docs/METHOD.md §9.2)
+    fill_agree: float = 0.05          # > 0: a hole is filled only where its own optimum (failing the tests) lies within
+    #                                   this share of the fill (synthetic room: 10 % instead of 38 % of such first-pass
+    #                                   plane fills more than 10 % off; berlin: 4 % instead of 29 % at its SfM points)
     min_agree: int = 2                # sources whose own ZNCC peak is within +-2 hypotheses of the result
     consistency_tol: float = 0.02     # multi-view check: relative depth agreement with a source's own depth
     min_consistent: int = 0           # ... views that must agree (0: no multi-view check; 1 measured worse, see METHOD.md)
@@ -663,7 +663,7 @@ def depth_from_views(ref: MVSView, srcs: list[MVSView], cfg: MVSConfig | None = 
 
 
 def fill_holes(depth: torch.Tensor, conf: torch.Tensor, radius: int, max_spread: float, fill_conf: float,
-               mask: torch.Tensor | None = None, order: int = 0, candidate: torch.Tensor | None = None,
+               mask: torch.Tensor | None = None, order: int = 1, candidate: torch.Tensor | None = None,
                agree: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Fill pixels without depth from the measured depths within ``radius`` pixels where those agree.
 

@@ -21,7 +21,7 @@ from fhgs_ros.config import FHGSConfig, NodeConfig
 from fhgs_ros.core.camera import Camera, CameraError, Intrinsics, Undistorter
 from fhgs_ros.core.geometry import invert_pose
 from fhgs_ros.core.mapper import Keyframe
-from fhgs_ros.core.mvs import KeyframeBuffer, MVSConfig
+from fhgs_ros.core.mvs import KeyframeBuffer
 from fhgs_ros.core.seeding import KeyframeSeedParams, flush_stereo_seeds, seed_keyframe
 from fhgs_ros.core.surfels import SurfelMap
 from fhgs_ros.online.frames import InputFrame, PreparedKeyframe
@@ -86,9 +86,7 @@ class KeyframeFrontend:
         self.selector = KeyframeSelector(ncfg.kf_min_translation, ncfg.kf_min_rotation_deg, ncfg.kf_max_interval,
                                          ncfg.kf_min_interval)
         self.seed_points = SeedPoints(cfg.seed.max_points)
-        self.stereo = KeyframeBuffer(MVSConfig(long_side=cfg.seed.mvs_long_side, num_sources=cfg.seed.mvs_sources,
-                                             sgm_p1=cfg.seed.mvs_sgm_p1, sgm_p2=cfg.seed.mvs_sgm_p2,
-                                             defer=cfg.seed.mvs_defer))
+        self.stereo = KeyframeBuffer(cfg.seed.stereo())
         self._undistorters: dict[tuple, Undistorter] = {}
 
     def apply_live(self, ncfg: NodeConfig) -> None:
