@@ -723,10 +723,10 @@ def fill_holes(depth: torch.Tensor, conf: torch.Tensor, radius: int, max_spread:
     hole = (depth <= 0) & (share >= 0.1) & (mean > 0) & (fit > 0) & (std <= max_spread * mean)
     if mask is not None:
         hole &= mask
+    fill_depth = 1.0 / fit.clamp_min(1e-30)
     if candidate is not None and agree > 0:
-        fd = 1.0 / fit.clamp_min(1e-30)
-        hole &= (candidate.double() - fd).abs() <= agree * fd
-    depth = torch.where(hole, (1.0 / fit.clamp_min(1e-30)).float(), depth)
+        hole &= (candidate.double() - fill_depth).abs() <= agree * fill_depth
+    depth = torch.where(hole, fill_depth.float(), depth)
     conf = torch.where(hole, torch.full_like(conf, fill_conf), conf)
     return depth, conf
 

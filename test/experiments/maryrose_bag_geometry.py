@@ -42,8 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--modes", nargs="+", default=["mvs", "nominal"])
     ap.add_argument("--out", type=Path, default=Path("out15/maryrose_bag"))
     ap.add_argument("--black-backdrop", action="store_true",
-                    help="write the training photos with the masked-out backdrop set to black (a rigid scene: the "
-                         "turntable backdrop moves with the camera); held-out views are scored as without it")
+                    help="write the training photos with the masked-out backdrop set to black (a rigid scene: this "
+                         "turntable capture's backdrop is partly not rigid with the object); held-out views are "
+                         "scored as without it")
     ap.add_argument("-p", "--param", action="append", default=[],
                     help="further node parameter KEY:=VALUE for every run (e.g. mapper.seed:=1)")
     a = ap.parse_args(argv)
